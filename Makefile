@@ -1,0 +1,31 @@
+# Two commands for a fresh machine with only python3 and make: `make run`, `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+# The stack's main job: hv, pager and guest as three processes, paging for real, ~30 s.
+run: $(STAMP)
+	$(BIN)/xpemu up --duration 30
+
+# The whole suite (the slow stress tests stay behind XPEMU_SLOW=1), then the linter.
+test: $(STAMP)
+	$(BIN)/python -m pytest
+	$(BIN)/ruff check .
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: $(STAMP)
+	$(BIN)/xpemu bench
+
+clean:
+	rm -rf $(VENV) build dist .pytest_cache

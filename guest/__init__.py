@@ -1,0 +1,1 @@
+"""guest (placeholder until its issue lands)."""

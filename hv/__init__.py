@@ -1,0 +1,1 @@
+"""hv (placeholder until its issue lands)."""

@@ -1,0 +1,1 @@
+"""pager (placeholder until its issue lands)."""

@@ -1,0 +1,124 @@
+"""Length-prefixed msgpack frames, sans-IO: feed bytes in, pull messages out.
+
+A frame is a 4-byte unsigned big-endian length L (1 <= L <= MAX_FRAME), then L bytes
+holding exactly one msgpack map whose top-level keys are strings (PROTOCOL.md §2). The
+length is checked before the body is buffered, so a peer cannot make us hold more than
+MAX_FRAME + 4 bytes. Every malformed input becomes a RemoteProtocolError (EPROTO), never
+another exception: after one, the stream cannot be resynchronised and must be closed.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping
+from typing import Any, Final
+
+import msgpack
+
+from .constants import LENGTH_PREFIX, MAX_DEPTH, MAX_FRAME
+from .errors import LocalProtocolError, RemoteProtocolError
+
+_LEN = struct.Struct(">I")
+
+
+class _Sentinel:
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __repr__(self) -> str:
+        return self._name
+
+
+#: `FrameDecoder.next_message()` needs more bytes before it can return a message.
+NEED_DATA: Final = _Sentinel("NEED_DATA")
+#: The peer closed the stream cleanly between frames.
+CLOSED: Final = _Sentinel("CLOSED")
+
+
+def encode_frame(msg: Mapping[str, Any]) -> bytes:
+    """Encode one message as a frame; LocalProtocolError if it does not fit in MAX_FRAME."""
+    body = msgpack.packb(msg, use_bin_type=True)
+    if len(body) > MAX_FRAME:
+        raise LocalProtocolError(f"message of {len(body)} bytes exceeds MAX_FRAME ({MAX_FRAME})")
+    return _LEN.pack(len(body)) + body
+
+
+def decode_body(body: bytes) -> dict[str, Any]:
+    """Decode one frame body into a message map, or raise RemoteProtocolError."""
+    try:
+        msg = msgpack.unpackb(body, raw=False, strict_map_key=True, use_list=True)
+    except Exception as exc:  # msgpack raises ValueError, TypeError, UnpackException, ...
+        raise RemoteProtocolError(f"body is not one msgpack value: {type(exc).__name__}") from None
+    if not isinstance(msg, dict):
+        raise RemoteProtocolError(f"body is a {type(msg).__name__}, not a map")
+    if not all(isinstance(k, str) for k in msg):
+        raise RemoteProtocolError("top-level keys must be strings")
+    if _too_deep(msg, MAX_DEPTH):
+        raise RemoteProtocolError(f"body nests deeper than {MAX_DEPTH} levels")
+    return msg
+
+
+def _too_deep(value: Any, budget: int) -> bool:
+    if isinstance(value, dict):
+        if budget == 0:
+            return True
+        return any(_too_deep(v, budget - 1) for v in value.values())
+    if isinstance(value, list):
+        if budget == 0:
+            return True
+        return any(_too_deep(v, budget - 1) for v in value)
+    return False
+
+
+class FrameDecoder:
+    """Incremental frame decoder in the h11 style: `receive_data`, then `next_message`."""
+
+    def __init__(self, max_frame: int = MAX_FRAME) -> None:
+        self._buf = bytearray()
+        self._max_frame = max_frame
+        self._need: int | None = None  # body length once the prefix has been read
+        self._eof = False
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes from the stream; `b""` means the peer closed it."""
+        if self._eof:
+            raise RuntimeError("receive_data after EOF")
+        if not data:
+            self._eof = True
+            return
+        self._buf += data
+        # Reject an oversize length as soon as the prefix is here, before buffering the body.
+        self._check_prefix()
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held but not yet returned as messages."""
+        return len(self._buf)
+
+    def _check_prefix(self) -> None:
+        if self._need is None and len(self._buf) >= LENGTH_PREFIX:
+            (length,) = _LEN.unpack_from(self._buf)
+            if length == 0:
+                raise RemoteProtocolError("frame length 0")
+            if length > self._max_frame:
+                raise RemoteProtocolError(f"frame length {length} exceeds MAX_FRAME")
+            self._need = length
+
+    def next_message(self) -> dict[str, Any] | _Sentinel:
+        """Return the next message, NEED_DATA, or CLOSED; raise RemoteProtocolError on garbage."""
+        self._check_prefix()
+        if self._need is not None and len(self._buf) >= LENGTH_PREFIX + self._need:
+            end = LENGTH_PREFIX + self._need
+            body = bytes(self._buf[LENGTH_PREFIX:end])
+            del self._buf[:end]
+            self._need = None
+            return decode_body(body)
+        if self._eof:
+            if self._buf:
+                raise RemoteProtocolError(
+                    f"stream closed inside a frame ({len(self._buf)} bytes pending)"
+                )
+            return CLOSED
+        return NEED_DATA

@@ -1,0 +1,1 @@
+"""stack (placeholder until its issue lands)."""

@@ -1,0 +1,135 @@
+"""A framed connection over any trio Stream, with a single writer task.
+
+`SocketStream.send_all` refuses concurrent senders, so every outgoing frame goes through
+one bounded memory channel drained by one writer task: order is kept, and a peer that does
+not read its replies fills the channel and is dropped instead of growing our memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any, Final
+
+import trio
+
+from protocol import (
+    CLOSED,
+    MAX_QUEUED_FRAMES,
+    NEED_DATA,
+    FrameDecoder,
+    encode_frame,
+)
+
+#: Bytes asked of the stream per read: one syscall can bring several small frames.
+RECEIVE_SIZE: Final = 1 << 16
+
+#: Seconds the writer may take to flush queued frames (a last error reply) when closing.
+FLUSH_TIMEOUT: Final = 2.0
+
+
+class ConnectionClosed(Exception):
+    """The peer closed the stream, it broke, or we dropped a peer that would not read."""
+
+
+class Connection:
+    """Messages in and out over one stream. Create it with `open_connection`."""
+
+    def __init__(self, stream: trio.abc.Stream, *, max_queued: int = MAX_QUEUED_FRAMES) -> None:
+        self.stream = stream
+        self._decoder = FrameDecoder()
+        self._send, self._queue = trio.open_memory_channel[bytes](max_queued)
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        """True once the stream broke, was closed, or the peer was dropped."""
+        return self._closed
+
+    async def receive(self) -> dict[str, Any]:
+        """The next message; ConnectionClosed at the end, RemoteProtocolError on garbage."""
+        while True:
+            msg = self._decoder.next_message()
+            if msg is CLOSED:
+                raise ConnectionClosed("peer closed the connection")
+            if msg is not NEED_DATA:
+                return msg  # type: ignore[return-value]
+            try:
+                data = await self.stream.receive_some(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                self._closed = True
+                raise ConnectionClosed(f"receive failed: {exc!r}") from None
+            self._decoder.receive_data(data)
+
+    def send_nowait(self, msg: Mapping[str, Any]) -> None:
+        """Queue a message without waiting; a peer with a full queue is dropped."""
+        frame = encode_frame(msg)  # LocalProtocolError surfaces to the caller, unsent
+        if self._closed:
+            raise ConnectionClosed("connection is closed")
+        try:
+            self._send.send_nowait(frame)
+        except trio.WouldBlock:
+            self._closed = True
+            self._send.close()
+            raise ConnectionClosed("peer is not reading: outgoing queue full") from None
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            self._closed = True
+            raise ConnectionClosed("connection is closed") from None
+
+    async def send(self, msg: Mapping[str, Any]) -> None:
+        """Queue a message, waiting for room in the outgoing queue."""
+        frame = encode_frame(msg)
+        if self._closed:
+            raise ConnectionClosed("connection is closed")
+        try:
+            await self._send.send(frame)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            self._closed = True
+            raise ConnectionClosed("connection is closed") from None
+
+    async def _writer(self) -> None:
+        try:
+            async with self._queue:
+                async for frame in self._queue:
+                    await self.stream.send_all(frame)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        finally:
+            self._closed = True
+
+    def close_soon(self) -> None:
+        """Stop accepting frames; the writer flushes what is queued, then the stream closes."""
+        self._closed = True
+        self._send.close()
+
+
+@asynccontextmanager
+async def open_connection(
+    stream: trio.abc.Stream, *, max_queued: int = MAX_QUEUED_FRAMES
+) -> AsyncIterator[Connection]:
+    """Run a Connection's writer for the duration of the block, then flush and close."""
+    conn = Connection(stream, max_queued=max_queued)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(conn._writer)
+            try:
+                yield conn
+            finally:
+                conn.close_soon()
+                nursery.cancel_scope.deadline = trio.current_time() + FLUSH_TIMEOUT
+    except BaseExceptionGroup as group:
+        raise _single(group) from None
+    finally:
+        with trio.CancelScope(shield=True):
+            await stream.aclose()
+
+
+def _single(group: BaseExceptionGroup) -> BaseException:
+    """The nursery wraps the block's own exception: hand callers the exception itself."""
+    if len(group.exceptions) == 1:
+        inner = group.exceptions[0]
+        return _single(inner) if isinstance(inner, BaseExceptionGroup) else inner
+    return group
+
+
+__all__ = ["FLUSH_TIMEOUT", "RECEIVE_SIZE", "Connection", "ConnectionClosed", "open_connection"]
