@@ -53,6 +53,7 @@ apt_entries() {
 }
 
 entries=$(apt_entries | awk 'NF == 2')
+# shellcheck disable=SC1091
 codename=$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}")
 
 # The release suite: the machine's own codename if an entry has it, else the first
@@ -94,9 +95,8 @@ ROOT=$(mktemp -d /var/tmp/xpemu-base.XXXXXX)
 cleanup() {
     local m
     # debootstrap mounts proc/sys inside the target; an interrupted run can leave them.
-    for m in $(awk -v r="$ROOT" 'index($2, r) == 1 {print $2}' /proc/mounts | sort -r); do
-        umount -l "$m" 2>/dev/null || true
-    done
+    awk -v r="$ROOT" 'index($2, r) == 1 {print $2}' /proc/mounts | sort -r |
+        while read -r m; do umount -l "$m" 2>/dev/null || true; done
     rm -rf --one-file-system "$ROOT"
 }
 trap cleanup EXIT
