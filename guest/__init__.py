@@ -1,1 +1,27 @@
-"""guest (placeholder until its issue lands)."""
+"""The guest workload: vCPUs that read and write memory through hv and verify every byte.
+
+Run it as `python -m guest --run-dir DIR`; its core, `run_workload`, runs over any
+connected `transport.Client`, so tests wire it to an in-process hv over memory streams.
+"""
+
+from .content import ZERO_PAGE, page_bytes
+from .patterns import PATTERNS, ZipfTable, make_pattern
+from .shadow import GfnState, Shadow
+from .stats import Latencies
+from .workload import GuestConfig, GuestReport, diagnose, run_workload, verify_all
+
+__all__ = [
+    "PATTERNS",
+    "ZERO_PAGE",
+    "GfnState",
+    "GuestConfig",
+    "GuestReport",
+    "Latencies",
+    "Shadow",
+    "ZipfTable",
+    "diagnose",
+    "make_pattern",
+    "page_bytes",
+    "run_workload",
+    "verify_all",
+]
