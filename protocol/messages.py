@@ -85,7 +85,10 @@ REQUESTS: dict[str, dict[str, Fields]] = {
     # audit and accessed are also open to control, for status tools and the stress harness.
     "audit": _for(_PAGER | _CONTROL, Fields(_RANGE, {"domid": (Int(0), None)})),
     "mark_broken": _for(_PAGER, Fields({"gfns": GFNS})),
-    "accessed": _for(_PAGER, Fields(_RANGE, {"clear": (Bool(), False)})),
+    "accessed": {
+        Role.pager.value: Fields(_RANGE, {"clear": (Bool(), False)}),
+        Role.control.value: Fields(_RANGE, {"clear": (Bool(), False), "domid": (Int(0), None)}),
+    },
     "detach": {Role.pager.value: _NONE, Role.control.value: _DOMID},
     # §7 guest operations
     "read": _for(
@@ -114,6 +117,8 @@ REQUESTS: dict[str, dict[str, Fields]] = {
     ),
     "domain_destroy": _for(_CONTROL, _DOMID),
     "check": _for(_CONTROL, _NONE),
+    # Added beyond §9 (which allows more control ops): hv's event counters per domain.
+    "counters": _for(_CONTROL, _NONE),
 }
 
 
@@ -125,6 +130,15 @@ def _cross_check(op: str, args: dict[str, Any]) -> None:
         raise Invalid("off + len(data) exceeds the page")
     if op == "prep" and len(args["pages"]) != len(args["gfns"]):
         raise Invalid("prep needs one element of pages per gfn")
+
+
+def _counter_map(v: Any) -> dict[str, int]:
+    """A map of counter names to ints (names are open-ended, so not a fixed Fields)."""
+    if not isinstance(v, dict) or not all(
+        isinstance(k, str) and isinstance(n, int) and not isinstance(n, bool) for k, n in v.items()
+    ):
+        raise Invalid("expected a map of str to int")
+    return v
 
 
 _COUNTERS = {"tot_pages": Int(0), "target": Int(0), "paged_pages": Int(0)}
@@ -185,6 +199,9 @@ REPLIES: dict[str, Fields] = {
     "domain_create": Fields({"domid": Int(0)}),
     "domain_destroy": _NONE,
     "check": Fields({"violations": ListOf(Str(), MAX_LIST)}),
+    "counters": Fields(
+        {"domains": ListOf(Map(Fields({"domid": Int(0), "counters": _counter_map})), MAX_LIST)}
+    ),
 }
 
 #: ev -> fields of an event sent by hv.

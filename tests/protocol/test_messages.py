@@ -49,6 +49,7 @@ REQUEST_EXAMPLES: dict[tuple[str, str], dict] = {
     ("audit", "control"): {"start": 0, "count": 0, "domid": 1},
     ("mark_broken", "pager"): {"gfns": [9]},
     ("accessed", "pager"): {"start": 0, "count": 64, "clear": True},
+    ("accessed", "control"): {"start": 0, "count": 8, "clear": False, "domid": 1},
     ("detach", "pager"): {},
     ("detach", "control"): {"domid": 1},
     ("read", "guest"): {"vcpu": 0, "gfn": 2, "off": 100, "len": 8},
@@ -60,6 +61,7 @@ REQUEST_EXAMPLES: dict[tuple[str, str], dict] = {
     ("domain_create", "control"): {"nr_gfns": 64, "vcpus": 2, "mmio_gfns": [0]},
     ("domain_destroy", "control"): {"domid": 2},
     ("check", "control"): {},
+    ("counters", "control"): {},
 }
 
 _DOMAIN = {
@@ -112,6 +114,7 @@ REPLY_EXAMPLES: dict[str, dict] = {
     "domain_create": {"domid": 2},
     "domain_destroy": {},
     "check": {"violations": []},
+    "counters": {"domains": [{"domid": 1, "counters": {"page.evicted": 3}}]},
 }
 
 EVENT_EXAMPLES = {
