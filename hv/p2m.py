@@ -1,0 +1,146 @@
+"""A domain's p2m table in compact arrays: no Python object per gfn.
+
+Per gfn: one type byte (`bytearray`, code 0 is `ram_rw` so a fresh table costs one
+allocation), one 32-bit frame number (`array('I')`, NO_FRAME when frameless) and one
+accessed byte (`bytearray`): 6 bytes a gfn. Foreign holds are rare, so they live in a dict.
+Every change of type or frame goes through `set`, which keeps the counters (`tot_pages`,
+`paged_pages`, a count per type) in step, so `status` never scans the table.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Iterable
+from typing import Final
+
+from protocol import PAGING_TYPES, P2MType
+
+from .frames import NO_FRAME
+
+_PAGING_CODES: Final = frozenset(int(t) for t in PAGING_TYPES)
+_MMIO: Final = int(P2MType.mmio)
+_IN_START: Final = int(P2MType.paging_in_start)
+
+#: Types that always have a frame, never have one, or (paging_in_start) may have one.
+ALWAYS_BACKED: Final = frozenset(
+    {P2MType.ram_rw, P2MType.paging_out, P2MType.paging_in, P2MType.mmio}
+)
+NEVER_BACKED: Final = frozenset({P2MType.paged, P2MType.invalid, P2MType.broken})
+
+# bytes.translate table: type code -> 1 if that type always has a frame (paging_in_start
+# is fixed up gfn by gfn, it is the one type where the answer depends on the gfn).
+_HAS_FRAME_BY_TYPE: Final = bytes(1 if i in ALWAYS_BACKED else 0 for i in range(256))
+
+
+class P2M:
+    """Type, frame, accessed bit and hold count of each of `nr_gfns` gfns."""
+
+    def __init__(self, frames: array, mmio_gfns: Iterable[int] = ()) -> None:
+        nr_gfns = len(frames)
+        self.nr_gfns = nr_gfns
+        self.types = bytearray(nr_gfns)  # all ram_rw
+        self.frames = frames
+        self.accessed = bytearray(nr_gfns)
+        self.holds: dict[int, int] = {}
+        for g in set(mmio_gfns):
+            self.types[g] = _MMIO
+        self.counts = [0] * len(P2MType)
+        self.counts[_MMIO] = nr_gfns - self.types.count(0)
+        self.counts[P2MType.ram_rw] = nr_gfns - self.counts[_MMIO]
+        self.tot_pages = self.counts[P2MType.ram_rw]
+        self.paged_pages = 0
+
+    def type(self, gfn: int) -> P2MType:
+        """The p2m type of gfn."""
+        return P2MType(self.types[gfn])
+
+    def frame(self, gfn: int) -> int | None:
+        """The frame backing gfn, or None."""
+        f = self.frames[gfn]
+        return None if f == NO_FRAME else f
+
+    def has_frame(self, gfn: int) -> bool:
+        """Whether gfn is backed by a frame."""
+        return self.frames[gfn] != NO_FRAME
+
+    def held(self, gfn: int) -> bool:
+        """Whether a foreign mapping holds gfn's page."""
+        return gfn in self.holds
+
+    def set(self, gfn: int, t: P2MType | int, frame: int | type[...] | None = ...) -> None:
+        """Change gfn's type (and frame, when given: None removes it), keeping the counters."""
+        old_t = self.types[gfn]
+        old_f = self.frames[gfn]
+        new_f = old_f if frame is ... else (NO_FRAME if frame is None else frame)
+        self._account(old_t, old_f, -1)
+        self.types[gfn] = t
+        self.frames[gfn] = new_f
+        self._account(int(t), new_f, +1)
+
+    def _account(self, t: int, f: int, sign: int) -> None:
+        self.counts[t] += sign
+        if f != NO_FRAME:
+            if t != _MMIO:
+                self.tot_pages += sign
+        elif t in _PAGING_CODES:
+            self.paged_pages += sign
+
+    def has_frame_flags(self, start: int, count: int) -> bytearray:
+        """One 0/1 byte per gfn of [start, start+count): whether it has a frame."""
+        types = self.types[start : start + count]
+        flags = bytearray(types.translate(_HAS_FRAME_BY_TYPE))
+        i = types.find(_IN_START)
+        while i >= 0:
+            flags[i] = self.frames[start + i] != NO_FRAME
+            i = types.find(_IN_START, i + 1)
+        return flags
+
+    def hold(self, gfn: int) -> None:
+        """One more foreign reference to gfn's page."""
+        self.holds[gfn] = self.holds.get(gfn, 0) + 1
+
+    def unhold(self, gfn: int) -> None:
+        """One foreign reference to gfn's page fewer."""
+        n = self.holds[gfn] - 1
+        if n:
+            self.holds[gfn] = n
+        else:
+            del self.holds[gfn]
+
+    def violations(self, prefix: str) -> list[str]:
+        """Invariants 1 (per gfn) and 2 of DESIGN.md for this table; [] when they hold."""
+        out: list[str] = []
+        counts = [0] * len(P2MType)
+        tot = paged = 0
+        types, frames = self.types, self.frames
+        for t in P2MType:
+            counts[t] = types.count(int(t))
+        # Invariant 1: the type agrees with the frame. Scan only where it can disagree.
+        flags = self.has_frame_flags(0, self.nr_gfns)
+        for gfn, (t, f, should) in enumerate(zip(types, frames, flags, strict=True)):
+            has = f != NO_FRAME
+            if t == _IN_START:
+                should = has
+            if has != bool(should):
+                out.append(
+                    f"{prefix}gfn {gfn}: type {P2MType(t).name} {'has' if has else 'lacks'} a frame"
+                )
+                if len(out) > 20:
+                    out.append(f"{prefix}... (more)")
+                    return out
+            if has:
+                if t != _MMIO:
+                    tot += 1
+            elif t in _PAGING_CODES:
+                paged += 1
+        for gfn in self.holds:
+            if frames[gfn] == NO_FRAME:
+                out.append(f"{prefix}gfn {gfn} is held but has no frame")
+        # Invariant 2: the counters agree with the table.
+        if tot != self.tot_pages:
+            out.append(f"{prefix}tot_pages is {self.tot_pages}, the table says {tot}")
+        if paged != self.paged_pages:
+            out.append(f"{prefix}paged_pages is {self.paged_pages}, the table says {paged}")
+        if counts != self.counts:
+            out.append(f"{prefix}type counts {self.counts} disagree with the table {counts}")
+        return out

@@ -1,0 +1,64 @@
+"""Helpers for hv tests: an hv served over in-memory streams, and clients to it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+import trio.testing
+
+from hv import Hypervisor
+from protocol import PAGE_SIZE
+from transport import Client, open_client
+
+SOCKET_OF = {"pager": "privcmd.sock", "mapper": "privcmd.sock", "control": "privcmd.sock"}
+
+
+class Harness:
+    """An hv and a nursery to serve its connections in; clients over memory streams."""
+
+    def __init__(self, hv: Hypervisor, nursery: trio.Nursery) -> None:
+        self.hv = hv
+        self.nursery = nursery
+
+    @asynccontextmanager
+    async def client(
+        self,
+        role: str,
+        domid: int | None = 1,
+        *,
+        socket: str | None = None,
+        hello: bool = True,
+        takeover: bool = False,
+    ) -> AsyncIterator[Client]:
+        """A client of `role` on its socket, hello said (unless hello=False)."""
+        ours, theirs = trio.testing.memory_stream_pair()
+        self.nursery.start_soon(
+            self.hv.serve_stream, theirs, socket or SOCKET_OF.get(role, "guest.sock")
+        )
+        async with open_client(ours, role) as client:
+            if hello:
+                await client.hello(
+                    None if role == "control" and domid is None else domid, takeover=takeover
+                )
+            yield client
+
+    def check(self) -> None:
+        """Invariants 1-3 hold."""
+        assert self.hv.check() == []
+
+
+def page(byte: int) -> bytes:
+    """A page filled with one byte value."""
+    return bytes([byte]) * PAGE_SIZE
+
+
+async def next_event(client: Client, name: str, seconds: float = 5) -> dict[str, Any]:
+    """The next event called `name` (others before it are skipped)."""
+    with trio.fail_after(seconds):
+        async for ev, fields in client.events:
+            if ev == name:
+                return fields
+    raise AssertionError(f"events closed before {name}")
