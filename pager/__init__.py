@@ -1,1 +1,67 @@
-"""pager (placeholder until its issue lands)."""
+"""pager: a xenpaging that survives its own crash.
+
+A user-space pager for the emulated hypervisor (`hv`), speaking PROTOCOL.md over any trio
+stream, with a durable paging store (4 KiB slots + a SQLite index) in a state directory,
+batched page-out and page-in pipelines, two replacement policies (`xenpaging`, `clock`),
+recovery from nothing but the state directory, named crash points and disk faults.
+
+Public API:
+
+- `run_pager(stream, state_dir, config, *, faults, stop, task_status)`: run one pager over
+  an open stream to hv's privcmd socket (see its docstring); returns `PagerStats`.
+- `PagerConfig`: the tunables (`domid`, `policy`, `on_exit`, `batch`, `concurrency`,
+  `target`, `prefetch`, timeouts).
+- `connect_privcmd(run_dir, timeout)`: wait (bounded, with backoff) for
+  ``run_dir/privcmd.sock`` and connect to it.
+- `parse_faults(spec, crash=...)` / `Faults`, `SimulatedCrash`, `raise_simulated_crash`,
+  `CRASH_POINTS`: fault injection (grammar in `pager.faults`).
+- `PageStore`, `Row`, `DiskIO`, `checksum`: the store, for tests and tools.
+- `XenpagingPolicy`, `ClockPolicy`, `make_policy`: replacement policies.
+
+``python -m pager --run-dir DIR --state-dir DIR [...]`` runs it as a process
+(``python -m pager --help``); ``python -m pager.bench`` measures it.
+"""
+
+from .core import ConnectionLost, Pager, PagerConfig, PagerError, PagerStats, run_pager
+from .faults import (
+    CRASH_POINTS,
+    ENV_VAR,
+    Faults,
+    FaultSpecError,
+    SimulatedCrash,
+    kill_self,
+    parse_faults,
+    raise_simulated_crash,
+)
+from .net import connect_privcmd
+from .policy import POLICIES, ClockPolicy, XenpagingPolicy, make_policy
+from .store import ChecksumError, DiskIO, PageStore, Row, StoreError, StoreLocked, checksum
+
+__all__ = [
+    "CRASH_POINTS",
+    "ENV_VAR",
+    "POLICIES",
+    "ChecksumError",
+    "ClockPolicy",
+    "ConnectionLost",
+    "DiskIO",
+    "FaultSpecError",
+    "Faults",
+    "PageStore",
+    "Pager",
+    "PagerConfig",
+    "PagerError",
+    "PagerStats",
+    "Row",
+    "SimulatedCrash",
+    "StoreError",
+    "StoreLocked",
+    "XenpagingPolicy",
+    "checksum",
+    "connect_privcmd",
+    "kill_self",
+    "make_policy",
+    "parse_faults",
+    "raise_simulated_crash",
+    "run_pager",
+]

@@ -1,0 +1,245 @@
+"""Seeded fault injection for the pager: crash points and store faults.
+
+The same SPEC string is accepted by ``python -m pager --faults SPEC`` and by the
+``XPEMU_FAULTS`` environment variable (``--faults`` wins when both are given).
+
+Grammar (items separated by commas, whitespace ignored)::
+
+    SPEC    := ITEM ("," ITEM)*
+    ITEM    := "seed=" INT                        seed of every probabilistic item (default 0)
+             | POINT TRIGGER                      crash the process at a named point
+             | "store." OP "=" ACTION TRIGGER     make a store operation fail
+    TRIGGER := "@" N                              the N-th pass only (N >= 1)
+             | "@" N "+"                          every pass from the N-th on
+             | "%" P                              each pass with probability P (0 < P <= 1)
+    OP      := write | fsync | read | commit
+    ACTION  := ENOSPC | EIO                       (any OP: the operation raises that OSError)
+             | corrupt                            (read only: one byte of the data read flips)
+
+Crash points (``CRASH_POINTS``), in pipeline order:
+
+- page-out: ``after_nominate``, ``after_map``, ``after_write``, ``after_fsync``,
+  ``after_index_commit``, ``after_evict``;
+- page-in: ``after_read``, ``after_prep``, ``before_resume``, ``after_resume``;
+- recovery: ``after_audit`` (store open, audit done, nothing reconciled),
+  ``after_reconcile`` (stale rows freed, lost pages marked, before adoption and serving).
+
+Examples: ``after_write@3`` (die on the 3rd pass through after_write),
+``seed=7,after_evict%0.05`` (each pass dies with probability 5 %),
+``store.write=ENOSPC@10+`` (the disk is full from the 10th slot write on),
+``store.read=corrupt@5`` (the 5th slot read returns a flipped byte),
+``store.fsync=EIO%0.01``.
+
+A crash ends the process at once with SIGKILL semantics: ``os.kill(getpid(), SIGKILL)``,
+never through cleanup code. In-process tests inject ``raise_simulated_crash`` instead, which
+raises ``SimulatedCrash`` (a BaseException): the pager's task is abandoned without paging
+in, detaching or closing the store cleanly (the store is only dropped, as the kernel would
+drop a dead process's file descriptors).
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+import random
+import re
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final
+
+import structlog
+
+log = structlog.get_logger("pager.faults")
+
+#: Named crash points, in pipeline order (see the module docstring).
+CRASH_POINTS: Final = (
+    "after_nominate",
+    "after_map",
+    "after_write",
+    "after_fsync",
+    "after_index_commit",
+    "after_evict",
+    "after_read",
+    "after_prep",
+    "before_resume",
+    "after_resume",
+    "after_audit",
+    "after_reconcile",
+)
+
+#: Store operations that can be made to fail.
+STORE_OPS: Final = ("write", "fsync", "read", "commit")
+
+#: What a store fault does.
+STORE_ACTIONS: Final = ("ENOSPC", "EIO", "corrupt")
+
+#: Environment variable read when no --faults is given.
+ENV_VAR: Final = "XPEMU_FAULTS"
+
+_ITEM = re.compile(
+    r"^(?:store\.(?P<op>[a-z]+)=(?P<action>[A-Za-z]+)|(?P<point>[a-z_]+))"
+    r"(?:@(?P<nth>\d+)(?P<plus>\+)?|%(?P<prob>[0-9.eE+-]+))$"
+)
+
+
+class FaultSpecError(ValueError):
+    """A fault SPEC that does not follow the grammar; the message says which item and why."""
+
+
+class SimulatedCrash(BaseException):
+    """Raised by `raise_simulated_crash`: an in-process stand-in for SIGKILL.
+
+    A BaseException so that no `except Exception` on the way up can swallow it.
+    """
+
+    def __init__(self, point: str) -> None:
+        super().__init__(point)
+        self.point = point
+
+
+def kill_self(point: str) -> None:
+    """The production crash action: SIGKILL ourselves, no cleanup, no flush of anything."""
+    log.warning("fault.crash", point=point)
+    os.kill(os.getpid(), signal.SIGKILL)
+    os._exit(137)  # unreachable unless SIGKILL is somehow blocked: still no cleanup
+
+
+def raise_simulated_crash(point: str) -> None:
+    """The in-process crash action used by tests."""
+    log.warning("fault.crash", point=point, simulated=True)
+    raise SimulatedCrash(point)
+
+
+@dataclass(slots=True)
+class _Trigger:
+    nth: int | None = None
+    plus: bool = False
+    prob: float | None = None
+    rng: random.Random | None = None
+    passes: int = 0
+
+    def fires(self) -> bool:
+        self.passes += 1
+        if self.prob is not None:
+            assert self.rng is not None
+            return self.rng.random() < self.prob
+        assert self.nth is not None
+        return self.passes >= self.nth if self.plus else self.passes == self.nth
+
+
+@dataclass(slots=True)
+class _StoreFault:
+    action: str
+    trigger: _Trigger
+
+
+@dataclass
+class Faults:
+    """A parsed fault spec: crash points and store faults, with their pass counters.
+
+    `hit(point)` is called by the pipelines at each crash point; `store_fault(op)` by the
+    storage layer (from worker threads, hence the lock) before each operation.
+    """
+
+    spec: str = ""
+    crash: Callable[[str], None] = kill_self
+    seed: int = 0
+    _points: dict[str, list[_Trigger]] = field(default_factory=dict)
+    _store: dict[str, list[_StoreFault]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def armed(self) -> bool:
+        """True when the spec names at least one fault."""
+        return bool(self._points or self._store)
+
+    def hit(self, point: str) -> None:
+        """Pass crash point `point`; crash if an armed trigger fires."""
+        triggers = self._points.get(point)
+        if not triggers:
+            return
+        with self._lock:
+            fire = any([t.fires() for t in triggers])  # every trigger counts its pass
+        if fire:
+            self.crash(point)
+
+    def store_fault(self, op: str) -> str | None:
+        """The action to take on this pass of store operation `op` (None: none)."""
+        faults = self._store.get(op)
+        if not faults:
+            return None
+        with self._lock:
+            fired = [f.action for f in faults if f.trigger.fires()]
+        return fired[0] if fired else None
+
+
+def parse_faults(
+    spec: str | None, *, crash: Callable[[str], None] = kill_self, seed: int | None = None
+) -> Faults:
+    """Parse a fault SPEC (module docstring); FaultSpecError on anything malformed."""
+    spec = (spec or "").strip()
+    faults = Faults(spec=spec, crash=crash)
+    items = [item.strip() for item in spec.split(",") if item.strip()] if spec else []
+    pending: list[tuple[str, re.Match[str]]] = []
+    for item in items:
+        if item.startswith("seed="):
+            try:
+                faults.seed = int(item[5:])
+            except ValueError:
+                raise FaultSpecError(f"fault spec item {item!r}: seed must be an int") from None
+            continue
+        m = _ITEM.match(item)
+        if m is None:
+            raise FaultSpecError(
+                f"fault spec item {item!r}: expected POINT@N, POINT@N+, POINT%P or "
+                "store.OP=ACTION with one of those triggers"
+            )
+        pending.append((item, m))
+    if seed is not None:
+        faults.seed = seed
+    for index, (item, m) in enumerate(pending):
+        trigger = _make_trigger(item, m, faults.seed, index)
+        if m["point"] is not None:
+            if m["point"] not in CRASH_POINTS:
+                raise FaultSpecError(
+                    f"fault spec item {item!r}: unknown crash point; one of {CRASH_POINTS}"
+                )
+            faults._points.setdefault(m["point"], []).append(trigger)
+            continue
+        op, action = m["op"], m["action"]
+        if op not in STORE_OPS:
+            raise FaultSpecError(f"fault spec item {item!r}: store op is one of {STORE_OPS}")
+        if action not in STORE_ACTIONS:
+            raise FaultSpecError(f"fault spec item {item!r}: action is one of {STORE_ACTIONS}")
+        if action == "corrupt" and op != "read":
+            raise FaultSpecError(f"fault spec item {item!r}: corrupt applies to store.read only")
+        faults._store.setdefault(op, []).append(_StoreFault(action, trigger))
+    return faults
+
+
+def _make_trigger(item: str, m: re.Match[str], seed: int, index: int) -> _Trigger:
+    if m["prob"] is not None:
+        try:
+            prob = float(m["prob"])
+        except ValueError:
+            raise FaultSpecError(f"fault spec item {item!r}: bad probability") from None
+        if not 0.0 < prob <= 1.0:
+            raise FaultSpecError(f"fault spec item {item!r}: probability must be in (0, 1]")
+        # One generator per item, seeded by (seed, position): adding an item elsewhere in the
+        # spec does not shift this one's draws.
+        return _Trigger(prob=prob, rng=random.Random(f"{seed}:{index}:{item}"))
+    nth = int(m["nth"])
+    if nth < 1:
+        raise FaultSpecError(f"fault spec item {item!r}: N counts from 1")
+    return _Trigger(nth=nth, plus=m["plus"] is not None)
+
+
+def store_oserror(action: str, what: str) -> OSError:
+    """The OSError an injected ENOSPC or EIO raises."""
+    code = _errno.ENOSPC if action == "ENOSPC" else _errno.EIO
+    return OSError(code, f"{os.strerror(code)} (injected on {what})")
+
+
+NO_FAULTS: Final = Faults()
