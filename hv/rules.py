@@ -104,6 +104,7 @@ NOT_OUT = (RW, PAGED, IN_START, IN, INV, MMIO, BROKEN)
 NOT_IN = (RW, OUT, PAGED, IN_START, INV, MMIO, BROKEN)
 NOT_INV = (RW, OUT, PAGED, IN_START, IN, MMIO, BROKEN)
 PAGING = (OUT, PAGED, IN_START, IN)
+HOLDABLE = (OUT, IN_START, IN)  # the paging types that can have a frame to hold
 FRAMED = (RW, OUT, IN, MMIO)  # always backed by a frame (paging_in_start: maybe)
 UNPREP = (RW, OUT, INV, MMIO, BROKEN)
 UNBREAKABLE = (RW, OUT, IN, INV, MMIO, BROKEN)
@@ -155,7 +156,7 @@ TABLE: Final[tuple[Rule, ...]] = tuple(
     + _r("decrease_reservation", BROKEN,    "",        OK,       INV)
     + _r("decrease_reservation", RW,        "held",    E.EBUSY,  None)
     + _r("decrease_reservation", RW,        "",        OK,       INV,      "free_frame")
-    + _r("decrease_reservation", PAGING,    "held",    E.EBUSY,  None)
+    + _r("decrease_reservation", HOLDABLE,  "held",    E.EBUSY,  None)
     + _r("decrease_reservation", PAGING,    "no_slot", E.EAGAIN, None)
     + _r("decrease_reservation", PAGING,    "",        OK,       INV,      "drop_page")
     # increase_reservation (guest balloon in).
