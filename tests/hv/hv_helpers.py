@@ -62,3 +62,39 @@ async def next_event(client: Client, name: str, seconds: float = 5) -> dict[str,
             if ev == name:
                 return fields
     raise AssertionError(f"events closed before {name}")
+
+
+class Pending:
+    """A request sent in the background: its raw reply once it comes."""
+
+    def __init__(self) -> None:
+        self.reply: dict[str, Any] | None = None
+        self.done = trio.Event()
+
+    @property
+    def ok(self) -> bool:
+        assert self.reply is not None
+        return bool(self.reply["ok"])
+
+
+def spawn(nursery: trio.Nursery, client: Client, op: str, **fields: Any) -> Pending:
+    """Send `op` from a task of `nursery`; the Pending fills in when the reply comes."""
+    pending = Pending()
+
+    async def run() -> None:
+        pending.reply = await client.request(op, **fields)
+        pending.done.set()
+
+    nursery.start_soon(run)
+    return pending
+
+
+def rsp(req: dict[str, Any]) -> dict[str, Any]:
+    """The response that answers a request of a `mem_event`."""
+    return {k: req[k] for k in ("seq", "gfn", "vcpu_id", "flags")}
+
+
+async def page_out(pager: Client, gfns: list[int]) -> None:
+    """Nominate and evict gfns (they must be pageable)."""
+    assert (await pager.call("nominate", gfns=gfns))["results"] == [0] * len(gfns)
+    assert (await pager.call("evict", gfns=gfns))["results"] == [0] * len(gfns)
