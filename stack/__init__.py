@@ -1,1 +1,18 @@
-"""stack (placeholder until its issue lands)."""
+"""The `xpemu` command: run hv, pager and guest as processes (`up`), stress them with a
+seeded fault schedule (`stress`), and inspect a running hv (`status`)."""
+
+from .harness import StackError, StackOptions, run_stack, summary_text
+from .proxy import FaultProxy, FrameTracker
+from .schedule import Fault, make_schedule, parse_kinds
+
+__all__ = [
+    "Fault",
+    "FaultProxy",
+    "FrameTracker",
+    "StackError",
+    "StackOptions",
+    "make_schedule",
+    "parse_kinds",
+    "run_stack",
+    "summary_text",
+]

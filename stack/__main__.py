@@ -1,0 +1,7 @@
+"""`python -m stack` is `xpemu`."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

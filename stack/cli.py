@@ -1,0 +1,329 @@
+"""`xpemu`: run the stack (`up`), break it on purpose (`stress`), look at it (`status`).
+
+Exit status: 0 when every check passed, 1 when a check failed (lost or wrong bytes, stuck
+vCPUs, invariant violations), 2 on bad input or a stack that cannot start, 130 when
+interrupted twice. Errors are one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import signal
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import trio
+
+from guest import PATTERNS
+from protocol import ProtocolError, RingMode
+from transport import ConnectionClosed, configure_logging, open_unix_client
+
+from .harness import StackError, StackOptions, prepare_run_dir, run_stack, summary_text
+from .schedule import DEFAULT_KINDS, make_schedule, parse_kinds
+from .status import status_lines, status_table
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+#: Default seconds between two scheduled faults in `stress` (when --faults is not given).
+FAULT_SPACING = 1.2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """One line and exit 2."""
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
+    return value
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
+    return value
+
+
+def _command(text: str) -> list[str]:
+    try:
+        argv = shlex.split(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"bad command {text!r}: {exc}") from None
+    if not argv:
+        raise argparse.ArgumentTypeError("empty command")
+    return argv
+
+
+def _add_stack_options(p: argparse.ArgumentParser, *, stress: bool) -> None:
+    p.add_argument("--run-dir", type=Path, help="run directory (default: a fresh temp dir)")
+    p.add_argument(
+        "--duration",
+        type=_positive_float,
+        default=30.0 if stress else None,
+        help="seconds for the whole run, checks included (default: "
+        + ("30" if stress else "until Ctrl-C")
+        + ")",
+    )
+    p.add_argument("--nr-gfns", type=_positive_int, default=2048 if stress else 4096)
+    p.add_argument("--target", type=_nonneg_int, help="domain target (default: half the gfns)")
+    p.add_argument("--vcpus", type=_positive_int, default=4)
+    p.add_argument("--host-frames", type=_positive_int, help="host frames (default: hv's)")
+    p.add_argument("--ring-size", type=_positive_int, default=64)
+    p.add_argument("--ring-mode", choices=[m.value for m in RingMode], default="reattach")
+    p.add_argument("--pattern", choices=PATTERNS, default="hotset")
+    p.add_argument("--write-ratio", type=float, default=0.3)
+    p.add_argument("--seed", type=int, default=0, help="seed of the workload (and faults)")
+    p.add_argument("--policy", choices=("xenpaging", "clock"), help="pager policy")
+    p.add_argument(
+        "--stuck-after",
+        type=_positive_float,
+        default=10.0,
+        help="seconds an access may stay pending before its vCPU counts as stuck",
+    )
+    p.add_argument("--report", type=Path, help="write the JSON report here")
+    p.add_argument("--no-live", action="store_true", help="plain progress lines, no live view")
+    p.add_argument("--start-timeout", type=_positive_float, default=15.0)
+    p.add_argument("--hv-cmd", type=_command, help="command that runs hv (default: python -m hv)")
+    p.add_argument("--pager-cmd", type=_command, help="command that runs the pager")
+    p.add_argument("--guest-cmd", type=_command, help="command that runs the guest")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole `xpemu` command line."""
+    p = _Parser(prog="xpemu", description="An emulated Xen memory-paging stack.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    up = sub.add_parser("up", help="run hv, pager and guest; Ctrl-C (or --duration) stops")
+    _add_stack_options(up, stress=False)
+    stress = sub.add_parser("stress", help="the same under a seeded fault schedule")
+    _add_stack_options(stress, stress=True)
+    stress.add_argument(
+        "--faults", type=_nonneg_int, help=f"faults to inject (default: one per {FAULT_SPACING} s)"
+    )
+    stress.add_argument(
+        "--kinds",
+        default=",".join(f"{k}={w}" for k, w in DEFAULT_KINDS.items()),
+        help="fault kinds and weights (default: %(default)s)",
+    )
+    stress.add_argument(
+        "--schedule-only", action="store_true", help="print the schedule as JSON and exit"
+    )
+    st = sub.add_parser("status", help="the xl list / xentop view of a running hv")
+    st.add_argument("--run-dir", type=Path, required=True, help="hv's run directory")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+    st.add_argument(
+        "--watch",
+        nargs="?",
+        const=1.0,
+        type=_positive_float,
+        help="refresh every N seconds (default 1) until Ctrl-C",
+    )
+    return p
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _fail(msg: str, code: int = EXIT_USAGE) -> int:
+    print(f"xpemu: error: {msg}", file=sys.stderr, flush=True)
+    return code
+
+
+def _options(args: argparse.Namespace) -> StackOptions:
+    opts = StackOptions(
+        command=args.command,
+        run_dir=args.run_dir,
+        duration=args.duration,
+        nr_gfns=args.nr_gfns,
+        target=args.target,
+        vcpus=args.vcpus,
+        host_frames=args.host_frames,
+        ring_size=args.ring_size,
+        ring_mode=args.ring_mode,
+        pattern=args.pattern,
+        write_ratio=args.write_ratio,
+        seed=args.seed,
+        policy=args.policy,
+        stuck_after=args.stuck_after,
+        live=False if args.no_live else None,
+        report=args.report,
+        start_timeout=args.start_timeout,
+        use_proxy=args.command == "stress",
+    )
+    if args.hv_cmd:
+        opts.hv_cmd = args.hv_cmd
+    if args.pager_cmd:
+        opts.pager_cmd = args.pager_cmd
+    if args.guest_cmd:
+        opts.guest_cmd = args.guest_cmd
+    if not 0.0 <= args.write_ratio <= 1.0:
+        raise StackError("--write-ratio must be within [0, 1]")
+    if opts.effective_target > opts.nr_gfns:
+        raise StackError("--target cannot exceed --nr-gfns")
+    return opts
+
+
+def _schedule(args: argparse.Namespace, opts: StackOptions) -> None:
+    assert opts.duration is not None
+    window = opts.guest_duration or opts.duration
+    count = args.faults
+    if count is None:
+        count = max(1, int((window - 3.0) / FAULT_SPACING))
+    opts.schedule = make_schedule(
+        args.seed, window, count=count, kinds=parse_kinds(args.kinds), tail=2.0
+    )
+
+
+def _cmd_stack(args: argparse.Namespace) -> int:
+    try:
+        opts = _options(args)
+        if args.command == "stress":
+            _schedule(args, opts)
+            if args.schedule_only:
+                _say(
+                    json.dumps(
+                        {"seed": args.seed, "schedule": [f.to_dict() for f in opts.schedule]}
+                    )
+                )
+                return EXIT_OK
+        opts.run_dir = prepare_run_dir(opts.run_dir, use_proxy=opts.use_proxy)
+    except (StackError, ValueError) as exc:
+        return _fail(str(exc))
+    with open(opts.run_dir / "xpemu.log", "a") as stack_log:
+        configure_logging("xpemu", stream=stack_log, json=True)
+        if args.command == "stress":
+            _say(f"xpemu stress: seed {opts.seed}, {len(opts.schedule)} faults scheduled")
+            for fault in opts.schedule:
+                _say(f"  {fault.describe()}")
+        _say(f"xpemu {args.command}: run dir {opts.run_dir}")
+        try:
+            report = trio.run(run_stack, opts, _say)
+        except StackError as exc:
+            return _fail(str(exc))
+        except KeyboardInterrupt:
+            return _fail("interrupted; every child stopped", EXIT_INTERRUPTED)
+    if opts.report is not None:
+        try:
+            opts.report.write_text(json.dumps(report, indent=2, default=str) + "\n")
+        except OSError as exc:
+            _say(summary_text(report))
+            return _fail(f"cannot write the report to {opts.report}: {exc.strerror}")
+    _say(summary_text(report))
+    return EXIT_OK if report["ok"] else EXIT_FAILED
+
+
+async def _fetch_status(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "privcmd.sock"
+    async with open_unix_client(str(path), "control") as ctl:
+        await ctl.hello()
+        status = await ctl.call("status")
+        try:
+            counters = await ctl.call("counters")
+        except Exception:  # an hv without the counters op still has a status
+            counters = {"domains": []}
+    status.pop("id", None)
+    status.pop("ok", None)
+    status["counters"] = {d["domid"]: d["counters"] for d in counters["domains"]}
+    return status
+
+
+async def _status(args: argparse.Namespace) -> None:
+    from rich.console import Console
+
+    console = Console()
+    if args.watch is None:
+        status = await _fetch_status(args.run_dir)
+        _render(status, args.json, console)
+        return
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def stop_on_signal() -> None:
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+
+            nursery.start_soon(stop_on_signal)
+            if console.is_terminal and not args.json:
+                from rich.live import Live
+
+                with Live(console=console, refresh_per_second=4) as live:
+                    while True:
+                        status = await _fetch_status(args.run_dir)
+                        live.update(status_table(status, status["counters"]))
+                        await trio.sleep(args.watch)
+            else:
+                while True:
+                    _render(await _fetch_status(args.run_dir), args.json, console)
+                    await trio.sleep(args.watch)
+
+
+def _render(status: dict[str, Any], as_json: bool, console: Any) -> None:
+    if as_json:
+        print(json.dumps(status, default=str), flush=True)
+    elif console.is_terminal:
+        console.print(status_table(status, status["counters"]))
+    else:
+        for line in status_lines(status):
+            print(line, flush=True)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    sock = args.run_dir / "privcmd.sock"
+    if not sock.exists():
+        return _fail(f"no hv running in {args.run_dir} ({sock} does not exist)")
+    try:
+        trio.run(_status, args)
+    except BaseExceptionGroup as group:
+        exc = _leaf(group)
+        if isinstance(exc, KeyboardInterrupt):
+            return EXIT_OK
+        return _fail(f"cannot read hv's status at {sock}: {exc}")
+    except (OSError, ConnectionClosed, ProtocolError) as exc:
+        return _fail(f"cannot read hv's status at {sock}: {exc}")
+    return EXIT_OK
+
+
+def _leaf(group: BaseExceptionGroup) -> BaseException:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `xpemu` console script; the exit status."""
+    args = build_parser().parse_args(argv)
+    if args.command == "status":
+        return _cmd_status(args)
+    return _cmd_stack(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

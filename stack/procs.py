@@ -1,0 +1,170 @@
+"""Child processes of `xpemu`: started, logged to files, and always reaped.
+
+Every child runs in its own session, so a Ctrl-C on the terminal reaches `xpemu` alone and
+`xpemu` stops the children in the right order (guest, then pager, then hv). `ChildSet`
+kills whatever is still running when its block exits, on every path (errors, signals,
+cancellation), so no child outlives the command.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import IO, Final
+
+import structlog
+import trio
+
+log = structlog.get_logger("stack.procs")
+
+#: Seconds a child gets to exit after SIGTERM before it is SIGKILLed on teardown.
+TEARDOWN_GRACE: Final = 3.0
+
+
+class StartError(Exception):
+    """A child could not be started or did not come up; the text is one line for the user."""
+
+
+def last_line(path: Path, limit: int = 300) -> str:
+    """The last non-empty line of a log file (what a failing child said last), shortened."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 8192))
+            lines = [ln for ln in f.read().decode(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    if not lines:
+        return ""
+    text = lines[-1].strip()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class Child:
+    """One child process; its stdout and stderr go (unchanged) to `log_path`."""
+
+    def __init__(self, name: str, argv: Sequence[str], log_path: Path) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.log_path = log_path
+        self.proc: trio.Process | None = None
+        self._log: IO[bytes] | None = None
+        self.starts = 0
+
+    @property
+    def pid(self) -> int | None:
+        """The running process's pid, if any."""
+        return self.proc.pid if self.proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        """True while the process has not been reaped."""
+        return self.proc is not None and self.proc.returncode is None
+
+    async def start(self, env: Mapping[str, str] | None = None) -> None:
+        """Start (or restart) the process; StartError if it cannot be executed."""
+        if self.running:
+            raise RuntimeError(f"{self.name} is already running")
+        if self._log is None:
+            # Opened once, appended by every incarnation; closed in close().
+            self._log = open(self.log_path, "ab")  # noqa: ASYNC230 - a local file, instant
+        full_env = dict(os.environ)
+        if env:
+            full_env.update(env)
+        try:
+            self.proc = await trio.lowlevel.open_process(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=self._log,
+                env=full_env,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise StartError(f"cannot start {self.name} ({self.argv[0]}): {exc.strerror}") from None
+        self.starts += 1
+        log.info("child.started", child=self.name, pid=self.proc.pid, start=self.starts)
+
+    async def wait(self) -> int:
+        """Wait for the process to exit; its return code (negative: killed by that signal)."""
+        assert self.proc is not None
+        return await self.proc.wait()
+
+    def send_signal(self, signum: int) -> None:
+        """Send a signal if the process still runs."""
+        if self.running:
+            assert self.proc is not None
+            try:
+                self.proc.send_signal(signum)
+            except ProcessLookupError:
+                pass
+
+    def kill(self) -> None:
+        """SIGKILL, no questions asked."""
+        self.send_signal(signal.SIGKILL)
+
+    async def stop(self, grace: float = TEARDOWN_GRACE, signum: int = signal.SIGTERM) -> int | None:
+        """Ask the process to exit, SIGKILL it after `grace` seconds; its return code."""
+        if self.proc is None:
+            return None
+        if self.running:
+            self.send_signal(signum)
+            with trio.move_on_after(grace):
+                return await self.proc.wait()
+            log.warning("child.kill_after_grace", child=self.name, pid=self.proc.pid)
+            self.kill()
+        return await self.proc.wait()
+
+    def close(self) -> None:
+        """Close the log file."""
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+class ChildSet:
+    """The children of one `xpemu` run; `open_children` reaps them all on exit."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.children: dict[str, Child] = {}
+
+    def add(self, name: str, argv: Sequence[str]) -> Child:
+        """Register a child whose log is `<log_dir>/<name>.log`."""
+        child = Child(name, argv, self.log_dir / f"{name}.log")
+        self.children[name] = child
+        return child
+
+    async def teardown(self) -> None:
+        """Stop every child still running: SIGTERM, then SIGKILL after a grace period."""
+        running = [c for c in self.children.values() if c.running]
+        if running:
+            for c in running:
+                c.send_signal(signal.SIGTERM)
+            with trio.move_on_after(TEARDOWN_GRACE):
+                for c in running:
+                    await c.wait()
+            for c in running:
+                if c.running:
+                    log.warning("child.kill_on_teardown", child=c.name, pid=c.pid)
+                    c.kill()
+            for c in running:
+                await c.wait()
+        for c in self.children.values():
+            c.close()
+
+
+@asynccontextmanager
+async def open_children(log_dir: Path) -> AsyncIterator[ChildSet]:
+    """A ChildSet whose children are all stopped and reaped when the block exits."""
+    children = ChildSet(log_dir)
+    try:
+        yield children
+    finally:
+        with trio.CancelScope(shield=True):
+            await children.teardown()
