@@ -43,6 +43,9 @@ POLL_EVERY: Final = 0.25
 #: Longest Unix socket path (sun_path is 108 bytes with the terminating NUL).
 MAX_SOCKET_PATH: Final = 107
 
+#: Why the end phase kills the pager (not a fault: the store check needs it dead).
+FINAL_KILL: Final = "final_store_check"
+
 #: Consecutive pager starts that never attach before the stack gives up on the pager.
 MAX_FAILED_STARTS: Final = 6
 
@@ -174,6 +177,7 @@ class Stack:
         self.attach_event = trio.Event()
         self.pager_exited = trio.Event()
         self.last_epoch = 0
+        self.final_n = 0  # the pager incarnation asked to page everything in at the end
         self.orphaned = False
         self.orphan_note: str | None = None
         self.violations: list[str] = []
@@ -541,7 +545,7 @@ class Stack:
         else:
             # 1. Kill the pager once more and hold its store against the audit (invariant 4).
             await self._settle_pager()
-            self._kill_pager("final_store_check")
+            self._kill_pager(FINAL_KILL)
             await self._wait_pager_down()
             types, frames = await self._audit()
             store_mid = await trio.to_thread.run_sync(
@@ -551,6 +555,7 @@ class Stack:
             # 2. A fresh pager recovers from that store; SIGTERM makes it page everything in.
             await self._settle_pager()
             self.pager_stop = True
+            self.final_n = len(self.lives)
             rc = await self.pager.stop(grace=o.end_timeout)
             paged_in = rc == 0
             if not paged_in:
@@ -662,13 +667,15 @@ class Stack:
         paged_in: bool,
     ) -> None:
         o = self.o
-        deaths = Counter(
-            life.cause.split(":")[0] if life.cause.startswith("sigkill") else life.cause
+        deaths = Counter(life.cause for life in self.lives if life.rc is not None)
+        # Deaths during the run: every end except the end phase's own kill and SIGTERM.
+        mid_run = [
+            life
             for life in self.lives
-            if life.rc is not None
-        )
-        kills = sum(1 for life in self.lives if life.killed_by and life.rc is not None)
-        crash_fired = sum(1 for life in self.lives if life.cause == "crash_point")
+            if life.rc is not None and life.killed_by != FINAL_KILL and life.n != self.final_n
+        ]
+        kills = sum(1 for life in mid_run if life.killed_by)
+        crash_fired = sum(1 for life in mid_run if life.cause == "crash_point")
         restarts = max(0, len(self.lives) - 1)
         cuts_fired = len(self.proxy.cuts) if self.proxy else 0
         stuck = list(guest["stuck_vcpus"]) if guest else []
@@ -715,7 +722,7 @@ class Stack:
                 "restarts_survived": restarts,
                 "kills": kills,
                 "crash_points_fired": crash_fired,
-                "pager_deaths": kills + crash_fired + deaths.get("exit:75", 0),
+                "pager_deaths": len(mid_run),
                 "cuts_fired": cuts_fired,
                 "ends": dict(deaths),
                 "attaches": self.last_epoch,
@@ -802,9 +809,10 @@ def summary_text(report: dict[str, Any]) -> str:
         f"xpemu {report['command']}: {'PASSED' if report['ok'] else 'FAILED'}  "
         f"seed={report['seed']}  elapsed={report.get('elapsed_s', 0)}s",
         f"  run dir {report['run_dir']}  (logs: hv.log, pager.log, guest.log)",
-        f"  faults injected: {report['faults_injected'] or 'none'}; pager kills "
-        f"{p['kills']}, crash points fired {p['crash_points_fired']}, cuts fired "
-        f"{p['cuts_fired']}; restarts survived {p['restarts_survived']}",
+        f"  faults injected: {report['faults_injected'] or 'none'}",
+        f"  pager deaths {p['pager_deaths']} (SIGKILLs {p['kills']}, crash points fired "
+        f"{p['crash_points_fired']}), cuts fired {p['cuts_fired']}; restarts survived "
+        f"{p['restarts_survived']}",
         f"  pages out {pages['out']}, in {pages['in']}, guest populates {pages['populated']}; "
         f"faults seen by the guest {report.get('faults_seen_by_guest')}",
         f"  guest ops {g.get('ops', 0)}  latency ms p50 {lat.get('p50', 0)}  "

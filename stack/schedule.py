@@ -10,9 +10,10 @@ run can be replayed; the report prints it. What each kind does:
   a SIGKILL at a random instant;
 - `cut`: the fault proxy between the pager and `privcmd.sock` cuts the byte stream in the
   middle of the next frame going one way (`to_hv` or `to_pager`);
-- `store`: restart the pager with a failing store (`XPEMU_FAULTS=store.OP=ACTION@N+`):
-  ENOSPC or EIO from writes, fsyncs, commits or reads, or corrupted reads; the fault lasts
-  until the next scheduled fault ends that pager.
+- `store`: restart the pager with a failing store: from the N-th write, fsync or commit on,
+  ENOSPC or EIO (`store.OP=ACTION@N+`, lasting until the next fault ends that pager), or
+  the N-th read failing with EIO or returning a flipped byte (`store.read=ACTION@N`, a
+  transient fault the pager must retry through).
 """
 
 from __future__ import annotations
@@ -70,7 +71,12 @@ class Fault:
         if self.kind == "crash":
             return f"{p['point']}@{p['nth']}"
         if self.kind == "store":
-            return f"store.{p['op']}={p['action']}@{p['nth']}+"
+            # Write-side faults persist (the disk stays full or failing: page-out must stop
+            # without losing anything); read-side faults are transient (one failed or
+            # corrupted read, which the pager retries). A read that fails for ever is a
+            # real loss the pager can only report (EIO to the guest), not survive.
+            persist = "" if p["op"] == "read" else "+"
+            return f"store.{p['op']}={p['action']}@{p['nth']}{persist}"
         return None
 
     def to_dict(self) -> dict[str, Any]:
