@@ -43,12 +43,17 @@ SOCKETS = ("privcmd.sock", "guest.sock")
 
 
 class _Close(Exception):
-    """A request that ends the connection: answer it with `errno`, then close."""
+    """A request that ends the connection: answer it with `errno`, then close.
 
-    def __init__(self, errno: Errno, msg: str) -> None:
+    `answer` False sends the reply with id null (a frame that is not a hello before the
+    hello is a framing-level error, §2); a refused hello is answered under its own id.
+    """
+
+    def __init__(self, errno: Errno, msg: str, *, answer: bool = True) -> None:
         super().__init__(msg)
         self.errno = errno
         self.msg = msg
+        self.answer = answer
 
 
 class _Session:
@@ -102,14 +107,15 @@ class _Session:
                 self._handle(msg)
             except _Close as exc:
                 self.log.warning("conn.refused", errno=str(exc.errno), reason=exc.msg)
-                self._send(error_reply(request_id(msg), exc.errno, exc.msg))
+                rid = request_id(msg) if exc.answer else None
+                self._send(error_reply(rid, exc.errno, exc.msg))
                 return
             if self.domain is not None and not self.domain.destroyed:
                 self.domain.flush_events()
 
     def _handle(self, msg: dict[str, Any]) -> None:
         if self.role is None and msg.get("op") != "hello":
-            raise _Close(Errno.EPROTO, "the first message must be a hello")
+            raise _Close(Errno.EPROTO, "the first message must be a hello", answer=False)
         try:
             req = parse_request(msg, self.role or Role.control)
         except RequestError as exc:

@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -12,6 +20,8 @@ import trio.testing
 from hv import Hypervisor
 from protocol import PAGE_SIZE
 from transport import Client, open_client
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 SOCKET_OF = {"pager": "privcmd.sock", "mapper": "privcmd.sock", "control": "privcmd.sock"}
 
@@ -98,3 +108,62 @@ async def page_out(pager: Client, gfns: list[int]) -> None:
     """Nominate and evict gfns (they must be pageable)."""
     assert (await pager.call("nominate", gfns=gfns))["results"] == [0] * len(gfns)
     assert (await pager.call("evict", gfns=gfns))["results"] == [0] * len(gfns)
+
+
+class HvProcess:
+    """`python -m hv` as a child process; its stderr log lines are collected by a thread."""
+
+    def __init__(self, args: list[str]) -> None:
+        self.run_dir = tempfile.mkdtemp(prefix="hv-", dir="/tmp")  # short: sun_path is small
+        self.lines: list[str] = []
+        self.ready = threading.Event()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "hv", "--run-dir", self.run_dir, *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line)
+            if '"hv.ready"' in line:
+                self.ready.set()
+
+    def path(self, socket: str) -> str:
+        return os.path.join(self.run_dir, socket)
+
+    def events(self) -> list[str]:
+        """The `event` of every JSON log line so far."""
+        out = []
+        for line in self.lines:
+            with contextlib.suppress(ValueError):
+                out.append(json.loads(line).get("event"))
+        return out
+
+    def stop(self) -> None:
+        """Kill the child by pid if it still runs, and reap it."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+        self._reader.join(timeout=10)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+@asynccontextmanager
+async def hv_process(*args: str) -> AsyncIterator[HvProcess]:
+    """A running `python -m hv`, ready (both sockets listen); killed on every path."""
+    proc = HvProcess(list(args))
+    try:
+        ok = await trio.to_thread.run_sync(proc.ready.wait, 20)
+        assert ok, f"hv did not get ready: {''.join(proc.lines)[-2000:]}"
+        yield proc
+    finally:
+        proc.stop()
