@@ -46,7 +46,8 @@ def last_line(path: Path, limit: int = 300) -> str:
 
 
 class Child:
-    """One child process; its stdout and stderr go (unchanged) to `log_path`."""
+    """One child process: its stderr (JSON log lines) goes unchanged to `log_path`
+    (`<name>.log`), its stdout (a readable summary, if any) to `<name>.out`."""
 
     def __init__(self, name: str, argv: Sequence[str], log_path: Path) -> None:
         self.name = name
@@ -54,6 +55,7 @@ class Child:
         self.log_path = log_path
         self.proc: trio.Process | None = None
         self._log: IO[bytes] | None = None
+        self._out: IO[bytes] | None = None
         self.starts = 0
 
     @property
@@ -73,6 +75,7 @@ class Child:
         if self._log is None:
             # Opened once, appended by every incarnation; closed in close().
             self._log = open(self.log_path, "ab")  # noqa: ASYNC230 - a local file, instant
+            self._out = open(self.log_path.with_suffix(".out"), "ab")  # noqa: ASYNC230
         full_env = dict(os.environ)
         if env:
             full_env.update(env)
@@ -80,7 +83,7 @@ class Child:
             self.proc = await trio.lowlevel.open_process(
                 self.argv,
                 stdin=subprocess.DEVNULL,
-                stdout=self._log,
+                stdout=self._out,
                 stderr=self._log,
                 env=full_env,
                 start_new_session=True,
@@ -122,9 +125,10 @@ class Child:
 
     def close(self) -> None:
         """Close the log file."""
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        for f in (self._log, self._out):
+            if f is not None:
+                f.close()
+        self._log = self._out = None
 
 
 class ChildSet:
