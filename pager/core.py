@@ -42,7 +42,15 @@ from transport import Client, ConnectionClosed, open_client
 
 from .faults import NO_FAULTS, Faults, SimulatedCrash
 from .policy import make_policy
-from .store import ChecksumError, PageStore, Row, StoreError, checksum, disk_io_for
+from .store import (
+    ChecksumError,
+    DiskIO,
+    PageStore,
+    Row,
+    StoreError,
+    checksum,
+    disk_io_for,
+)
 
 log = structlog.get_logger("pager")
 
@@ -698,7 +706,7 @@ class Pager:
         for row, res in zip(good, results["results"], strict=True):
             if res == 0:
                 freed.append((row.gfn, row.gen))
-                self.policy.paged_in(row.gfn)
+                self.policy.paged_in(row.gfn, mru=False)
             elif res == Errno.ENOMEM:
                 self.stats.prep_enomem += 1
             else:
@@ -783,10 +791,12 @@ class Pager:
         try:
             with trio.fail_after(self.config.drain_timeout):
                 while True:
-                    if self._adopt:
-                        await self._pageout(list(self._adopt)[: self.batch], nominate=False)
-                        continue
                     if await self._pagein_some(self.batch):
+                        continue
+                    if self._adopt and not self._full():
+                        # Leftover nominations: no un-nominate exists, so copy, evict, and
+                        # bring them back in on the next pass (paging in freed slots first).
+                        await self._pageout(list(self._adopt)[: self.batch], nominate=False)
                         continue
                     counters = await self._audit(0, 0)
                     if counters["paged_pages"] == 0 and not self._jobs:
@@ -895,6 +905,7 @@ async def run_pager(
     *,
     faults: Faults = NO_FAULTS,
     stop: trio.Event | None = None,
+    io: DiskIO | None = None,
     task_status: trio.TaskStatus[Pager] = trio.TASK_STATUS_IGNORED,
 ) -> PagerStats:
     """Run one pager over `stream` (connected to hv's privcmd socket) until `stop` is set.
@@ -904,12 +915,17 @@ async def run_pager(
     recovery is done. On `stop`: page everything in and detach (`on_exit="pagein"`) or
     leave the store as it is (`"keep"`). Raises ConnectionLost if hv goes away, PagerError
     on a refused hello or locked store, and `SimulatedCrash` (after dropping the store's
-    descriptors, as a dying process would) when a crash point fires in-process.
+    descriptors, as a dying process would) when a crash point fires in-process. `io`
+    replaces the store's disk layer (default: plain, or faulty when `faults` names store
+    faults).
     """
     config = config or PagerConfig()
     stop = trio.Event() if stop is None else stop
     opener = functools.partial(
-        PageStore.open, state_dir, io=disk_io_for(faults), lock_timeout=config.lock_timeout
+        PageStore.open,
+        state_dir,
+        io=io if io is not None else disk_io_for(faults),
+        lock_timeout=config.lock_timeout,
     )
     try:
         store = await trio.to_thread.run_sync(opener)

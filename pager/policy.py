@@ -34,8 +34,9 @@ class Policy(Protocol):
     def paged_out(self, gfn: int) -> None:
         """`gfn` was evicted."""
 
-    def paged_in(self, gfn: int) -> None:
-        """`gfn` came back in (a guest touch: it is recently used)."""
+    def paged_in(self, gfn: int, *, mru: bool = True) -> None:
+        """`gfn` came back in; `mru` when a guest touch brought it (it is recently used),
+        false for a proactive page-in (Xen's policy_notify_paged_in_nomru)."""
 
     def dropped(self, gfn: int) -> None:
         """`gfn` left the paging path without a page-in (balloon, lost, nominate refused)."""
@@ -73,8 +74,10 @@ class XenpagingPolicy(_Base):
         # "Start in the middle to avoid paging during BIOS startup" (policy_default.c).
         self.current = nr_gfns // 2
 
-    def paged_in(self, gfn: int) -> None:
+    def paged_in(self, gfn: int, *, mru: bool = True) -> None:
         self.paged[gfn] = 0
+        if not mru:
+            return
         if len(self._mru) < self.mru_size:
             self._mru.append(gfn)
         else:
@@ -95,6 +98,14 @@ class XenpagingPolicy(_Base):
             if self.paged[g] or self._in_mru[g] or skip(g):
                 continue
             out.append(g)
+        if len(out) < n:
+            # Every candidate is in the MRU list. Xen's xenpaging would stall here (poll and
+            # retry); we take MRU gfns rather than miss the target.
+            for g in range(nr):
+                if len(out) >= n:
+                    break
+                if self._in_mru[g] and not self.paged[g] and not skip(g) and g not in out:
+                    out.append(g)
         return out
 
 
@@ -113,7 +124,7 @@ class ClockPolicy(_Base):
         self._bits_len = 0
         self._last = -1  # last gfn examined: a wrap of the hand refetches the window
 
-    def paged_in(self, gfn: int) -> None:
+    def paged_in(self, gfn: int, *, mru: bool = True) -> None:
         self.paged[gfn] = 0
 
     async def _bit(self, g: int) -> bool:

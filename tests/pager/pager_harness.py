@@ -20,6 +20,8 @@ import trio.testing
 
 from hv import HvConfig, Hypervisor
 from pager import (
+    DiskIO,
+    Faults,
     Pager,
     PagerConfig,
     PagerStats,
@@ -71,7 +73,9 @@ class PagerRun:
         return self.pager
 
 
-class _Status:
+class RunStatus:
+    """A duck-typed `task_status` that records the started pager in a PagerRun."""
+
     def __init__(self, run: PagerRun) -> None:
         self._run = run
 
@@ -160,13 +164,18 @@ class Stack:
     def start_pager(
         self,
         config: PagerConfig | None = None,
-        faults: str | None = None,
+        faults: str | Faults | None = None,
         state_dir: Path | None = None,
+        io: DiskIO | None = None,
     ) -> PagerRun:
         """Start a pager task; crash points raise SimulatedCrash in-process."""
         run = PagerRun()
         stream = self.connect("privcmd.sock")
-        spec = parse_faults(faults, crash=raise_simulated_crash)
+        spec = (
+            faults
+            if isinstance(faults, Faults)
+            else parse_faults(faults, crash=raise_simulated_crash)
+        )
 
         async def runner() -> None:
             try:
@@ -176,7 +185,8 @@ class Stack:
                     config or PagerConfig(),
                     faults=spec,
                     stop=run.stop,
-                    task_status=_Status(run),  # type: ignore[arg-type]
+                    io=io,
+                    task_status=RunStatus(run),  # type: ignore[arg-type]
                 )
             except BaseException as exc:
                 if isinstance(exc, trio.Cancelled):

@@ -14,7 +14,7 @@ import pytest
 import trio
 from pager_harness import Guest, PagerRun, Stack, open_stack, page_bytes
 
-from pager import PageStore, PagerConfig, SimulatedCrash
+from pager import PagerConfig, PageStore, SimulatedCrash
 from protocol import P2MType
 
 NR = 192
