@@ -30,28 +30,33 @@ def status_table(
         title="xpemu domains",
         caption=f"host frames {host.get('frames', '?')}, free {host.get('free', '?')}",
     )
-    for col in ("domid", "gfns", "tot_pages", "target", "paged"):
-        table.add_column(col, justify="right")
-    for t in P2MType:
-        table.add_column(_TYPE_ABBR[t.name], justify="right")
-    table.add_column("ring used/size (wait)", justify="right")
-    table.add_column("pager", justify="left")
-    table.add_column("paused vCPUs", justify="left")
+    table.add_column("dom", justify="right")
+    table.add_column("gfns", justify="right")
+    table.add_column("tot/target", justify="right")
+    table.add_column("paged", justify="right")
+    table.add_column("p2m types")
+    table.add_column("ring")
+    table.add_column("pager")
+    table.add_column("paused")
     if counters:
         table.add_column("out/in", justify="right")
     for d in status.get("domains", []):
         ring = d["ring"]
         pager = d["pager"]
         who = "attached" if pager["attached"] else ("ORPHANED" if pager["orphaned"] else "none")
+        types = " ".join(
+            f"{_TYPE_ABBR[t.name]}={d['counts'].get(t.name, 0)}"
+            for t in P2MType
+            if d["counts"].get(t.name, 0)
+        )
         row = [
             str(d["domid"]),
             str(d["nr_gfns"]),
-            str(d["tot_pages"]),
-            str(d["target"]),
+            f"{d['tot_pages']}/{d['target']}",
             str(d["paged_pages"]),
-            *(str(d["counts"].get(t.name, 0)) for t in P2MType),
-            f"{ring['used']}/{ring['size']} ({ring['waiters']})",
-            f"{who} epoch {pager['epoch']}",
+            types,
+            f"{ring['used']}/{ring['size']} w{ring['waiters']}",
+            f"{who} e{pager['epoch']}",
             ",".join(map(str, d["paused_vcpus"])) or "-",
         ]
         if counters:

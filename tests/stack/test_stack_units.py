@@ -154,3 +154,54 @@ async def test_proxy_cuts_to_pager_strictly_inside_a_frame(tmp_path: Path) -> No
     partial = got_down[len(first) :]
     assert 1 <= len(partial) <= len(frame) - 1
     assert frame.startswith(partial)
+
+
+def _make_store(state: Path, rows: dict[int, bytes]) -> None:
+    """A store in the pager's format (pager/store.py): index rows and 4 KiB slots."""
+    import sqlite3
+
+    from pager.store import checksum
+
+    state.mkdir()
+    db = sqlite3.connect(state / "index.sqlite")
+    db.execute(
+        "CREATE TABLE pages (gfn INTEGER PRIMARY KEY, gen INTEGER, slot INTEGER, crc INTEGER)"
+    )
+    with open(state / "pages.bin", "wb") as pages:
+        for slot, (gfn, data) in enumerate(sorted(rows.items())):
+            pages.write(data)
+            db.execute(
+                "INSERT INTO pages VALUES (?, ?, ?, ?)", (gfn, 7, slot, checksum(gfn, 7, data))
+            )
+    db.commit()
+    db.close()
+
+
+def test_store_check_finds_missing_corrupt_and_stale_rows(tmp_path: Path) -> None:
+    from protocol import P2MType, pack_bits
+    from stack.store_check import check_store
+
+    # gfns 0-1 resident, 2-4 paged (no frame), 5 paging_in_start without frame.
+    types = bytes(
+        [
+            P2MType.ram_rw,
+            P2MType.ram_rw,
+            P2MType.paged,
+            P2MType.paged,
+            P2MType.paged,
+            P2MType.paging_in_start,
+        ]
+    )
+    frames = pack_bits(bytes([1, 1, 0, 0, 0, 0]))
+    state = tmp_path / "state"
+    _make_store(state, {1: b"\x01" * 4096, 2: b"\x02" * 4096, 3: b"\x03" * 4096, 5: b"\x05" * 4096})
+    with open(state / "pages.bin", "r+b") as f:  # flip one byte of gfn 3's slot (slot 2)
+        f.seek(2 * 4096 + 10)
+        f.write(b"\xff")
+    result = check_store(state, types, frames)
+    assert result.rows == 4 and result.frameless == 4
+    assert result.missing == [4]
+    assert result.bad_checksum == [3]
+    assert result.resident_rows == [1]
+    assert len(result.violations(resident_rows_allowed=True)) == 2
+    assert len(result.violations(resident_rows_allowed=False)) == 3
