@@ -15,8 +15,10 @@ from protocol import MAX_AUDIT_COUNT
 #: Xen's xenpaging keeps the last 16 Ki paged-in gfns out of the victim sweep.
 XEN_MRU_SIZE: Final = 1024 * 16
 
-#: gfns whose accessed bits `clock` fetches (and clears) in one `accessed` call.
-CLOCK_WINDOW: Final = 1024
+#: gfns whose accessed bits `clock` fetches (and clears) in one `accessed` call, at least.
+#: Bits are judged when the hand reaches them, so a large window judges on stale bits: a
+#: call fetches max(CLOCK_WINDOW, 2 * n) for a batch of n victims.
+CLOCK_WINDOW: Final = 64
 
 Accessed = Callable[[int, int], Awaitable[bytes]]
 """`await accessed(start, count)`: LSB-first bitmap of accessed bits, cleared as read."""
@@ -118,6 +120,7 @@ class ClockPolicy(_Base):
         super().__init__(nr_gfns)
         self._accessed = accessed
         self.window = max(8, min(window, MAX_AUDIT_COUNT, nr_gfns))
+        self._fetch = self.window
         self.hand = 0
         self._bits = b""
         self._bits_start = 0
@@ -131,7 +134,7 @@ class ClockPolicy(_Base):
         # Bits are fetched (and cleared in hv) one window at a time and consumed as the
         # hand passes: a gfn is never cleared without being examined.
         if g <= self._last or not self._bits_start <= g < self._bits_start + self._bits_len:
-            count = min(self.window, self.nr_gfns - g)
+            count = min(self._fetch, self.nr_gfns - g)
             self._bits = await self._accessed(g, count)
             self._bits_start, self._bits_len = g, count
         self._last = g
@@ -141,6 +144,7 @@ class ClockPolicy(_Base):
     async def choose(self, n: int, skip: Callable[[int], bool]) -> list[int]:
         out: list[int] = []
         nr = self.nr_gfns
+        self._fetch = min(max(self.window, 2 * n), MAX_AUDIT_COUNT, nr)
         # Two turns at most: after one, every examined bit has been cleared.
         for _ in range(2 * nr):
             if len(out) >= n:
