@@ -19,7 +19,7 @@ import trio.testing
 
 from hv import Hypervisor
 from protocol import PAGE_SIZE
-from transport import Client, open_client
+from transport import Client, ConnectionClosed, open_client
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -79,6 +79,7 @@ class Pending:
 
     def __init__(self) -> None:
         self.reply: dict[str, Any] | None = None
+        self.lost: ConnectionClosed | None = None  # the connection died before the reply
         self.done = trio.Event()
 
     @property
@@ -92,7 +93,10 @@ def spawn(nursery: trio.Nursery, client: Client, op: str, **fields: Any) -> Pend
     pending = Pending()
 
     async def run() -> None:
-        pending.reply = await client.request(op, **fields)
+        try:
+            pending.reply = await client.request(op, **fields)
+        except ConnectionClosed as exc:
+            pending.lost = exc
         pending.done.set()
 
     nursery.start_soon(run)

@@ -61,20 +61,34 @@ async def test_sockets_modes_ready_and_sigterm() -> None:
             }
             assert modes == {"privcmd.sock": 0o600, "guest.sock": 0o660}
             assert stat.S_ISSOCK(os.stat(hv.path("guest.sock")).st_mode)
-            async with open_unix_client(hv.path("guest.sock"), "guest") as guest:
-                info = await guest.hello(1)
-                assert (info["nr_gfns"], info["vcpus"], info["ring_size"]) == (256, 3, 64)
             async with open_unix_client(hv.path("privcmd.sock"), "control") as control:
                 await control.hello()
                 assert (await control.call("check"))["violations"] == []
-            hv.proc.send_signal(signal.SIGTERM)
-            rc = await trio.to_thread.run_sync(hv.proc.wait, 10)
-            assert rc == 0
+            async with (
+                open_unix_client(hv.path("guest.sock"), "guest") as guest,
+                open_unix_client(hv.path("privcmd.sock"), "pager") as pager,
+                trio.open_nursery() as n,
+            ):
+                info = await guest.hello(1)
+                assert (info["nr_gfns"], info["vcpus"], info["ring_size"]) == (256, 3, 64)
+                await pager.hello(1)
+                await page_out(pager, [7])
+                paused = spawn(n, guest, "read", vcpu=0, gfn=7, off=0, len=1)
+                await next_event(pager, "mem_event")
+                # SIGTERM with a pager attached and a vCPU paused: still a clean exit.
+                hv.proc.send_signal(signal.SIGTERM)
+                rc = await trio.to_thread.run_sync(hv.proc.wait, 10)
+                assert rc == 0
+                with pytest.raises(ConnectionClosed):
+                    await guest.call("read", vcpu=1, gfn=1, off=0, len=1)
+                await paused.done.wait()
+                assert paused.reply is None and paused.lost is not None
             assert not await trio.Path(hv.path("privcmd.sock")).exists()
             assert not await trio.Path(hv.path("guest.sock")).exists()
             await trio.to_thread.run_sync(hv._reader.join, 10)
             events = hv.events()
             assert events.count("hv.ready") == 1 and "hv.stopped" in events
+            assert not any("Traceback" in line for line in hv.lines)
 
 
 async def test_sigint_is_a_clean_shutdown_too() -> None:
