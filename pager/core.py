@@ -800,6 +800,8 @@ class Pager:
                         continue
                     counters = await self._audit(0, 0)
                     if counters["paged_pages"] == 0 and not self._jobs:
+                        # Nothing is out: rows left name resident gfns; leave none behind.
+                        await self._scrub()
                         reply = await self.client.request("detach")
                         if reply["ok"]:
                             break

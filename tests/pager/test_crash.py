@@ -58,6 +58,7 @@ async def finish(stack: Stack, guest: Guest, run: PagerRun) -> None:
     assert run.stats is not None
     assert run.stats.lost == 0
     assert run.stats.detached
+    assert run.pager is not None and run.pager.store.rows == {}  # no stale row left behind
     st = stack.domain_status()
     assert st["paged_pages"] == 0
     assert st["counts"]["broken"] == 0

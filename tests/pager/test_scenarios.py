@@ -47,6 +47,7 @@ async def stop_clean(stack: Stack, guest: Guest, run: PagerRun, *, lost: int = 0
     assert run.error is None, repr(run.error)
     assert run.stats is not None and run.stats.detached
     assert run.stats.lost == lost
+    assert run.pager is not None and run.pager.store.rows == {}  # no stale row left behind
     stack.assert_clean()
     assert stack.domain_status()["paged_pages"] == 0
     await guest.verify_all(2)
