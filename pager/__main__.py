@@ -20,7 +20,7 @@ import trio
 
 from transport import configure_logging
 
-from .core import ConnectionLost, PagerConfig, PagerError, run_pager
+from .core import ConnectionLost, PagerConfig, PagerError, find_exception, run_pager
 from .faults import ENV_VAR, FaultSpecError, parse_faults
 from .net import connect_privcmd
 from .policy import POLICIES
@@ -124,12 +124,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return trio.run(_main, args, config, spec)
-    except ConnectionLost as exc:
-        log.error("pager.connection_lost", error=str(exc))
-        return EXIT_CONNECTION_LOST
-    except PagerError as exc:
-        log.error("pager.failed", error=str(exc))
-        return 1
+    except BaseException as exc:
+        # The signal nursery wraps what run_pager raised: unwrap it for one clear line.
+        lost = find_exception(exc, ConnectionLost)
+        if lost is not None:
+            log.error("pager.connection_lost", error=str(lost))
+            return EXIT_CONNECTION_LOST
+        error = find_exception(exc, PagerError)
+        if error is not None:
+            log.error("pager.failed", error=str(error))
+            return 1
+        raise
 
 
 if __name__ == "__main__":

@@ -889,12 +889,13 @@ async def _hello(client: Client, config: PagerConfig) -> dict[str, Any]:
     raise PagerError(f"hello still refused with EBUSY after {config.hello_timeout:g} s")
 
 
-def _contains(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+def find_exception(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """`exc` itself or the first exception of `kind` inside (nested) exception groups."""
     if isinstance(exc, kind):
         return exc
     if isinstance(exc, BaseExceptionGroup):
         for inner in exc.exceptions:
-            found = _contains(inner, kind)
+            found = find_exception(inner, kind)
             if found is not None:
                 return found
     return None
@@ -953,14 +954,14 @@ async def run_pager(
             log.info("pager.exit", **pager.stats.as_dict())
             return pager.stats
     except BaseException as exc:
-        crash = _contains(exc, SimulatedCrash)
+        crash = find_exception(exc, SimulatedCrash)
         if crash is not None:
             crashed = True
             store.abandon()
             raise crash from None
-        if _contains(exc, ConnectionLost) or _contains(exc, ConnectionClosed):
+        if find_exception(exc, ConnectionLost) or find_exception(exc, ConnectionClosed):
             raise ConnectionLost(f"connection to hv lost: {exc!r}") from None
-        error = _contains(exc, PagerError)
+        error = find_exception(exc, PagerError)
         if error is not None:
             raise error from None
         raise
