@@ -232,6 +232,7 @@ class _Run:
         self.draining = False  # the workload barrier has passed
         self.verify_go = trio.Event()
         self.balloon_done = trio.Event()
+        self.drain = trio.Event()  # set with `draining`: wakes the balloon task at once
         self.finished = trio.Event()
         self.progress = trio.Event()
         self.verify_iter = iter(range(self.nr_gfns))
@@ -434,7 +435,7 @@ class _Run:
         rng = random.Random(f"{cfg.seed}/balloon")
         while True:
             with trio.move_on_at(self._balloon_wake()):
-                await self.verify_go.wait()
+                await self.drain.wait()
             if self.stopping():
                 return
             await self.balloon_in()
@@ -514,6 +515,7 @@ class _Run:
         while not workload_over():
             await self.progress.wait()
         self.draining = True
+        self.drain.set()
         await self.balloon_done.wait()
         if self.cfg.balloon_every > 0:
             await self.balloon_in(everything=True)

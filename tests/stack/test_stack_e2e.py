@@ -258,6 +258,18 @@ async def test_status_of_a_running_hv(tmp_path: Path) -> None:
             await _read_until(hv.stderr, b'"hv.ready"', bytearray())
             as_json = await run_xpemu(["status", "--run-dir", str(run_dir), "--json"], 30)
             plain = await run_xpemu(["status", "--run-dir", str(run_dir)], 30)
+            watch = await trio.lowlevel.open_process(
+                [*XPEMU, "status", "--run-dir", str(run_dir), "--watch", "0.1"],
+                stdout=subprocess.PIPE,
+            )
+            assert watch.stdout is not None
+            seen = bytearray()
+            while seen.count(b"dom1:") < 2:  # it refreshes
+                data = await watch.stdout.receive_some(4096)
+                assert data, bytes(seen)
+                seen.extend(data)
+            watch.send_signal(signal.SIGINT)
+            assert await watch.wait() == 0  # Ctrl-C ends --watch cleanly
         finally:
             hv.terminate()
             await hv.wait()
