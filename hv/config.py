@@ -19,6 +19,13 @@ MAX_NR_GFNS: Final = 1 << 28
 #: Largest host: frame numbers are stored as unsigned 32-bit with one value reserved.
 MAX_HOST_FRAMES: Final = (1 << 32) - 2
 
+#: Most domains at once: keeps the `status` and `counters` replies well inside MAX_FRAME
+#: (a domain's status entry is a few hundred bytes).
+MAX_DOMAINS: Final = 1024
+
+#: Most lines a `check` reply carries: one broken table can produce a line per gfn.
+MAX_VIOLATIONS: Final = 1000
+
 #: Most vCPUs per domain (the wire schema's bound for `domain_create`).
 MAX_VCPUS: Final = 4096
 

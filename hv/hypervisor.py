@@ -11,7 +11,7 @@ import trio
 
 from protocol import Errno, RequestError
 
-from .config import MAX_NR_GFNS, HvConfig
+from .config import MAX_DOMAINS, MAX_NR_GFNS, MAX_VIOLATIONS, HvConfig
 from .domain import Domain
 from .frames import NO_FRAME, FramePool
 
@@ -49,6 +49,8 @@ class Hypervisor:
         bad = [g for g in mmio_gfns if not 0 <= g < nr_gfns]
         if bad:
             raise RequestError(f"mmio gfn {bad[0]} is outside [0, {nr_gfns})", Errno.EINVAL)
+        if len(self.domains) >= MAX_DOMAINS:
+            raise RequestError(f"hv holds at most {MAX_DOMAINS} domains", Errno.ENOSPC)
         if nr_gfns > self.pool.free:
             raise RequestError(
                 f"{nr_gfns} frames wanted, {self.pool.free} free on the host", Errno.ENOMEM
@@ -126,6 +128,8 @@ class Hypervisor:
             out.append("a frame past the never-used mark is in use")
         if used + self.pool.free != nr:
             out.append(f"free ({self.pool.free}) + used ({used}) != host frames ({nr})")
+        if len(out) > MAX_VIOLATIONS:
+            out[MAX_VIOLATIONS - 1 :] = [f"... and {len(out) - MAX_VIOLATIONS + 1} more"]
         return out
 
     async def serve_stream(self, stream: trio.abc.Stream, socket: str) -> None:

@@ -23,6 +23,7 @@ from protocol import (
     SOCKET_ROLES,
     VERSION,
     Errno,
+    LocalProtocolError,
     RemoteProtocolError,
     Request,
     RequestError,
@@ -87,6 +88,10 @@ class _Session:
     def _send(self, msg: dict[str, Any]) -> None:
         try:
             self.conn.send_nowait(msg)
+        except LocalProtocolError as exc:  # a reply that does not fit a frame: our bug
+            self.log.error("reply.too_large", error=exc.msg)
+            if "id" in msg:
+                self._send(error_reply(msg["id"], Errno.EIO, "reply too large for a frame"))
         except ConnectionClosed:
             # A peer that does not read its replies is not served further (§2).
             self.log.warning("conn.dropped", reason="peer is not reading or gone")

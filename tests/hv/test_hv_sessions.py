@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import trio
 import trio.testing
 from hv_helpers import Harness, next_event, page, page_out, rsp, spawn
 
 from hv import HvConfig
-from protocol import PAGE_SIZE, MemEventFlag, OpError, unpack_bits
+from hv.config import MAX_DOMAINS
+from protocol import PAGE_SIZE, MemEventFlag, OpError, encode_frame, unpack_bits
 from transport import ConnectionClosed
 
 
@@ -334,3 +337,39 @@ async def test_domain_destroy_ends_paused_accesses(harness: Harness) -> None:
             bad = control.call("domain_create", nr_gfns=8, vcpus=1, mmio_gfns=[8])
             assert await _errno(bad) == "EINVAL"
         harness.check()
+
+
+async def test_a_peer_that_does_not_read_is_dropped(harness: Harness) -> None:
+    ours, theirs = trio.testing.lockstep_stream_pair()  # hv's sends block until we read
+    ended = trio.Event()
+
+    async def serve() -> None:
+        await harness.hv.serve_stream(theirs, "privcmd.sock")
+        ended.set()
+
+    async def flood() -> None:
+        frames = [encode_frame({"op": "hello", "id": 0, "v": 1, "role": "control"})]
+        frames += [encode_frame({"op": "status", "id": i}) for i in range(1, 1200)]
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await ours.send_all(b"".join(frames))
+
+    with trio.fail_after(10):
+        harness.nursery.start_soon(serve)
+        async with trio.open_nursery() as n:
+            n.start_soon(flood)
+            await ended.wait()  # hv gave up on us: serve_stream returned without raising
+        await ours.aclose()
+        async with harness.client("control", None) as control:  # everyone else is served
+            assert (await control.call("check"))["violations"] == []
+
+
+@pytest.mark.parametrize("config", [HvConfig(nr_gfns=8, vcpus=1, host_frames=2048)])
+async def test_domain_count_is_bounded(harness: Harness) -> None:
+    with trio.fail_after(20):
+        async with harness.client("control", None) as control:
+            for _ in range(MAX_DOMAINS - 1):
+                await control.call("domain_create", nr_gfns=1, vcpus=1)
+            assert await _errno(control.call("domain_create", nr_gfns=1, vcpus=1)) == "ENOSPC"
+            st = await control.call("status")
+            assert len(st["domains"]) == MAX_DOMAINS
+            assert len((await control.call("counters"))["domains"]) == MAX_DOMAINS
