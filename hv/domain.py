@@ -186,11 +186,11 @@ class Domain:
     def _move(self, rule: Rule, gfn: int) -> None:
         """Apply a rule's `dst` with no change of frame."""
         if rule.dst is not None:
-            self.p2m.set(gfn, rule.dst)
+            self.p2m.set_type(gfn, rule.dst)
 
     def _free_frame(self, gfn: int, dst: P2MType) -> None:
         frame = self.p2m.frames[gfn]
-        self.p2m.set(gfn, dst, None)
+        self.p2m.set_backing(gfn, dst, NO_FRAME)
         if frame != NO_FRAME:
             self.pool.release(frame)
 
@@ -199,7 +199,7 @@ class Domain:
         assert frame is not None, "the no_mem guard lets no allocation fail"
         if data is not None:
             self.pool.write(frame, 0, data)
-        self.p2m.set(gfn, dst, frame)
+        self.p2m.set_backing(gfn, dst, frame)
 
     def _put(self, gfn: int, vcpu_id: int, flags: int, src: P2MType) -> MemRequest:
         req = self.ring.put(gfn, vcpu_id, flags, src)
@@ -504,6 +504,7 @@ class Domain:
         The vCPU is released (not busy) when this returns, raises or is cancelled.
         """
         vcpu = self.vcpus[vcpu_id]
+        waited = False
         try:
             while True:
                 if self.destroyed:
@@ -519,8 +520,10 @@ class Domain:
                     self.pool.write(frame, off, data)
                     return None
                 if rule.result == WAIT:
-                    self.counters["ring.full"] += 1
-                    self.log.info("ring.full", vcpu=vcpu_id, gfn=gfn, size=self.ring.size)
+                    if not waited:  # once per access: a waiter may be woken many times
+                        waited = True
+                        self.counters["ring.full"] += 1
+                        self.log.info("ring.full", vcpu=vcpu_id, gfn=gfn, size=self.ring.size)
                     vcpu.waiting = True
                     try:
                         await self._slot_freed.park()

@@ -67,15 +67,16 @@ class P2M:
         """Whether a foreign mapping holds gfn's page."""
         return gfn in self.holds
 
-    def set(self, gfn: int, t: P2MType | int, frame: int | type[...] | None = ...) -> None:
-        """Change gfn's type (and frame, when given: None removes it), keeping the counters."""
-        old_t = self.types[gfn]
-        old_f = self.frames[gfn]
-        new_f = old_f if frame is ... else (NO_FRAME if frame is None else frame)
-        self._account(old_t, old_f, -1)
+    def set_type(self, gfn: int, t: P2MType) -> None:
+        """Change gfn's type, keeping its frame (and the counters)."""
+        self.set_backing(gfn, t, self.frames[gfn])
+
+    def set_backing(self, gfn: int, t: P2MType, frame: int) -> None:
+        """Change gfn's type and frame (NO_FRAME: none), keeping the counters in step."""
+        self._account(self.types[gfn], self.frames[gfn], -1)
         self.types[gfn] = t
-        self.frames[gfn] = new_f
-        self._account(int(t), new_f, +1)
+        self.frames[gfn] = frame
+        self._account(int(t), frame, +1)
 
     def _account(self, t: int, f: int, sign: int) -> None:
         self.counts[t] += sign
