@@ -97,6 +97,7 @@ class PagerConfig:
     recheck_interval: float = 0.5  # balance at least this often (balloons are silent)
     drain_timeout: float = 60.0  # exit: time allowed to page everything in and detach
     read_attempts: int = 4  # slot reads failing with EIO before the page is declared lost
+    balance: bool = True  # follow the target; False: only serve requests (tests, benchmarks)
 
     def __post_init__(self) -> None:
         if self.on_exit not in ("pagein", "keep"):
@@ -192,12 +193,13 @@ class Pager:
         self.policy = make_policy(
             config.policy, self.nr_gfns, self._accessed, mru_size=config.mru_size
         )
-        self.batch = min(config.batch, MAX_PAGES_PER_FRAME)
+        self.batch = config.batch  # map and prep go in chunks of MAX_PAGES_PER_FRAME
         self.hv_target: int | None = None
         self._jobs: dict[int, _Job] = {}  # gfn -> open page-in job (not yet resumed)
         self._seqs: set[int] = set()  # seqs received and not yet resumed
         self._jobs_send, self._jobs_recv = trio.open_memory_channel[_Job](math.inf)
         self._drops_send, self._drops_recv = trio.open_memory_channel[dict[str, Any]](math.inf)
+        self._free_send, self._free_recv = trio.open_memory_channel[tuple[int, int]](math.inf)
         self._adopt: dict[int, float] = {}  # leftover paging_out gfn -> not before (time)
         self._out_inflight: frozenset[int] = frozenset()
         self._prefetch: dict[int, None] = {}
@@ -499,7 +501,10 @@ class Pager:
             self._seqs.discard(rsp["seq"])
             if res not in (0, Errno.ENOENT):  # ENOENT: consumed before (redelivery)
                 log.error("resume.failed", seq=rsp["seq"], gfn=rsp["gfn"], err=res)
-        await self._free_rows(freed)
+        # Rows go in the background (one group commit for many page-ins): the worker is
+        # free for the next batch at once. Each was loaded by a prep that answered 0.
+        for key in freed:
+            self._free_send.send_nowait(key)
         for job in done:
             self.policy.paged_in(job.gfn)
             log.debug("page.paged_in", gfn=job.gfn, requests=len(job.reqs))
@@ -517,6 +522,17 @@ class Pager:
                     self._prefetch[n] = None
         while len(self._prefetch) > PREFETCH_MAX:
             del self._prefetch[next(iter(self._prefetch))]
+
+    async def _freer(self) -> None:
+        """Delete rows of paged-in copies in groups: one SQLite commit for many keys."""
+        async for key in self._free_recv:
+            keys = [key]
+            while True:
+                try:
+                    keys.append(self._free_recv.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            await self._free_rows(keys)
 
     async def _drop_worker(self) -> None:
         async for req in self._drops_recv:
@@ -610,12 +626,19 @@ class Pager:
         for g, slot, page in zip(mapped, slots, pages, strict=True):
             gen = store.next_gen()
             rows.append(Row(g, gen, slot, checksum(g, gen, page)))
-        try:
-            await trio.to_thread.run_sync(store.write_slots, slots, pages)
+
+        def persist() -> None:
+            # One worker-thread trip for the whole disk phase, in the order that makes a
+            # crash anywhere safe: slots written, synced, then the rows naming them. A crash
+            # point fired here ends the process (or raises SimulatedCrash through the await).
+            store.write_slots(slots, pages)
             self.faults.hit("after_write")
-            await trio.to_thread.run_sync(store.sync_slots)
+            store.sync_slots()
             self.faults.hit("after_fsync")
-            await trio.to_thread.run_sync(store.commit_rows_sync, rows)
+            store.commit_rows_sync(rows)
+
+        try:
+            await trio.to_thread.run_sync(persist)
         except StoreError as exc:
             # Nothing names these slots: give them back. The gfns stay paging_out (there is
             # no un-nominate): adopt them later.
@@ -700,10 +723,17 @@ class Pager:
                 log.error("store.checksum_mismatch", gfn=row.gfn, gen=row.gen, slot=row.slot)
         if not good:
             return 0
-        results = await self.client.call("prep", gfns=[r.gfn for r in good], pages=pages)
+        results = []
+        for i in range(0, len(good), MAX_PAGES_PER_FRAME):
+            reply = await self.client.call(
+                "prep",
+                gfns=[r.gfn for r in good[i : i + MAX_PAGES_PER_FRAME]],
+                pages=pages[i : i + MAX_PAGES_PER_FRAME],
+            )
+            results += reply["results"]
         freed: list[tuple[int, int]] = []
         other: list[Row] = []
-        for row, res in zip(good, results["results"], strict=True):
+        for row, res in zip(good, results, strict=True):
             if res == 0:
                 freed.append((row.gfn, row.gen))
                 self.policy.paged_in(row.gfn, mru=False)
@@ -735,6 +765,8 @@ class Pager:
 
     async def _balance_once(self) -> bool:
         """One step toward tot_pages <= target; False when there is nothing to do."""
+        if not self.config.balance:
+            return False
         now = trio.current_time()
         adopt = [g for g, t in self._adopt.items() if t <= now][: self.batch]
         if adopt:
@@ -857,6 +889,7 @@ class Pager:
                     self.hv_target = fields["tot_pages"]
             nursery.start_soon(self._dispatch)
             nursery.start_soon(self._drop_worker)
+            nursery.start_soon(self._freer)
             for _ in range(self.config.concurrency):
                 nursery.start_soon(self._pagein_worker)
             nursery.start_soon(self._balancer)
