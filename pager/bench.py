@@ -180,8 +180,9 @@ async def _recovery(pages: int, state_dir: Path) -> dict[str, Any]:
                 await crashed.wait()
                 second = hv.domains[1].p2m.types.index(2)
                 nursery.start_soon(touch, 1, second, served)
-                while hv.status()["domains"][0]["ring"]["used"] == 0:
-                    await trio.sleep(0.001)  # the request is on the ring before we restart
+                # No pager is attached: once everything is blocked, the request is on the ring.
+                await trio.testing.wait_all_tasks_blocked()
+                assert hv.status()["domains"][0]["ring"]["used"] == 1
                 status2 = _Started()
                 t0 = time.perf_counter()
                 nursery.start_soon(
