@@ -777,9 +777,11 @@ class Stack:
                     await trio.sleep(0.5)
                     view.update(self._panel())
         else:
+            # One early line (the run is alive), then one every few seconds.
+            await trio.sleep(1.0)
             while True:
-                await trio.sleep(5.0)
                 self.out(self._line())
+                await trio.sleep(5.0)
 
     def _line(self) -> str:
         dom = self._dom() or {}
