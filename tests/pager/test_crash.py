@@ -8,6 +8,8 @@ and the next pager has nothing but the state directory.
 
 from __future__ import annotations
 
+import os
+import random
 from pathlib import Path
 
 import pytest
@@ -187,3 +189,56 @@ async def test_redelivered_request_is_served(tmp_path: Path) -> None:
             # The read above returned the right bytes once the new pager served it.
             await finish(stack, guest, last)
             assert last.stats is not None and last.stats.redelivered >= 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(int(os.environ.get("XPEMU_STORMS", "8"))))
+async def test_random_crash_storm(tmp_path: Path, seed: int) -> None:
+    """Pagers die at random points with random probabilities, one after another, under a
+    workload of faults and rewrites; the last one still loses nothing."""
+    rng = random.Random(seed)
+    specs = []
+    for i in range(6):
+        points = rng.sample(PAGEOUT_POINTS + PAGEIN_POINTS, 3)
+        specs.append(f"seed={seed * 100 + i}," + ",".join(f"{p}%0.1" for p in points))
+    crashes = 0
+    with trio.fail_after(120):
+        async with open_stack(tmp_path, nr_gfns=NR, vcpus=VCPUS) as stack:
+            async with stack.guest() as guest:
+                await guest.fill(VCPUS)
+                await stack.set_target(TARGET)
+                async with trio.open_nursery() as nursery:
+                    done = trio.Event()
+
+                    async def run_workload() -> None:
+                        for _ in range(3):
+                            await workload(guest)
+                        done.set()
+
+                    for i, spec in enumerate(specs):
+                        if done.is_set():
+                            break
+                        policy = rng.choice(["xenpaging", "clock"])
+                        run = stack.start_pager(config(policy=policy), faults=spec)
+                        if i == 0:
+                            await settle(stack, run)
+                            nursery.start_soon(run_workload)
+                        async with trio.open_nursery() as inner:
+
+                            async def stop_when_done(run: PagerRun = run) -> None:
+                                await done.wait()
+                                run.stop.set()
+
+                            inner.start_soon(stop_when_done)
+                            await run.finished.wait()
+                            inner.cancel_scope.cancel()
+                        if isinstance(run.error, SimulatedCrash):
+                            crashes += 1
+                            check_store_covers(stack, guest)
+                        elif run.error is not None:
+                            raise AssertionError(f"{spec}: {run.error!r}")
+                    last = stack.start_pager(config())
+                    await last.wait_started()
+                    await done.wait()
+                await finish(stack, guest, last)
+    assert crashes >= 1  # the storm did blow

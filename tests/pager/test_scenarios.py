@@ -378,3 +378,21 @@ async def test_connection_cut_mid_frame(tmp_path: Path) -> None:
             await stack.until(pager_, lambda: stack.domain_status()["tot_pages"] <= 16)
             await guest.verify_all(2)
             await stop_clean(stack, guest, last)
+
+
+async def test_store_of_another_hv_instance_is_set_aside(tmp_path: Path) -> None:
+    """hv restarted (a new instance) with the volume kept: the old store is set aside,
+    never mixed into the new memory, and the new domain pages normally."""
+    with trio.fail_after(20):
+        async with open_stack(tmp_path, nr_gfns=NR, vcpus=2) as stack, stack.guest() as guest:
+            run = await paged_out(stack, guest, 16, on_exit="keep")
+            run.stop.set()
+            await run.finished.wait()
+            assert run.error is None
+        async with open_stack(tmp_path, nr_gfns=NR, vcpus=2) as stack, stack.guest() as guest:
+            run = await paged_out(stack, guest, 16)
+            assert run.pager is not None and run.pager.stats.recovered_rows == 0
+            assert run.pager.stats.lost == 0
+            assert len([p for p in os.listdir(tmp_path / "state") if p.startswith("aside-")]) == 1
+            await guest.verify_all(2)
+            await stop_clean(stack, guest, run)
