@@ -171,6 +171,7 @@ class Stack:
         self.status: dict[str, Any] | None = None
         self.counters: dict[str, int] = {}
         self.control: Client | None = None
+        self.hv: Child | None = None
         self.pager: Child | None = None
         self.guest: Child | None = None
         self.lives: list[PagerLife] = []
@@ -274,7 +275,7 @@ class Stack:
         ]
         if o.host_frames is not None:
             argv += ["--host-frames", str(o.host_frames)]
-        hv = children.add("hv", argv)
+        hv = self.hv = children.add("hv", argv)
         await hv.start()
         sockets = [self.run_dir / "privcmd.sock", self.run_dir / "guest.sock"]
         with trio.move_on_after(o.start_timeout) as waited:
@@ -895,9 +896,27 @@ async def run_stack(opts: StackOptions, out: Callable[[str], None]) -> dict[str,
     try:
         return await stack.run()
     except BaseExceptionGroup as group:
-        raise _decisive(group) from None
+        exc = _decisive(group)
+        raise _hv_death(stack, exc) from None
     except StartError as exc:
         raise StackError(str(exc)) from None
+
+
+def _hv_death(stack: Stack, exc: BaseException) -> BaseException:
+    """A lost connection because hv itself died says so, with its status and its log."""
+    hv = stack.hv
+    if (
+        isinstance(exc, StackError)
+        and exc.args
+        and str(exc.args[0]).startswith("lost a connection")
+        and hv is not None
+        and hv.died_on_its_own is not None
+    ):
+        return StackError(
+            f"hv died during the run (status {hv.died_on_its_own}): "
+            f"{last_line(hv.log_path) or 'no output'} (log: {hv.log_path})"
+        )
+    return exc
 
 
 def _decisive(group: BaseExceptionGroup) -> BaseException:

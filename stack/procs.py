@@ -57,6 +57,8 @@ class Child:
         self._log: IO[bytes] | None = None
         self._out: IO[bytes] | None = None
         self.starts = 0
+        #: Set at teardown for a child that had already exited: its return code.
+        self.died_on_its_own: int | None = None
 
     @property
     def pid(self) -> int | None:
@@ -147,6 +149,9 @@ class ChildSet:
     async def teardown(self) -> None:
         """Stop every child still running: SIGTERM, then SIGKILL after a grace period."""
         running = [c for c in self.children.values() if c.running]
+        for c in self.children.values():
+            if c.proc is not None and c not in running:
+                c.died_on_its_own = c.proc.returncode
         if running:
             for c in running:
                 c.send_signal(signal.SIGTERM)

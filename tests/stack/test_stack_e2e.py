@@ -7,6 +7,7 @@ of /proc for that path after the command exits finds any orphaned child.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -386,4 +387,32 @@ async def test_ctrl_c_twice_aborts_at_once_and_leaves_nothing(tmp_path: Path) ->
     assert rc == 130, buf.decode() + err.decode()
     lines = [ln for ln in err.decode().splitlines() if ln.strip()]
     assert lines == ["xpemu: error: interrupted; every child stopped"]
+    _no_leftovers(run_dir)
+
+
+async def test_hv_dying_mid_run_is_one_line_and_leaves_nothing(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    with trio.fail_after(60):
+        proc = await trio.lowlevel.open_process(
+            [*XPEMU, "up", "--run-dir", str(run_dir), "--duration", "30", "--no-live"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            assert proc.stdout is not None and proc.stderr is not None
+            await _read_until(proc.stdout, b"workload]", bytearray())
+            hv = [pid for pid, cmd in processes_mentioning(str(run_dir)) if " -m hv " in cmd]
+            assert len(hv) == 1
+            os.kill(hv[0], signal.SIGKILL)
+            err = bytearray()
+            while data := await proc.stderr.receive_some(4096):
+                err.extend(data)
+            rc = await proc.wait()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    assert rc == 2
+    lines = [ln for ln in err.decode().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "hv died during the run (status -9)" in lines[0], err
     _no_leftovers(run_dir)
