@@ -91,14 +91,28 @@ def _add_stack_options(p: argparse.ArgumentParser, *, stress: bool) -> None:
         + ("30" if stress else "until Ctrl-C")
         + ")",
     )
-    p.add_argument("--nr-gfns", type=_positive_int, default=2048 if stress else 4096)
+    p.add_argument(
+        "--nr-gfns",
+        type=_positive_int,
+        default=2048 if stress else 4096,
+        help="guest size in 4 KiB pages (default: %(default)s)",
+    )
     p.add_argument("--target", type=_nonneg_int, help="domain target (default: half the gfns)")
-    p.add_argument("--vcpus", type=_positive_int, default=4)
+    p.add_argument("--vcpus", type=_positive_int, default=4, help="guest vCPUs (default: 4)")
     p.add_argument("--host-frames", type=_positive_int, help="host frames (default: hv's)")
-    p.add_argument("--ring-size", type=_positive_int, default=64)
-    p.add_argument("--ring-mode", choices=[m.value for m in RingMode], default="reattach")
-    p.add_argument("--pattern", choices=PATTERNS, default="hotset")
-    p.add_argument("--write-ratio", type=float, default=0.3)
+    p.add_argument(
+        "--ring-size", type=_positive_int, default=64, help="mem_event slots (default: 64)"
+    )
+    p.add_argument(
+        "--ring-mode",
+        choices=[m.value for m in RingMode],
+        default="reattach",
+        help="reattach: a new pager inherits the ring; xen: a lost pager orphans it",
+    )
+    p.add_argument(
+        "--pattern", choices=PATTERNS, default="hotset", help="guest access pattern (hotset)"
+    )
+    p.add_argument("--write-ratio", type=float, default=0.3, help="share of writes (0.3)")
     p.add_argument("--seed", type=int, default=0, help="seed of the workload (and faults)")
     p.add_argument("--policy", choices=("xenpaging", "clock"), help="pager policy")
     p.add_argument(
@@ -109,7 +123,12 @@ def _add_stack_options(p: argparse.ArgumentParser, *, stress: bool) -> None:
     )
     p.add_argument("--report", type=Path, help="write the JSON report here")
     p.add_argument("--no-live", action="store_true", help="plain progress lines, no live view")
-    p.add_argument("--start-timeout", type=_positive_float, default=15.0)
+    p.add_argument(
+        "--start-timeout",
+        type=_positive_float,
+        default=15.0,
+        help="seconds for hv to be ready and the pager to attach (15)",
+    )
     p.add_argument("--hv-cmd", type=_command, help="command that runs hv (default: python -m hv)")
     p.add_argument("--pager-cmd", type=_command, help="command that runs the pager")
     p.add_argument("--guest-cmd", type=_command, help="command that runs the guest")

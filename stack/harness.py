@@ -223,6 +223,8 @@ class Stack:
                 self.pager = children.add("pager", self._pager_argv())
                 nursery.start_soon(self._pager_supervisor)
                 await self._wait_first_attach()
+                if self.stop_requested.is_set():
+                    raise StackError("interrupted during start-up; every child stopped")
                 self.guest = children.add("guest", self._guest_argv())
                 await self.guest.start()
                 self.t0 = trio.current_time()
@@ -286,6 +288,8 @@ class Stack:
                         f"hv exited with status {rc} during start-up: "
                         f"{last_line(hv.log_path) or 'no output'} (log: {hv.log_path})"
                     )
+                if self.stop_requested.is_set():
+                    raise StackError("interrupted during start-up; every child stopped")
                 if all(s.exists() for s in sockets) and await self._hello_ok(sockets[0]):
                     break
                 await trio.sleep(0.05)
@@ -466,9 +470,12 @@ class Stack:
         """Bounded wait for the first pager to attach; StackError naming why it did not."""
         with trio.move_on_after(self.o.start_timeout):
             while self.last_epoch == 0:
-                if self.pager_stop:
+                if self.pager_stop or self.stop_requested.is_set():
                     break
-                await self.attach_event.wait()
+                with trio.move_on_after(0.25):
+                    await self.attach_event.wait()
+        if self.stop_requested.is_set():
+            raise StackError("interrupted during start-up; every child stopped")
         if self.last_epoch == 0:
             assert self.pager is not None
             exits = [life.rc for life in self.lives if life.rc is not None]
