@@ -745,6 +745,10 @@ class Stack:
                 "cuts_fired": cuts_fired,
                 "ends": dict(deaths),
                 "attaches": self.last_epoch,
+                # Pagers that ended without ever attaching (xen mode: refused with EBUSY).
+                "never_attached": sum(
+                    1 for life in self.lives if life.rc is not None and not life.attached
+                ),
                 "paged_everything_in": paged_in,
                 "lives": [vars(life) | {"cause": life.cause} for life in self.lives],
             },
@@ -889,8 +893,11 @@ def summary_text(report: dict[str, Any]) -> str:
             f"{final['integrity_errors']} errors"
         )
     if report.get("orphan_note"):
+        lines.append(f"  XEN RING MODE: {report['orphan_note']}")
         lines.append(
-            f"  XEN RING MODE: {report['orphan_note']}; stuck vCPUs {report['stuck_vcpus']}"
+            f"  pagers refused after the loss: {p['never_attached']}; paged-out gfns "
+            f"unreachable: {report['final_status']['paged_pages']}; stuck vCPUs "
+            f"{report['stuck_vcpus']}"
         )
     for v in report["violations"][:10]:
         lines.append(f"  violation: {v}")

@@ -150,6 +150,8 @@ async def test_xen_ring_mode_reports_stuck_vcpus_instead_of_hanging(tmp_path: Pa
     )
     assert rc == 1
     assert report["ring_orphaned"] is True
+    assert report["pager"]["never_attached"] >= 1  # the new pager was refused
+    assert report["final_status"]["pager"]["orphaned"] is True
     assert report["stuck_vcpus"], report
     assert not report["ok"]
     assert "XEN RING MODE" in out and "stuck vCPUs" in out
