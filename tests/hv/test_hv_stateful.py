@@ -199,7 +199,7 @@ class Model:
             self.content[g] = v.val
             self.finish(v, 0)
         elif len(self.ring) >= RING:
-            v.state = "waiting"
+            v.state, v.seq = "waiting", None
         else:
             req = self.put(g, i, VP | (EF if t is OUT else 0))
             if t in (OUT, PAGED):
