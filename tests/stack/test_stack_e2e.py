@@ -13,7 +13,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
 import trio
 from stack_helpers import PY, XPEMU, one_line_error, processes_mentioning, run_xpemu
 
@@ -108,7 +107,6 @@ async def test_stress_short_schedule_loses_nothing(tmp_path: Path) -> None:
     assert report["seed"] == 5 and len(report["schedule"]) == 7
 
 
-@pytest.mark.slow
 async def test_stress_twenty_pager_kills_lose_nothing_within_a_minute(tmp_path: Path) -> None:
     rc, report, out = await _stress(
         tmp_path,
