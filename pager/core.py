@@ -992,6 +992,8 @@ async def run_pager(
             crashed = True
             store.abandon()
             raise crash from None
+        if find_exception(exc, trio.Cancelled) is not None:
+            raise  # cancelled from outside: never turn that into one of our errors
         if find_exception(exc, ConnectionLost) or find_exception(exc, ConnectionClosed):
             raise ConnectionLost(f"connection to hv lost: {exc!r}") from None
         error = find_exception(exc, PagerError)
