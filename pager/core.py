@@ -164,6 +164,17 @@ class _Job:
         return any(r["flags"] & MemEventFlag.EVICT_FAIL for r in self.reqs)
 
 
+@dataclass(slots=True)
+class _Batch:
+    """A page-out batch between its map and its evict."""
+
+    gfns: list[int]
+    slots: list[int]
+    pages: list[bytes]
+    rows: list[Row]
+    nominated: bool
+
+
 def _rsp(req: dict[str, Any]) -> dict[str, Any]:
     return {k: req[k] for k in ("seq", "gfn", "vcpu_id", "flags")}
 
@@ -201,7 +212,7 @@ class Pager:
         self._drops_send, self._drops_recv = trio.open_memory_channel[dict[str, Any]](math.inf)
         self._free_send, self._free_recv = trio.open_memory_channel[tuple[int, int]](math.inf)
         self._adopt: dict[int, float] = {}  # leftover paging_out gfn -> not before (time)
-        self._out_inflight: frozenset[int] = frozenset()
+        self._out_inflight: set[int] = set()  # gfns between nominate and evict
         self._prefetch: dict[int, None] = {}
         self._wake_event = trio.Event()
         self._progress = trio.Event()
@@ -567,7 +578,9 @@ class Pager:
     # -- page-out ---------------------------------------------------------------------
 
     def _busy(self, gfn: int) -> bool:
-        return gfn in self._jobs or gfn in self._adopt
+        # Served by a page-in, waiting for adoption, or in a page-out batch: proactive
+        # page-in and page-out never work on the same gfn at once.
+        return gfn in self._jobs or gfn in self._adopt or gfn in self._out_inflight
 
     def _full(self) -> bool:
         if self._full_since is None:
@@ -579,15 +592,33 @@ class Pager:
 
     async def _pageout(self, gfns: Sequence[int], *, nominate: bool) -> int:
         """Page out `gfns` (nominated here, or adopted leftovers); the number evicted."""
-        self._out_inflight = frozenset(gfns)
-        try:
-            evicted = await self._pageout_inner(list(gfns), nominate=nominate)
-        finally:
-            self._out_inflight = frozenset()
+        batch = await self._pageout_prepare(list(gfns), nominate=nominate)
+        evicted = 0 if batch is None else await self._pageout_finish(batch)
         self._notify()
         return evicted
 
-    async def _pageout_inner(self, gfns: list[int], *, nominate: bool) -> int:
+    async def _pageout_pipelined(self, excess: int) -> bool:
+        """Page out `excess` gfns in batches, two deep: while one batch is on its way to the
+        disk (write, fdatasync, commit, evict), the next is nominated and mapped. Each batch
+        keeps the crash-safe order on its own; False if no victim was found."""
+        victims = await self.policy.choose(min(self.batch, excess), self._busy)
+        if not victims:
+            return False
+        batch = await self._pageout_prepare(victims, nominate=True)
+        while batch is not None:
+            excess -= len(batch.rows)
+            current, batch = batch, None
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._pageout_finish, current)
+                if excess > 0 and not self._stopping and not self._full():
+                    victims = await self.policy.choose(min(self.batch, excess), self._busy)
+                    if victims:
+                        batch = await self._pageout_prepare(victims, nominate=True)
+            self._notify()
+        return True
+
+    async def _pageout_prepare(self, gfns: list[int], *, nominate: bool) -> _Batch | None:
+        """Page-out, first half: reserve slots, nominate, map, checksum."""
         store = self.store
         full = self._full()
         slots = store.reserve(len(gfns), grow=not full)
@@ -595,7 +626,7 @@ class Pager:
             gfns = gfns[: len(slots)]  # nothing nominated yet: just do fewer
         if not gfns:
             store.release(slots)
-            return 0
+            return None
         if nominate:
             results = await self._batched("nominate", gfns)
             ok = [g for g, r in zip(gfns, results, strict=True) if r == 0]
@@ -604,8 +635,9 @@ class Pager:
             gfns = ok
             if not gfns:
                 store.release(slots)
-                return 0
+                return None
             self.faults.hit("after_nominate")
+        self._out_inflight |= set(gfns)
         pages: list[bytes] = []
         mapped: list[int] = []
         for chunk in _chunks(gfns, MAX_PAGES_PER_FRAME):
@@ -620,12 +652,25 @@ class Pager:
         self.faults.hit("after_map")
         store.release(slots[len(mapped) :])
         slots = slots[: len(mapped)]
+        self._out_inflight -= set(gfns) - set(mapped)
         if not mapped:
-            return 0
+            return None
         rows = []
         for g, slot, page in zip(mapped, slots, pages, strict=True):
             gen = store.next_gen()
             rows.append(Row(g, gen, slot, checksum(g, gen, page)))
+        return _Batch(mapped, slots, pages, rows, nominate)
+
+    async def _pageout_finish(self, batch: _Batch) -> int:
+        """Page-out, second half: write, fdatasync, commit, evict; the number evicted."""
+        try:
+            return await self._pageout_finish_inner(batch)
+        finally:
+            self._out_inflight -= set(batch.gfns)
+
+    async def _pageout_finish_inner(self, batch: _Batch) -> int:
+        store = self.store
+        slots, pages, rows = batch.slots, batch.pages, batch.rows
 
         def persist() -> None:
             # One worker-thread trip for the whole disk phase, in the order that makes a
@@ -644,13 +689,13 @@ class Pager:
             # no un-nominate): adopt them later.
             store.release(slots)
             now = trio.current_time()
-            for g in mapped:
+            for g in batch.gfns:
                 self._adopt[g] = now + 1.0
             self._store_failed(exc)
             return 0
         store.applied_commit(rows)
         self.faults.hit("after_index_commit")
-        results = await self._batched("evict", mapped)
+        results = await self._batched("evict", batch.gfns)
         self.faults.hit("after_evict")
         evicted = 0
         refused: list[Row] = []
@@ -676,7 +721,7 @@ class Pager:
             "pageout.batch",
             evicted=evicted,
             refused=len(refused),
-            adopted=not nominate,
+            adopted=not batch.nominated,
             rows=len(store.rows),
         )
         return evicted
@@ -777,12 +822,7 @@ class Pager:
         if tot > target:
             if self._full() and self.store.free_slots == 0:
                 return False
-            n = min(self.batch, tot - target)
-            victims = await self.policy.choose(n, self._busy)
-            if not victims:
-                return False
-            await self._pageout(victims, nominate=True)
-            return True
+            return await self._pageout_pipelined(tot - target)
         if tot < target and counters["paged_pages"] > 0:
             n = min(self.batch, target - tot)
             return await self._pagein_some(n) > 0
