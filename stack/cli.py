@@ -163,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_float,
         help="refresh every N seconds (default 1) until Ctrl-C",
     )
+    bench = sub.add_parser("bench", help="performance figures, each next to its floor")
+    from . import bench as _bench
+
+    _bench.add_arguments(bench)
     return p
 
 
@@ -341,6 +345,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "status":
         return _cmd_status(args)
+    if args.command == "bench":
+        from . import bench
+
+        return bench.main(args)
     return _cmd_stack(args)
 
 

@@ -1,0 +1,208 @@
+"""`xpemu bench`'s own logic: trace driving of the real policies, the table, the command
+line, the probes, and one small run of the process sections (no figure is asserted)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import trio
+
+from pager.store import PageStore, Row, checksum
+from stack import bench
+from stack.bench import (
+    BenchOptions,
+    Sizes,
+    TraceMemory,
+    _recovered_seconds,
+    render_table,
+    run_bench,
+    table_rows,
+)
+from stack.benchlib import belady_faults, hotset_trace, zipf_trace
+from stack.cli import main as xpemu_main
+
+TINY = Sizes(
+    repeats=1,
+    floor_n=50,
+    pop_samples=20,
+    pop_warm=2,
+    par_reads=20,
+    tput_pages={1: 4, 16: 32, 64: 64, 256: 256},
+    recovery_pages=(300,),
+    policy_gfns=256,
+    policy_capacity=64,
+    policy_len=4000,
+    vcpu_counts=(4,),
+)
+
+
+@pytest.mark.parametrize("policy", ["xenpaging", "clock"])
+async def test_trace_memory_never_beats_optimal_and_evicts_only_residents(policy: str) -> None:
+    for trace in (
+        zipf_trace(300, 5000, 0.99, seed=1),
+        hotset_trace(300, 5000, hot=20, shift_every=1000, hot_fraction=0.9, seed=2),
+    ):
+        mem = TraceMemory(policy, 300, 40)
+        faults = await mem.run(trace)  # KeyError if a victim was not resident
+        assert belady_faults(trace, 40) <= faults <= len(trace)
+        assert len(mem.resident) == 40
+        # The policy's own view agrees: exactly the non-resident gfns are paged out.
+        assert {g for g in range(300) if mem.policy.paged[g]} == set(range(300)) - mem.resident
+
+
+@pytest.mark.parametrize("policy", ["xenpaging", "clock"])
+async def test_trace_memory_counts_only_first_touches_when_everything_fits(policy: str) -> None:
+    trace = [5, 1, 5, 2, 1, 5, 3, 2]
+    mem = TraceMemory(policy, 8, 4)
+    assert await mem.run(trace) == 4 == belady_faults(trace, 4)
+
+
+async def test_clock_keeps_a_hot_gfn_that_xenpaging_sweeps_out() -> None:
+    # gfn 0 is touched between every two cold gfns: clock's accessed bit keeps it resident
+    # (one extra fault at most: bits are fetched a window ahead of the hand), while
+    # xenpaging, its MRU list longer than the memory, takes the lowest gfn: 0, every time.
+    trace = [g for cold in range(1, 200) for g in (0, cold)]
+    clock = await TraceMemory("clock", 200, 4).run(trace)
+    assert belady_faults(trace, 4) == 200 <= clock <= 201
+    assert await TraceMemory("xenpaging", 200, 4).run(trace) > 1.9 * clock
+
+
+RESULT = {
+    "mode": "quick",
+    "repeats": 3,
+    "total_s": 12.0,
+    "machine": {
+        "cores": 2,
+        "python": "3.11.7",
+        "disk": "/dev/vda ext4",
+        "loadavg_start": (1.0, 2.0, 3.0),
+        "loadavg_end": (1.5, 2.0, 3.0),
+    },
+    "floor": {"p50_us": 100.0, "p99_us": 400.0, "per_s_4vcpu": 8000.0},
+    "populate": {
+        "latency": {"p50_us": 250.0, "p99_us": 800.0},
+        "pageins_per_s_4vcpu": 2000.0,
+        "pageins_per_s_4vcpu_runs": [2000.0],
+    },
+    "throughput": {
+        "batches": {64: {"pageout_pps": 5000.0, "pagein_pps": 8000.0, "floor_pps": 20000.0}}
+    },
+    "recovery": {100000: {"start_to_first_served_s": 0.5, "pager_recover_s": 0.1}},
+    "memory": {
+        "hv": {"rss_per_gfn": 6.0, "traced_per_gfn": 6.5},
+        "pager": {"memory_per_row": 160.0, "disk_per_row": 32.0},
+    },
+    "policy": {
+        "nr_gfns": 100,
+        "capacity": 10,
+        "accesses": 1000,
+        "traces": {
+            "zipf": {"belady": 100.0, "clock": 130.0, "clock_ratio": 1.3},
+        },
+    },
+}
+
+
+def test_table_puts_each_figure_next_to_its_floor() -> None:
+    rows = {r[0]: r[1:] for r in table_rows(RESULT)}
+    assert rows["populate p50, 1 vCPU"] == ("250 µs", "100 µs", "2.50x")
+    assert rows["page-ins/s, 4 vCPUs"] == ("2000/s", "8000 echo/s, 4 callers", "0.25x")
+    assert rows["page-out, batch 64"] == ("5000 pages/s", "20000 pages/s", "0.25x")
+    assert rows["page-in, batch 64"][2] == "0.40x"
+    assert rows["recovery, 100,000 pages out"][0] == "0.500 s"
+    assert rows["zipf: clock"] == ("130.0 faults/1k", "100.0 faults/1k", "1.30x")
+    text = render_table(RESULT)
+    assert "2 cores, Python 3.11.7" in text and "load average 1.00 2.00 3.00" in text
+    assert len({len(line) for line in text.splitlines()[1:3]}) == 1  # header and rule align
+
+
+def test_table_of_a_partial_run_has_no_floor_it_did_not_measure() -> None:
+    partial = {k: v for k, v in RESULT.items() if k != "floor"}
+    rows = {r[0]: r[1:] for r in table_rows(partial)}
+    assert rows["populate p50, 1 vCPU"] == ("250 µs", "", "")
+    assert "round trip p50 (echo, 4 KiB read)" not in rows
+
+
+def test_bad_command_lines_give_one_line_and_status_2(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["bench", "--only", "floor,nope"], ["bench", "--repeats", "0"]):
+        with pytest.raises(SystemExit) as exc:
+            xpemu_main(argv)
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "error" in err
+
+
+def test_json_into_a_missing_directory_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert xpemu_main(["bench", "--only", "policy", "--json", str(tmp_path / "no/x.json")]) == 2
+    assert "no directory" in capsys.readouterr().err
+
+
+def test_recovered_seconds_reads_the_last_recovery_line(tmp_path: Path) -> None:
+    log = tmp_path / "pager.log"
+    log.write_text(
+        '{"event": "pager.attached"}\n'
+        '{"event": "pager.recovered", "seconds": 0.25}\n'
+        "not json at all\n"
+        '{"event": "pager.recovered", "seconds": 0.125}\n'
+    )
+    assert _recovered_seconds(log) == 0.125
+    assert _recovered_seconds(tmp_path / "missing.log") is None
+
+
+def test_pager_index_probe_counts_rows(tmp_path: Path) -> None:
+    store = PageStore.open(tmp_path, lock_timeout=1)
+    page = bytes(4096)
+    rows = [Row(g, g + 1, g, checksum(g, g + 1, page)) for g in range(500)]
+    store.write_slots([r.slot for r in rows], [page] * len(rows))
+    store.sync_slots()
+    store.commit_rows_sync(rows)
+    store.close()
+    probe = bench.probe_pager_index(str(tmp_path))
+    assert probe["rows"] == 500
+    assert probe["memory_per_row"] > 0 and probe["disk_per_row"] > 16
+
+
+async def test_policy_section_runs_every_policy_on_the_same_trace() -> None:
+    res = await run_bench(BenchOptions(only=("policy",), sizes=TINY), lambda s: None)
+    for row in res["policy"]["traces"].values():
+        assert 0 < row["belady"] <= min(row["xenpaging"], row["clock"])
+        assert row["clock_ratio"] == pytest.approx(row["clock"] / row["belady"])
+    assert res["policy"]["capacity"] == 64
+
+
+async def test_process_sections_run_and_leave_no_child(tmp_path: Path) -> None:
+    """A tiny run of the sections with real hv and pager processes (figures not judged)."""
+    lines: list[str] = []
+    opts = BenchOptions(
+        only=("floor", "populate", "recovery", "memory"), sizes=TINY, work_dir=tmp_path
+    )
+    with trio.fail_after(90):
+        res = await run_bench(opts, lines.append)
+    assert res["populate"]["latency"]["p50_us"] > 0
+    assert res["populate"]["pageins_per_s_4vcpu"] > 0
+    rec = res["recovery"][300]
+    assert len(rec["runs_s"]) == 1 and rec["start_to_first_served_s"] > 0
+    assert rec["pager_recover_s"] > 0  # parsed from the new pager's own log
+    assert 250 <= res["memory"]["pager"]["rows"] <= 301  # the store the recovery left
+    assert res["memory"]["hv"]["rss_per_gfn"] > 0
+    json.dumps(res, default=str)  # what --json writes
+    assert "populate..." in lines
+    assert not _running_children()  # every hv, pager and echo process is gone
+
+
+def _running_children() -> list[int]:
+    """Our child processes still alive (zombies excluded)."""
+    out = []
+    for pid in bench._children_of(os.getpid()):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().split(")")[-1].split()[0] != "Z":
+                    out.append(pid)
+        except OSError:
+            pass
+    return out
