@@ -24,6 +24,10 @@ RUN set -eux; \
     /opt/xpemu/bin/python -m pip install --no-index --find-links /wheels \
         --no-cache-dir --disable-pip-version-check ${XPEMU_REQUIREMENT}; \
     /opt/xpemu/bin/python -m pip check
+# The classic builder keeps this stage's result as an untagged image; a label lets whoever
+# built it find and remove it (tests/compose does, with a unique id per build).
+ARG XPEMU_BUILD_ID=
+LABEL org.xpemu.build-id="${XPEMU_BUILD_ID}"
 
 # Same base, so the venv's python symlink resolves; the wheels stay in the build stage.
 FROM ${BASE_IMAGE}
