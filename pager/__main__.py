@@ -85,15 +85,20 @@ async def _main(args: argparse.Namespace, config: PagerConfig, faults_spec: str)
     stop = trio.Event()
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
+            connecting = trio.CancelScope()
 
             async def on_signal() -> None:
                 async for signum in signals:
                     log.info("pager.signal", signal=signal.Signals(signum).name)
                     stop.set()
+                    connecting.cancel()  # still waiting for hv: nothing to page in, just go
 
             nursery.start_soon(on_signal)
-            stream = await connect_privcmd(args.run_dir, args.connect_timeout)
-            await run_pager(stream, args.state_dir, config, faults=faults, stop=stop)
+            stream = None
+            with connecting:
+                stream = await connect_privcmd(args.run_dir, args.connect_timeout)
+            if stream is not None:
+                await run_pager(stream, args.state_dir, config, faults=faults, stop=stop)
             nursery.cancel_scope.cancel()
     return 0
 

@@ -86,6 +86,12 @@ async def wait_status(control: Client, pred: Any) -> dict[str, Any]:
     return st
 
 
+async def wait_log(path: Path, text: str) -> None:
+    """Wait until a child's log shows `text` (its only sign of progress)."""
+    while text not in await trio.Path(path).read_text():  # noqa: ASYNC110 (another process)
+        await trio.sleep(0.02)
+
+
 def pager_args(run: Path, state: Path, *extra: str) -> list[str]:
     return ["pager", "--run-dir", str(run), "--state-dir", str(state), "--batch", "16", *extra]
 
@@ -110,8 +116,9 @@ async def test_sigkill_at_crash_points_then_restart(tmp_path: Path) -> None:
                     "pager1", *pager_args(run, state, "--faults", "after_evict@3")
                 )
                 assert await p1.wait() == -signal.SIGKILL
-                st = await status(control)
-                assert st["paged_pages"] >= 32 and not st["pager"]["attached"]
+                # hv notices the dead pager's socket close on its own time.
+                st = await wait_status(control, lambda s: not s["pager"]["attached"])
+                assert st["paged_pages"] >= 32
                 # 2. Armed through the environment; dies in the page-in pipeline, after a prep.
                 p2 = await procs.start(
                     "pager2", *pager_args(run, state), env={"XPEMU_FAULTS": "after_prep@2"}
@@ -216,3 +223,13 @@ def test_no_hv_is_one_clear_error(tmp_path: Path) -> None:
     )
     assert proc.returncode == 1
     assert "no hv listening" in proc.stderr and "Traceback" not in proc.stderr
+
+
+async def test_sigterm_while_waiting_for_hv_exits_at_once(tmp_path: Path) -> None:
+    with trio.fail_after(20):
+        async with processes(tmp_path) as procs:
+            pager = await procs.start("pager", *pager_args(tmp_path, tmp_path / "state"))
+            await wait_log(procs.logs["pager"], "pager.waiting_for_hv")  # handlers are in
+            pager.send_signal(signal.SIGTERM)
+            with trio.fail_after(5):
+                assert await pager.wait() == 0
