@@ -396,3 +396,22 @@ async def test_store_of_another_hv_instance_is_set_aside(tmp_path: Path) -> None
             assert len([p for p in os.listdir(tmp_path / "state") if p.startswith("aside-")]) == 1
             await guest.verify_all(2)
             await stop_clean(stack, guest, run)
+
+
+async def test_prefetch_brings_neighbours_in_first(tmp_path: Path) -> None:
+    with trio.fail_after(20):
+        async with open_stack(tmp_path, nr_gfns=NR, vcpus=2) as stack, stack.guest() as guest:
+            await guest.fill(2)
+            run = stack.start_pager(config(prefetch=4))
+            pager = await run.wait_started()
+            await stack.set_target(16)
+            await stack.until(pager, lambda: stack.domain_status()["tot_pages"] <= 16)
+            out = set(paged(stack))
+            gfn = next(g for g in sorted(out) if all(g + i in out for i in range(1, 5)))
+            await guest.read_check(0, gfn)  # a fault: its paged neighbours are noted
+            await stack.until(pager, lambda: stack.domain_status()["tot_pages"] <= 16)
+            await stack.set_target(16 + 4)  # room for four proactive page-ins
+            await stack.until(pager, lambda: stack.domain_status()["tot_pages"] == 20)
+            now_out = set(paged(stack))
+            assert all(gfn + i not in now_out for i in range(1, 5)), "neighbours came in"
+            await stop_clean(stack, guest, run)
