@@ -20,6 +20,9 @@ from .server import serve
 
 log = structlog.get_logger("hv")
 
+#: sun_path holds 108 bytes on Linux, the terminating NUL included.
+_SUN_PATH_MAX = 108
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a bad command line in one line, exit status 2."""
@@ -103,6 +106,13 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"python -m hv: error: {exc}", file=sys.stderr)
         return 2
+    longest = os.path.join(os.path.abspath(args.run_dir), "privcmd.sock")
+    if len(longest.encode()) >= _SUN_PATH_MAX:
+        print(
+            f"python -m hv: error: --run-dir is too long for a Unix socket path ({longest})",
+            file=sys.stderr,
+        )
+        return 2
     try:
         os.makedirs(args.run_dir, exist_ok=True)
     except OSError as exc:
@@ -110,13 +120,17 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     configure_logging("hv", level=args.log_level)
     hv = Hypervisor(config)
+    failed: list[str] = []
     try:
         trio.run(_run, hv, args.run_dir)
-    except OSError as exc:
-        log.error("hv.failed", error=str(exc))
-        return 1
+    except* OSError as group:  # binding a socket failed: one line, not a traceback
+        failed = [str(e) for e in group.exceptions]
     finally:
         hv.close()
+    if failed:
+        log.error("hv.failed", error="; ".join(failed))
+        print(f"python -m hv: error: {'; '.join(failed)}", file=sys.stderr)
+        return 1
     log.info("hv.stopped")
     return 0
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -309,3 +310,27 @@ async def test_pager_loss_and_reattach_over_sockets() -> None:
                 await access.done.wait()
                 assert access.reply["data"] == page(30)
             assert "pager.lost" in hv.events()
+
+
+def test_run_dir_too_long_or_unusable(tmp_path: Path) -> None:
+    long_dir = "/tmp/" + "x" * 120
+    proc = subprocess.run(
+        [sys.executable, "-m", "hv", "--run-dir", long_dir],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO,
+    )
+    assert proc.returncode == 2 and "too long" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    (tmp_path / "privcmd.sock").mkdir()  # the socket cannot be bound there
+    proc = subprocess.run(
+        [sys.executable, "-m", "hv", "--run-dir", str(tmp_path), "--log-level", "error"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("python -m hv: error:")
+    assert "Traceback" not in proc.stderr
