@@ -17,7 +17,6 @@ import structlog
 import trio
 
 from protocol import (
-    MAX_AUDIT_COUNT,
     PAGE_SIZE,
     SOCKET_MODES,
     SOCKET_ROLES,
@@ -240,33 +239,30 @@ class _Session:
     def _op_unmap(self, req: Request) -> dict[str, Any]:
         return ok_reply(req.id, results=self._pager().unmap(req.args["gfns"], self.holds))
 
+    def _inspected(self, domid: int | None) -> Domain:
+        """The domain `audit`/`accessed` look at: control names it (or said it in hello);
+        a pager looks at its own."""
+        if self.role is Role.control:
+            if domid is None and self.domain is not None:
+                domid = self.domain.domid
+            if domid is None:
+                raise RequestError("control must name a domid", Errno.ESRCH)
+            return self.hv.domain(domid)
+        domain = self._pager()
+        if domid is not None and domid != domain.domid:
+            raise RequestError("a pager looks at its own domain only", Errno.EINVAL)
+        return domain
+
     def _op_audit(self, req: Request) -> dict[str, Any]:
         args = req.args
-        if self.role is Role.control:
-            domain = self.hv.domain(
-                args["domid"]
-                if args["domid"] is not None
-                else (self.domain.domid if self.domain else None)
-            )
-        else:
-            domain = self._pager()
-            if args["domid"] is not None and args["domid"] != domain.domid:
-                raise RequestError("a pager audits its own domain", Errno.EINVAL)
+        domain = self._inspected(args["domid"])
         self._range(domain, args["start"], args["count"])
         return ok_reply(req.id, **domain.audit(args["start"], args["count"]))
 
     def _op_accessed(self, req: Request) -> dict[str, Any]:
         args = req.args
-        if self.role is Role.control:
-            domain = self.hv.domain(
-                args.get("domid")
-                if args.get("domid") is not None
-                else (self.domain.domid if self.domain else None)
-            )
-        else:
-            domain = self._pager()
+        domain = self._inspected(args.get("domid"))
         self._range(domain, args["start"], args["count"])
-        assert args["count"] <= MAX_AUDIT_COUNT
         return ok_reply(req.id, bits=domain.accessed(args["start"], args["count"], args["clear"]))
 
     def _op_detach(self, req: Request) -> dict[str, Any]:
