@@ -65,7 +65,7 @@ async def faults_on(policy: str, trace: list[int], nr: int, capacity: int) -> in
 
 async def test_clock_faults_less_than_xenpaging_on_zipf() -> None:
     nr, capacity = 2048, 256
-    trace = zipf_trace(nr, 30000, 1.0, seed=4)
+    trace = zipf_trace(nr, 12000, 1.0, seed=4)
     xen = await faults_on("xenpaging", trace, nr, capacity)
     clock = await faults_on("clock", trace, nr, capacity)
     assert clock < 0.8 * xen, (clock, xen)
