@@ -18,8 +18,13 @@ Public API:
 - `PageStore`, `Row`, `DiskIO`, `checksum`: the store, for tests and tools.
 - `XenpagingPolicy`, `ClockPolicy`, `make_policy`: replacement policies.
 
-``python -m pager --run-dir DIR --state-dir DIR [...]`` runs it as a process
-(``python -m pager --help``); ``python -m pager.bench`` measures it.
+``python -m pager --run-dir DIR --state-dir DIR [--domid D] [--policy xenpaging|clock]
+[--on-exit pagein|keep] [--faults SPEC] [--batch N] [--concurrency N] [--target T]
+[--prefetch N] [...]`` runs it as a process (``--help``; exit 75 means hv went away: restart
+it, it recovers from the state directory); ``python -m pager.bench`` measures it.
+
+Connection loss is not retried in-process: the pager exits (75) and the stack restarts it,
+which exercises the same recovery path as a crash.
 """
 
 from .core import ConnectionLost, Pager, PagerConfig, PagerError, PagerStats, run_pager

@@ -48,7 +48,10 @@ def _nonneg_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The command line of PROTOCOL.md §10, plus tunables."""
     p = argparse.ArgumentParser(
-        prog="python -m pager", description="xenpaging-style pager with a durable store"
+        prog="python -m pager",
+        description="xenpaging-style pager with a durable store",
+        epilog="exit status: 0 clean exit, 1 cannot go on, 2 bad usage, 75 lost hv "
+        "(restart me); a crash point dies by SIGKILL",
     )
     p.add_argument("--run-dir", required=True, help="hv's run directory (privcmd.sock)")
     p.add_argument("--state-dir", required=True, help="the paging store's directory")

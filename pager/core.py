@@ -335,7 +335,7 @@ class Pager:
             stale_freed=len(stale),
             lost=len(lost),
             adopt=len(adopt),
-            paged=sum(1 for t in types if t == P2MType.paged),
+            paged=types.count(P2MType.paged),
             seconds=round(self.stats.recovery_s, 4),
         )
 
