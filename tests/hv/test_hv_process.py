@@ -152,6 +152,8 @@ async def _bad_input(priv: str, guest_sock: str) -> None:
         _frame(msgpack.packb([1, 2, 3])),  # not a map
         _frame(msgpack.packb({1: "int key"})),
         _frame(msgpack.packb({"op": "hello"}) + b"\x01"),  # two values
+        _frame(msgpack.packb({"op": "hello", "x": [[[[[[[[[[1]]]]]]]]]]})),  # too deep
+        _frame(b"\x81\xa2op"),  # a map cut short inside the frame
         _frame(msgpack.packb({"op": "status", "id": 1})),  # not a hello first
     ):
         async with raw(priv) as conn:
