@@ -181,15 +181,17 @@ class Stack:
             return None
         return json.loads(proc.stdout)
 
-    def wait_for(self, what: str, probe: Callable[[], Any], poll: float = 0.3) -> Any:
-        """Poll `probe` until it returns something truthy; fail at the deadline."""
-        last: Any = None
-        while time.monotonic() < self.dl.end:
-            last = probe()
-            if last:
-                return last
+    def wait_for(
+        self, what: str, probe: Callable[[], Any], within: float = 60.0, poll: float = 0.3
+    ) -> Any:
+        """Poll `probe` until it returns something truthy; fail after `within` seconds."""
+        end = min(self.dl.end, time.monotonic() + within)
+        while time.monotonic() < end:
+            found = probe()
+            if found:
+                return found
             time.sleep(poll)
-        pytest.fail(f"timed out waiting for {what}")
+        pytest.fail(f"timed out waiting for {what} ({within:g} s)")
 
     def leftovers(self) -> dict[str, list[str]]:
         """Containers, volumes and networks still labelled with this project."""
@@ -239,6 +241,7 @@ def kill_pager_and_recover(
     stack.wait_for(
         f"pager restart {n}",
         lambda: stack.inspect(pager)["RestartCount"] > before["RestartCount"],
+        within=30,
     )
     # Back: a new epoch attached (it recovered from the pager-state volume) ...
     back = stack.wait_for(f"pager {n} to re-attach", lambda: paging(stack, hv, epoch + 1, -1))
