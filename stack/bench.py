@@ -965,6 +965,36 @@ def render_table(res: dict[str, Any]) -> str:
 # --- probes (run in fresh processes by bench_memory) -----------------------------------------
 
 
+def profile_summary(path: str, top: int = 15) -> str:
+    """Where a py-spy raw profile (`--profile`) spends its samples: self and inclusive %."""
+    import collections
+    import re
+
+    def short(frame: str) -> str:
+        m = re.match(r"(.*) \((.*?):\d+\)$", frame)
+        return f"{m.group(1)} ({'/'.join(m.group(2).split('/')[-2:])})" if m else frame
+
+    own: collections.Counter[str] = collections.Counter()
+    incl: collections.Counter[str] = collections.Counter()
+    total = 0
+    with open(path) as f:
+        for line in f:
+            stack, _, count = line.rstrip().rpartition(" ")
+            if not stack:
+                continue
+            frames = [short(fr) for fr in stack.split(";")]
+            n = int(count)
+            total += n
+            own[frames[-1]] += n
+            for fr in set(frames):
+                incl[fr] += n
+    out = [f"{path}: {total} samples", "  self:"]
+    out += [f"  {100 * n / total:5.1f}% {fr}" for fr, n in own.most_common(top)]
+    out.append("  inclusive:")
+    out += [f"  {100 * n / total:5.1f}% {fr}" for fr, n in incl.most_common(2 * top)]
+    return "\n".join(out)
+
+
 def _probe_main(argv: list[str]) -> int:
     from transport import configure_logging
 
@@ -975,7 +1005,15 @@ def _probe_main(argv: list[str]) -> int:
     if len(argv) == 2 and argv[0] == "probe-pager-index":
         print(json.dumps(probe_pager_index(argv[1])))
         return 0
-    print("usage: python -m stack.bench probe-hv-memory N | probe-pager-index DIR", file=sys.stderr)
+    if len(argv) >= 2 and argv[0] == "profile-summary":
+        for path in argv[1:]:
+            print(profile_summary(path))
+        return 0
+    print(
+        "usage: python -m stack.bench probe-hv-memory N | probe-pager-index DIR"
+        " | profile-summary FILE...",
+        file=sys.stderr,
+    )
     return 2
 
 

@@ -206,3 +206,15 @@ def _running_children() -> list[int]:
         except OSError:
             pass
     return out
+
+
+def test_profile_summary_counts_self_and_inclusive_samples(tmp_path: Path) -> None:
+    raw = tmp_path / "hv.txt"
+    raw.write_text(
+        "main (hv/__main__.py:10);serve (hv/server.py:20);send (trio/_socket.py:5) 3\n"
+        "main (hv/__main__.py:10);serve (hv/server.py:20) 1\n"
+    )
+    text = bench.profile_summary(str(raw))
+    assert "4 samples" in text
+    assert " 75.0% send (trio/_socket.py)" in text  # self
+    assert "100.0% serve (hv/server.py)" in text  # inclusive
