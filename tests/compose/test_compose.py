@@ -64,7 +64,11 @@ class Deadline:
 def stage(name: str) -> Iterator[None]:
     """Log how long a stage of the scenario took (see them with --log-cli-level=INFO)."""
     t0 = time.monotonic()
-    yield
+    try:
+        yield
+    except BaseException:
+        log.info("compose stage %-28s %6.1f s FAILED", name, time.monotonic() - t0)
+        raise
     log.info("compose stage %-28s %6.1f s", name, time.monotonic() - t0)
 
 
@@ -352,8 +356,13 @@ def test_compose_stack_survives_pager_kills(
 
         # Stop the pager as `down` does (SIGTERM, stop_grace_period): it pages everything
         # back in and detaches, well within the grace period.
-        dom = domain(stack.wait_for("hv status", lambda: stack.status(hv)))
-        assert dom["paged_pages"] > 0, "nothing paged out: the page-in check would be empty"
+        # The guest's read-back paged everything in; wait until the pager has paged out
+        # again, or the page-in check below would be empty.
+        dom = stack.wait_for(
+            "pages out again after the guest's verification",
+            lambda: paging(stack, hv, dom["pager"]["epoch"], 0),
+            within=30,
+        )
         t0 = time.monotonic()
         with stage(f"stop pager (page in {dom['paged_pages']})"):
             stack.compose("stop", "pager")
