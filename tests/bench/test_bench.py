@@ -90,7 +90,9 @@ RESULT = {
     "throughput": {
         "batches": {64: {"pageout_pps": 5000.0, "pagein_pps": 8000.0, "floor_pps": 20000.0}}
     },
-    "recovery": {100000: {"start_to_first_served_s": 0.5, "pager_recover_s": 0.1}},
+    "recovery": {
+        100000: {"start_to_first_served_s": 0.5, "pager_recover_s": 0.1, "floor_start_s": 0.25}
+    },
     "memory": {
         "hv": {"rss_per_gfn": 6.0, "traced_per_gfn": 6.5},
         "pager": {"memory_per_row": 160.0, "disk_per_row": 32.0},
@@ -112,7 +114,7 @@ def test_table_puts_each_figure_next_to_its_floor() -> None:
     assert rows["page-ins/s, 4 vCPUs"] == ("2000/s", "8000 echo/s, 4 callers", "0.25x")
     assert rows["page-out, batch 64"] == ("5000 pages/s", "20000 pages/s", "0.25x")
     assert rows["page-in, batch 64"][2] == "0.40x"
-    assert rows["recovery, 100,000 pages out"][0] == "0.500 s"
+    assert rows["recovery, 100,000 pages out"] == ("0.500 s", "0.250 s (start+imports)", "2.00x")
     assert rows["zipf: clock"] == ("130.0 faults/1k", "100.0 faults/1k", "1.30x")
     text = render_table(RESULT)
     assert "2 cores, Python 3.11.7" in text and "load average 1.00 2.00 3.00" in text
@@ -188,6 +190,7 @@ async def test_process_sections_run_and_leave_no_child(tmp_path: Path) -> None:
     rec = res["recovery"][300]
     assert len(rec["runs_s"]) == 1 and rec["start_to_first_served_s"] > 0
     assert rec["pager_recover_s"] > 0  # parsed from the new pager's own log
+    assert rec["floor_start_s"] > 0
     assert 250 <= res["memory"]["pager"]["rows"] <= 301  # the store the recovery left
     assert res["memory"]["hv"]["rss_per_gfn"] > 0
     json.dumps(res, default=str)  # what --json writes
