@@ -891,7 +891,7 @@ def table_rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 )
             )
             rows.append(
-                (f"  of which the pager's recover()", f"{r['pager_recover_s']:.3f} s", "", "")
+                ("  of which the pager's recover()", f"{r['pager_recover_s']:.3f} s", "", "")
             )
     mem = res.get("memory")
     if mem:
