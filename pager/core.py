@@ -89,6 +89,7 @@ class PagerConfig:
     on_exit: str = "pagein"  # or "keep": leave pages out, store durable
     batch: int = 64  # gfns per page-out batch and per page-in batch (<= 255 per map/prep)
     concurrency: int = 4  # page-in workers
+    pipeline: int = 2  # page-out batches on their way to the disk at once
     target: int | None = None  # override hv's target (tot_pages to keep at most)
     prefetch: int = 0  # paged neighbours paged in proactively after a guest fault
     mru_size: int | None = None  # xenpaging's MRU list length
@@ -106,6 +107,8 @@ class PagerConfig:
             raise ValueError(f"batch must be in [1, {MAX_PAGES_PER_FRAME + 1}]")
         if self.concurrency < 1:
             raise ValueError("concurrency must be >= 1")
+        if self.pipeline < 1:
+            raise ValueError("pipeline must be >= 1")
         if self.prefetch < 0:
             raise ValueError("prefetch must be >= 0")
         if self.target is not None and self.target < 0:
@@ -598,24 +601,33 @@ class Pager:
         return evicted
 
     async def _pageout_pipelined(self, excess: int) -> bool:
-        """Page out `excess` gfns in batches, two deep: while one batch is on its way to the
-        disk (write, fdatasync, commit, evict), the next is nominated and mapped. Each batch
-        keeps the crash-safe order on its own; False if no victim was found."""
-        victims = await self.policy.choose(min(self.batch, excess), self._busy)
-        if not victims:
-            return False
-        batch = await self._pageout_prepare(victims, nominate=True)
-        while batch is not None:
-            excess -= len(batch.rows)
-            current, batch = batch, None
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._pageout_finish, current)
-                if excess > 0 and not self._stopping and not self._full():
-                    victims = await self.policy.choose(min(self.batch, excess), self._busy)
-                    if victims:
-                        batch = await self._pageout_prepare(victims, nominate=True)
+        """Page out `excess` gfns in batches, pipelined: while up to `config.pipeline`
+        batches are on their way to the disk (write, fdatasync, commit, evict), the next is
+        nominated and mapped. Each batch keeps the crash-safe order on its own (a batch's
+        rows are committed only after its own fdatasync returned); False if no victim."""
+        slots = trio.Semaphore(self.config.pipeline)
+
+        async def finish(batch: _Batch) -> None:
+            try:
+                await self._pageout_finish(batch)
+            finally:
+                slots.release()
             self._notify()
-        return True
+
+        started = False
+        async with trio.open_nursery() as nursery:
+            while excess > 0 and not self._stopping and not (started and self._full()):
+                victims = await self.policy.choose(min(self.batch, excess), self._busy)
+                if not victims:
+                    break
+                batch = await self._pageout_prepare(victims, nominate=True)
+                if batch is None:
+                    break  # every victim refused (busy): let the next pass choose again
+                started = True
+                excess -= len(batch.rows)
+                await slots.acquire()
+                nursery.start_soon(finish, batch)
+        return started
 
     async def _pageout_prepare(self, gfns: list[int], *, nominate: bool) -> _Batch | None:
         """Page-out, first half: reserve slots, nominate, map, checksum."""

@@ -170,9 +170,11 @@ async def test_enospc_stops_paging_out_keeps_paging_in(tmp_path: Path) -> None:
             await guest.fill(2)
             run = stack.start_pager(config(target=8), faults="store.write=ENOSPC@3+")
             pager = await run.wait_started()
-            await stack.until(pager, lambda: pager.stats.store_full >= 1)
+            await stack.until(
+                pager, lambda: pager.stats.store_full >= 1 and pager.stats.paged_out >= 16
+            )
             out = stack.domain_status()["paged_pages"]
-            assert out == 16  # two batches made it to the disk, nothing after
+            assert out == pager.stats.paged_out == 16  # two batches made it, nothing after
             await guest.verify_all(2)  # every page-in is still served
             assert stack.domain_status()["paged_pages"] == 0  # all came back in
             # The nominated gfns of the failed batch are resident and adopted later.
