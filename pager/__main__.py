@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch", type=_positive_int, default=64, help="gfns per batch (<= 256)")
     p.add_argument("--concurrency", type=_positive_int, default=4, help="page-in workers")
+    p.add_argument(
+        "--pipeline", type=_positive_int, default=2, help="page-out batches in flight to disk"
+    )
     p.add_argument("--target", type=_nonneg_int, default=None, help="override hv's target")
     p.add_argument(
         "--prefetch", type=_nonneg_int, default=0, help="paged neighbours to bring in per fault"
@@ -120,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             on_exit=args.on_exit,
             batch=args.batch,
             concurrency=args.concurrency,
+            pipeline=args.pipeline,
             target=args.target,
             prefetch=args.prefetch,
             mru_size=args.mru_size,
