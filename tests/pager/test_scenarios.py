@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 from pathlib import Path
 
 import pytest
+import structlog
+import structlog.testing
 import trio
 import trio.testing
 from pager_harness import Guest, PagerRun, RunStatus, Stack, open_stack
@@ -160,7 +163,16 @@ async def test_enomem_on_prep_is_retried(tmp_path: Path) -> None:
                         nursery.start_soon(guest.read_check, 0, gfn)
                         await stack.until(pager, lambda: pager.stats.prep_enomem >= 2)
                         assert stack.domain_status()["paused_vcpus"] == [0]
+                        # Other requests are served meanwhile: a DROP_PAGE, for one.
+                        other = next(g for g in paged(stack) if g != gfn)
+                        reply = await guest.client.call("decrease_reservation", gfns=[other])
+                        assert reply["results"] == [0]
+                        await stack.until(pager, lambda: pager.stats.drops == 1)
+                        assert other not in pager.store.rows
+                        assert stack.domain_status()["paused_vcpus"] == [0]
                         await control.call("domain_destroy", domid=hog["domid"])
+                await guest.client.call("increase_reservation", gfns=[other])
+                guest.versions[other] = 0
                 await stop_clean(stack, guest, run)
 
 
@@ -417,3 +429,36 @@ async def test_prefetch_brings_neighbours_in_first(tmp_path: Path) -> None:
             now_out = set(paged(stack))
             assert all(gfn + i not in now_out for i in range(1, 5)), "neighbours came in"
             await stop_clean(stack, guest, run)
+
+
+async def test_paged_gfn_without_a_row_is_reported_lost_at_recovery(tmp_path: Path) -> None:
+    """The store lost a row (a bug elsewhere, a restored backup): the next pager reports
+    that gfn lost with its number and marks it broken; the guest gets EIO for it, and
+    every other byte is intact."""
+    with trio.fail_after(20):
+        async with open_stack(tmp_path, nr_gfns=NR, vcpus=2) as stack, stack.guest() as guest:
+            run = await paged_out(stack, guest, 16, on_exit="keep")
+            run.stop.set()
+            await run.finished.wait()
+            gfn = paged(stack)[0]
+            db = sqlite3.connect(stack.state_dir / "index.sqlite")
+            with db:
+                db.execute("DELETE FROM pages WHERE gfn = ?", (gfn,))
+            db.close()
+            with structlog.testing.capture_logs() as logs:
+                run = stack.start_pager(config(target=16))
+                pager = await run.wait_started()
+            assert pager.stats.lost == 1
+            assert {"event": "page.lost", "gfn": gfn, "log_level": "error"}.items() <= next(
+                e for e in logs if e["event"] == "page.lost"
+            ).items()
+            assert stack.domain_status()["counts"]["broken"] == 1
+            with pytest.raises(OpError) as info:
+                await guest.read_check(0, gfn)
+            assert info.value.errno == Errno.EIO
+            others = [g for g in range(NR) if g != gfn]
+            await guest.on_vcpus(2, others, guest.read_check)
+            run.stop.set()
+            await run.finished.wait()
+            assert run.error is None
+            stack.assert_clean()
