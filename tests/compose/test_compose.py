@@ -8,8 +8,9 @@ builds one offline).
 
 Every docker call has a timeout, the whole scenario an absolute deadline, and a finally
 removes what the test created (project containers, volumes, network, image tag, wheelhouse)
-on every path. Polling hv's `status` is the only way to watch an external system here;
-each poll is bounded by the deadline.
+on every path; after a failure the services' logs stay in build/xpemu-test-<id>.log.
+Polling hv's `status` is the only way to watch an external system here; each poll is
+bounded by the deadline.
 """
 
 from __future__ import annotations
@@ -278,9 +279,7 @@ def read_report(cid: str, dl: Deadline) -> dict[str, Any]:
         return json.loads(member.read())
 
 
-def test_compose_stack_survives_pager_kills(
-    docker_setup: tuple[list[str], str], tmp_path: Path
-) -> None:
+def test_compose_stack_survives_pager_kills(docker_setup: tuple[list[str], str]) -> None:
     """Build, up, paging, SIGKILL the pager 3 times (restart + recovery), stop, down -v."""
     compose, base = docker_setup
     dl = Deadline(BUDGET_S)
@@ -380,8 +379,10 @@ def test_compose_stack_survives_pager_kills(
         down_done = True
         assert stack.leftovers() == {"containers": [], "volumes": [], "networks": []}
     except BaseException as exc:
-        # Keep what the services said for the failure report.
-        logs = tmp_path / "compose.log"
+        # Keep what the services said for the failure report: under build/ (git-ignored),
+        # which outlives pytest's rotation of its temporary directories.
+        logs = REPO / "build" / f"{project}.log"
+        logs.parent.mkdir(exist_ok=True)
         proc = _probe([*stack.argv, "logs", "--no-color", "--tail", "200"], 60, env)
         if proc is not None:
             logs.write_text(proc.stdout + proc.stderr)
