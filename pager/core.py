@@ -810,6 +810,7 @@ class Pager:
             )
         self.stats.proactive_in += len(freed)
         self.stats.paged_in += len(freed)
+        log.info("pagein.proactive", paged_in=len(freed), rows=len(self.store.rows))
         self._notify()
         return len(freed)
 
