@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench image clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/xpemu bench
+
+# The container image, built offline from a wheelhouse (see docs/containers.md).
+image: $(STAMP)
+	$(BIN)/pip wheel --quiet . -w build/wheelhouse
+	docker compose build || docker-compose build
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache
