@@ -409,10 +409,11 @@ test_paging_machine = PagingMachine.TestCase
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_paging_machine_long() -> None:
     """The same with many more examples and longer runs (XPEMU_SLOW=1)."""
     from hypothesis.stateful import run_state_machine_as_test
 
     run_state_machine_as_test(
-        PagingMachine, settings=settings(max_examples=2000, stateful_step_count=80, deadline=None)
+        PagingMachine, settings=settings(max_examples=1000, stateful_step_count=80, deadline=None)
     )
