@@ -205,14 +205,28 @@ def lookup(op: str, src: P2MType, guard: Callable[[str], bool]) -> Rule:
     raise AssertionError(f"no rule for {op} from {src.name}")  # the table is total
 
 
+def markdown() -> str:
+    """The table as Markdown, one line per row (for docs and reviews)."""
+    lines = ["| op | from | when | result | to | effect |", "|---|---|---|---|---|---|"]
+    for r in TABLE:
+        result = "0" if r.result == OK else str(r.result)
+        dst = r.dst.name if r.dst is not None else "(same)"
+        effect = r.effect + (f" ({MemEventFlag(r.flags).name})" if r.flags else "")
+        lines.append(f"| {r.op} | {r.src.name} | {r.when} | {result} | {dst} | {effect} |")
+    return "\n".join(lines)
+
+
 def _check_table() -> None:
     """The table is total: every op from every type ends in a row with no guard."""
     for op in OPS:
         for t in P2MType:
             rows = _BY_KEY.get((op, t))
-            assert rows, f"no rule for {op} from {t.name}"
-            assert rows[-1].when == "", f"{op} from {t.name} has no unconditional last row"
-            assert all(r.when in GUARDS for r in rows), f"unknown guard in {op} from {t.name}"
+            if not rows:
+                raise RuntimeError(f"no rule for {op} from {t.name}")
+            if rows[-1].when != "":
+                raise RuntimeError(f"{op} from {t.name} has no unconditional last row")
+            if any(r.when not in GUARDS for r in rows):
+                raise RuntimeError(f"unknown guard in {op} from {t.name}")
 
 
 _check_table()

@@ -15,7 +15,7 @@ import trio
 import trio.testing
 
 from hv import TABLE, Domain, GuestFault, HvConfig, Hypervisor
-from hv.rules import PAUSE, WAIT
+from hv.rules import PAUSE, WAIT, markdown
 from protocol import Errno, MemEventFlag, P2MType
 
 RW, OUT, PAGED = P2MType.ram_rw, P2MType.paging_out, P2MType.paged
@@ -100,6 +100,12 @@ def test_every_row_has_an_expectation() -> None:
     rows = [(r.op, r.src, r.when) for r in TABLE]
     assert len(rows) == len(set(rows)), "a row is listed twice"
     assert set(rows) == set(EXPECT)
+
+
+def test_markdown_lists_every_row() -> None:
+    lines = markdown().splitlines()
+    assert len(lines) == 2 + len(TABLE)
+    assert "| write | paging_out |  | PAUSE | paging_in_start | populate (EVICT_FAIL) |" in lines
 
 
 class Ctx:
