@@ -40,6 +40,9 @@ class Client:
         self.info: dict[str, Any] = {}
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
+        # Ids of requests whose caller gave up (cancelled) before the reply came: the reply
+        # may still arrive, and it is not the server's fault.
+        self._abandoned: set[int] = set()
         self._events_send, self.events = trio.open_memory_channel[tuple[str, dict[str, Any]]](
             math.inf
         )
@@ -68,6 +71,8 @@ class Client:
             await pending.done.wait()
         finally:
             self._pending.pop(rid, None)
+            if not pending.done.is_set():
+                self._abandoned.add(rid)
         if isinstance(pending.reply, BaseException):
             raise ConnectionClosed(f"connection lost: {pending.reply}")
         assert pending.reply is not None
@@ -89,6 +94,9 @@ class Client:
                     continue
                 rid = msg.get("id")
                 pending = self._pending.get(rid) if isinstance(rid, int) else None
+                if pending is None and rid in self._abandoned:
+                    self._abandoned.discard(rid)
+                    continue
                 if pending is None:
                     if not msg.get("ok", True):  # a connection-level error (EPROTO, id null)
                         raise RemoteProtocolError(f"server: {msg.get('err')}: {msg.get('msg')}")

@@ -188,3 +188,21 @@ def test_configure_logging_json_binds_proc() -> None:
     assert line["event"] == "page.evicted" and line["proc"] == "hv" and line["domid"] == 1
     assert line["level"] == "info" and line["timestamp"].endswith("Z")
     structlog.reset_defaults()
+
+
+async def test_reply_to_a_cancelled_request_is_dropped_quietly() -> None:
+    with trio.fail_after(5):
+        a, b = trio.testing.memory_stream_pair()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(toy_server, b)
+            async with open_client(a, "pager") as client:
+                await client.hello(1)
+                with trio.move_on_after(0.05) as scope:
+                    await client.call("nominate", gfns=[0])  # held by the server
+                assert scope.cancelled_caught
+                # The late reply to the abandoned request must not break the connection.
+                fast = await client.call("nominate", gfns=[1])
+                assert fast["results"] == [0]
+                again = await client.call("nominate", gfns=[2])
+                assert again["results"] == [0]
+            nursery.cancel_scope.cancel()
