@@ -459,7 +459,9 @@ class Stack:
                 # Faithful Xen: no pager can attach to an orphaned ring. Say so, stop trying.
                 self.pager_stop = True
                 return
-            failed_starts = 0 if life.attached else failed_starts + 1
+            # A life the schedule killed before it could attach (a slow start on a loaded
+            # machine) did not fail to start: only deaths of the pager's own count.
+            failed_starts = 0 if life.attached or life.killed_by else failed_starts + 1
             if failed_starts >= MAX_FAILED_STARTS:
                 self.pager_stop = True
                 return
