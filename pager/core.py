@@ -214,6 +214,7 @@ class Pager:
         self._jobs_send, self._jobs_recv = trio.open_memory_channel[_Job](math.inf)
         self._drops_send, self._drops_recv = trio.open_memory_channel[dict[str, Any]](math.inf)
         self._free_send, self._free_recv = trio.open_memory_channel[tuple[int, int]](math.inf)
+        self._pending_free: set[tuple[int, int]] = set()  # (gfn, gen) queued to the freer
         self._adopt: dict[int, float] = {}  # leftover paging_out gfn -> not before (time)
         self._out_inflight: set[int] = set()  # gfns between nominate and evict
         self._prefetch: dict[int, None] = {}
@@ -517,8 +518,7 @@ class Pager:
                 log.error("resume.failed", seq=rsp["seq"], gfn=rsp["gfn"], err=res)
         # Rows go in the background (one group commit for many page-ins): the worker is
         # free for the next batch at once. Each was loaded by a prep that answered 0.
-        for key in freed:
-            self._free_send.send_nowait(key)
+        self._queue_free(freed)
         for job in done:
             self.policy.paged_in(job.gfn)
             log.debug("page.paged_in", gfn=job.gfn, requests=len(job.reqs))
@@ -537,6 +537,12 @@ class Pager:
         while len(self._prefetch) > PREFETCH_MAX:
             del self._prefetch[next(iter(self._prefetch))]
 
+    def _queue_free(self, keys: list[tuple[int, int]]) -> None:
+        """Hand rows whose copy a prep loaded (answered 0) to the freer."""
+        for key in keys:
+            self._pending_free.add(key)
+            self._free_send.send_nowait(key)
+
     async def _freer(self) -> None:
         """Delete rows of paged-in copies in groups: one SQLite commit for many keys."""
         async for key in self._free_recv:
@@ -546,7 +552,11 @@ class Pager:
                     keys.append(self._free_recv.receive_nowait())
                 except trio.WouldBlock:
                     break
-            await self._free_rows(keys)
+            try:
+                await self._free_rows(keys)
+            finally:
+                self._pending_free.difference_update(keys)
+            self._notify()
 
     async def _drop_worker(self) -> None:
         async for req in self._drops_recv:
@@ -798,7 +808,7 @@ class Pager:
                 self.stats.prep_enomem += 1
             else:
                 other.append(row)
-        await self._free_rows(freed)
+        self._queue_free(freed)
         if other:
             # ENOENT: not paged. Rows of gfns with a frame (or gone) are stale: no page-out
             # batch is in flight (this task runs them), so they may go now.
@@ -850,10 +860,11 @@ class Pager:
             if g in self.store.rows and not self._busy(g):
                 picked.append(g)
         if len(picked) < n:
-            for g in self.store.rows:
+            pending = self._pending_free
+            for g, row in self.store.rows.items():
                 if len(picked) >= n:
                     break
-                if not self._busy(g) and g not in picked:
+                if not self._busy(g) and g not in picked and (g, row.gen) not in pending:
                     picked.append(g)
         return await self._pagein_proactive(picked)
 
