@@ -739,7 +739,7 @@ class Pager:
                 if state[r.gfn][0] == P2MType.paging_out:
                     self._adopt[r.gfn] = now + 1.0  # held by a mapper: try again later
         self.stats.paged_out += evicted
-        log.info(
+        log.debug(
             "pageout.batch",
             evicted=evicted,
             refused=len(refused),

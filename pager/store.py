@@ -276,17 +276,11 @@ class PageStore:
         if self.instance == instance:
             return "same"
         outcome = "new"
-        if self.instance is not None or self.rows:
+        if self.rows:
             outcome = "set_aside"
             aside = self.state_dir / f"aside-{_safe(self.instance)}-{time.time_ns()}"
             aside.mkdir()
-            assert self._db is not None
-            self._db.close()
-            os.close(self._fd)
-            for name in ("pages.bin", "index.sqlite", "index.sqlite-wal", "index.sqlite-shm"):
-                with contextlib.suppress(FileNotFoundError):
-                    os.rename(self.state_dir / name, aside / name)
-            _fsync_dir(self.state_dir)
+            self._replace_files(aside)
             log.warning(
                 "store.set_aside",
                 old_instance=self.instance,
@@ -294,7 +288,11 @@ class PageStore:
                 rows=len(self.rows),
                 aside=str(aside),
             )
-            self._open_files()
+        elif self.instance is not None:
+            # An empty store of another instance holds no page: nothing to keep, and
+            # setting it aside would leave a pages file behind on every hv restart.
+            self._replace_files(None)
+            log.info("store.reset_empty", old_instance=self.instance, new_instance=instance)
         with self._db_lock:
             self._execute_txn(
                 [
@@ -304,6 +302,20 @@ class PageStore:
             )
         self.instance = instance
         return outcome
+
+    def _replace_files(self, aside: Path | None) -> None:
+        """Close the store's files, move them to `aside` (or delete them), open fresh ones."""
+        assert self._db is not None
+        self._db.close()
+        os.close(self._fd)
+        for name in ("pages.bin", "index.sqlite", "index.sqlite-wal", "index.sqlite-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                if aside is None:
+                    os.unlink(self.state_dir / name)
+                else:
+                    os.rename(self.state_dir / name, aside / name)
+        _fsync_dir(self.state_dir)
+        self._open_files()
 
     # -- slots ------------------------------------------------------------------------
 

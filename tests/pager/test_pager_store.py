@@ -147,6 +147,25 @@ def test_store_of_another_instance_is_set_aside(tmp_path: Path) -> None:
     store.close()
 
 
+def test_empty_store_of_another_instance_is_reset_not_set_aside(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    store.bind_instance("old")
+    rows = put(store, [1, 2, 3])
+    # Every page came back in: the rows are freed, the pages file keeps its size.
+    keys = [(r.gfn, r.gen) for r in rows]
+    store.delete_rows_sync(keys)
+    store.applied_delete(keys)
+    store.close()
+    assert (tmp_path / "pages.bin").stat().st_size > 0
+    store = open_store(tmp_path)
+    assert store.rows == {} and store.instance == "old"
+    assert store.bind_instance("new") == "new"
+    assert store.instance == "new"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("aside-")]
+    assert (tmp_path / "pages.bin").stat().st_size == 0
+    store.close()
+
+
 @pytest.mark.parametrize(
     ("spec", "code"),
     [("store.write=ENOSPC@1", errno.ENOSPC), ("store.fsync=EIO@1", errno.EIO)],
