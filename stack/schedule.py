@@ -23,24 +23,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from pager.faults import CRASH_POINTS
+
 #: Fault kinds and their default weights in a schedule.
 DEFAULT_KINDS: Final = {"kill": 4, "crash": 4, "cut": 2, "store": 2}
 
-#: Crash points of the pager (pager/faults.py CRASH_POINTS), page-out, page-in, recovery.
-CRASH_POINTS: Final = (
-    "after_nominate",
-    "after_map",
-    "after_write",
-    "after_fsync",
-    "after_index_commit",
-    "after_evict",
-    "after_read",
-    "after_prep",
-    "before_resume",
-    "after_resume",
-    "after_audit",
-    "after_reconcile",
-)
 
 #: Store faults (op, action) the schedule draws from (pager/faults.py grammar).
 STORE_FAULTS: Final = (
