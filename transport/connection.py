@@ -7,6 +7,7 @@ not read its replies fills the channel and is dropped instead of growing our mem
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Final
@@ -40,6 +41,10 @@ class Connection:
         self._decoder = FrameDecoder()
         self._send, self._queue = trio.open_memory_channel[bytes](max_queued)
         self._closed = False
+        # Frames handed to the writer and not yet fully sent. When there are none, the
+        # writer is idle and a frame may go straight to a socket's buffer (see send_nowait).
+        self._unsent = 0
+        self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
 
     @property
     def closed(self) -> bool:
@@ -66,7 +71,16 @@ class Connection:
         frame = encode_frame(msg)  # LocalProtocolError surfaces to the caller, unsent
         if self._closed:
             raise ConnectionClosed("connection is closed")
+        if self._unsent == 0 and self._socket is not None:
+            # Nothing queued before it and the writer idle: write what the socket buffer
+            # takes now, saving the writer task's wake-up (one scheduler pass per message).
+            # The rest, if any, goes through the writer as usual, so order is kept.
+            sent = _write_some(self._socket, frame)
+            if sent == len(frame):
+                return
+            frame = frame[sent:]
         try:
+            self._unsent += 1
             self._send.send_nowait(frame)
         except trio.WouldBlock:
             self._closed = True
@@ -82,6 +96,7 @@ class Connection:
         if self._closed:
             raise ConnectionClosed("connection is closed")
         try:
+            self._unsent += 1
             await self._send.send(frame)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             self._closed = True
@@ -92,6 +107,7 @@ class Connection:
             async with self._queue:
                 async for frame in self._queue:
                     await self.stream.send_all(frame)
+                    self._unsent -= 1
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
         finally:
@@ -101,6 +117,18 @@ class Connection:
         """Stop accepting frames; the writer flushes what is queued, then the stream closes."""
         self._closed = True
         self._send.close()
+
+
+def _write_some(sock: trio.socket.SocketType, frame: bytes) -> int:
+    """Bytes of `frame` a non-blocking socket takes at once (0 on any error: the writer
+    task retries the rest and meets, and reports, a real error itself)."""
+    fd = sock.fileno()
+    if fd < 0:  # closed: the number may belong to another file by now
+        return 0
+    try:
+        return os.write(fd, frame)
+    except OSError:
+        return 0
 
 
 @asynccontextmanager
