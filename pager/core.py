@@ -407,6 +407,11 @@ class Pager:
         self._nursery.start_soon(requeue)
 
     async def _read(self, rows: Sequence[Row]) -> list[bytes | StoreError]:
+        # Slots in the page cache need no worker thread (a thread trip costs more than the
+        # read); anything that would block on the disk goes to the thread as before.
+        cached = self.store.read_slots_cached(rows)
+        if cached is not None:
+            return cached
         self.store.pin(rows)
         try:
             return await trio.to_thread.run_sync(self.store.read_slots, rows)
