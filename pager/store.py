@@ -38,9 +38,8 @@ import struct
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, NamedTuple
 
 import crc32c
 import structlog
@@ -84,9 +83,12 @@ class ChecksumError(StoreError):
     """A slot's bytes do not match the checksum its row recorded."""
 
 
-@dataclass(frozen=True, slots=True)
-class Row:
-    """One index row: gfn's copy of generation `gen` lives in `slot`, checksum `crc`."""
+class Row(NamedTuple):
+    """One index row: gfn's copy of generation `gen` lives in `slot`, checksum `crc`.
+
+    A named tuple, not a dataclass: a pager start builds one per paged gfn (100,000s), and
+    a tuple is built several times faster.
+    """
 
     gfn: int
     gen: int
@@ -246,11 +248,11 @@ class PageStore:
         if meta.get("format", FORMAT) != FORMAT:
             raise StoreError(f"index format {meta['format']} is not {FORMAT}", _errno.EINVAL)
         self.instance = meta.get("instance")
-        rows = db.execute("SELECT gfn, gen, slot, crc FROM pages").fetchall()
-        self.rows = {gfn: Row(gfn, gen, slot, crc) for gfn, gen, slot, crc in rows}
-        max_gen = max((r.gen for r in self.rows.values()), default=0)
+        rows = list(map(Row._make, db.execute("SELECT gfn, gen, slot, crc FROM pages")))
+        self.rows = {r.gfn: r for r in rows}
+        max_gen = max((r.gen for r in rows), default=0)
         self._next_gen = max(int(meta.get("next_gen", 1)), max_gen + 1)
-        used = {r.slot for r in self.rows.values()}
+        used = {r.slot for r in rows}
         file_slots = os.fstat(self._fd).st_size // SLOT_SIZE
         self._high = max(file_slots, max(used, default=-1) + 1)
         # Free slots are derived from the index: every slot below the high-water mark that
