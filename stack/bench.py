@@ -102,11 +102,11 @@ class Sizes:
 
 QUICK: Final = Sizes(
     repeats=3,
-    floor_n=2000,
-    pop_samples=400,
-    pop_warm=40,
-    par_reads=800,
-    tput_pages={1: 150, 16: 1500, 64: 3000, 256: 6000},
+    floor_n=4000,
+    pop_samples=1000,
+    pop_warm=100,
+    par_reads=1500,
+    tput_pages={1: 300, 16: 3000, 64: 6000, 256: 12000},
     recovery_pages=(10_000, 100_000),
     policy_gfns=8192,
     policy_capacity=4096,
