@@ -18,6 +18,12 @@ def _counters(hv: Hypervisor) -> dict[str, int]:
     return hv.counters()["domains"][0]["counters"]
 
 
+def _moved(hv: Hypervisor) -> dict[str, int]:
+    """hv's cumulative counts of pages evicted, populated and prepped."""
+    c = _counters(hv)
+    return {k: c.get(k, 0) for k in ("page.evicted", "page.populated", "page.prepped")}
+
+
 async def _guest(
     hv: Hypervisor, nursery: trio.Nursery, config: GuestConfig, shadow: Shadow | None = None
 ):
@@ -72,17 +78,25 @@ async def test_guest_with_real_pager_pages_move_and_bytes_survive(tmp_path: Path
                 config = GuestConfig(
                     seed=12, duration=3.0, pattern="uniform", balloon_every=0.3, stuck_after=20
                 )
-                report = await _guest(hv, nursery, config, shadow)
-                assert report.ok, report.summary()
-                paged_before_stop = hv.status()["domains"][0]["paged_pages"]
+                # Rounds of 3 s until hv's counters show pages moved both ways: how soon the
+                # first batch is durable depends on the disk (a busy machine's fsync can take
+                # seconds), and the test is about bytes surviving, not about speed.
+                faults_seen = 0
+                for _ in range(10):
+                    report = await _guest(hv, nursery, config, shadow)
+                    assert report.ok, report.summary()
+                    faults_seen += report.faults_seen
+                    if all(_moved(hv).values()):
+                        break
                 stop.set()  # the pager pages everything back in and detaches
                 await done.wait()
                 again = await _guest(hv, nursery, GuestConfig(seed=12, duration=0), shadow)
                 nursery.cancel_scope.cancel()
-        c = _counters(hv)
-        assert c["page.evicted"] > 0 and c["page.populated"] > 0 and c["page.prepped"] > 0
-        assert paged_before_stop > 0
-        assert report.faults_seen > 0 and report.verified == 256
+        # hv's cumulative counters prove that pages moved; paged_pages at one instant does
+        # not (the guest's final pass reads every gfn, which pages them all back in).
+        moved = _moved(hv)
+        assert all(moved.values()), moved
+        assert faults_seen > 0 and report.verified == 256
         assert again.ok and again.verified == 256
         assert hv.status()["domains"][0]["paged_pages"] == 0
         assert shadow.states.count(GfnState.DATA) > 0
