@@ -46,6 +46,7 @@ import trio
 from protocol import MAX_AUDIT_COUNT, PAGE_SIZE, P2MType, set_bits
 from transport import Client, open_unix_client
 
+from .argtypes import positive_int
 from .benchlib import (
     belady_faults,
     disk_of,
@@ -1045,7 +1046,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of `xpemu bench`."""
     p.add_argument("--full", action="store_true", help="the long version (100,000-page recovery)")
     p.add_argument("--json", type=Path, dest="json_path", help="write every figure here")
-    p.add_argument("--repeats", type=_positive_int, help="runs per figure (3 quick, 5 full)")
+    p.add_argument("--repeats", type=positive_int, help="runs per figure (3 quick, 5 full)")
     p.add_argument(
         "--only", type=_sections, default=SECTIONS, help=f"comma-separated: {','.join(SECTIONS)}"
     )
@@ -1055,16 +1056,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=Path,
         help="record hv and pager processes with py-spy (must be installed) into this dir",
     )
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
-    return value
 
 
 def _sections(text: str) -> tuple[str, ...]:

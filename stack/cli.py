@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shlex
 import signal
 import sys
@@ -22,6 +21,7 @@ from guest import PATTERNS
 from protocol import ProtocolError, RingMode
 from transport import ConnectionClosed, configure_logging, open_unix_client
 
+from .argtypes import nonneg_int, positive_float, positive_int
 from .harness import StackError, StackOptions, prepare_run_dir, run_stack, summary_text
 from .schedule import DEFAULT_KINDS, make_schedule, parse_kinds
 from .status import status_lines, status_table
@@ -41,36 +41,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0 or math.isinf(value):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
-    return value
-
-
-def _nonneg_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
-    return value
-
-
 def _command(text: str) -> list[str]:
     try:
         argv = shlex.split(text)
@@ -85,7 +55,7 @@ def _add_stack_options(p: argparse.ArgumentParser, *, stress: bool) -> None:
     p.add_argument("--run-dir", type=Path, help="run directory (default: a fresh temp dir)")
     p.add_argument(
         "--duration",
-        type=_positive_float,
+        type=positive_float,
         default=30.0 if stress else None,
         help="seconds for the whole run, checks included (default: "
         + ("30" if stress else "until Ctrl-C")
@@ -93,15 +63,15 @@ def _add_stack_options(p: argparse.ArgumentParser, *, stress: bool) -> None:
     )
     p.add_argument(
         "--nr-gfns",
-        type=_positive_int,
+        type=positive_int,
         default=2048 if stress else 4096,
         help="guest size in 4 KiB pages (default: %(default)s)",
     )
-    p.add_argument("--target", type=_nonneg_int, help="domain target (default: half the gfns)")
-    p.add_argument("--vcpus", type=_positive_int, default=4, help="guest vCPUs (default: 4)")
-    p.add_argument("--host-frames", type=_positive_int, help="host frames (default: hv's)")
+    p.add_argument("--target", type=nonneg_int, help="domain target (default: half the gfns)")
+    p.add_argument("--vcpus", type=positive_int, default=4, help="guest vCPUs (default: 4)")
+    p.add_argument("--host-frames", type=positive_int, help="host frames (default: hv's)")
     p.add_argument(
-        "--ring-size", type=_positive_int, default=64, help="mem_event slots (default: 64)"
+        "--ring-size", type=positive_int, default=64, help="mem_event slots (default: 64)"
     )
     p.add_argument(
         "--ring-mode",
@@ -117,7 +87,7 @@ def _add_stack_options(p: argparse.ArgumentParser, *, stress: bool) -> None:
     p.add_argument("--policy", choices=("xenpaging", "clock"), help="pager policy")
     p.add_argument(
         "--stuck-after",
-        type=_positive_float,
+        type=positive_float,
         default=10.0,
         help="seconds an access may stay pending before its vCPU counts as stuck",
     )
@@ -125,7 +95,7 @@ def _add_stack_options(p: argparse.ArgumentParser, *, stress: bool) -> None:
     p.add_argument("--no-live", action="store_true", help="plain progress lines, no live view")
     p.add_argument(
         "--start-timeout",
-        type=_positive_float,
+        type=positive_float,
         default=15.0,
         help="seconds for hv to be ready and the pager to attach (15)",
     )
@@ -143,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     stress = sub.add_parser("stress", help="the same under a seeded fault schedule")
     _add_stack_options(stress, stress=True)
     stress.add_argument(
-        "--faults", type=_nonneg_int, help=f"faults to inject (default: one per {FAULT_SPACING} s)"
+        "--faults", type=nonneg_int, help=f"faults to inject (default: one per {FAULT_SPACING} s)"
     )
     stress.add_argument(
         "--kinds",
@@ -160,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--watch",
         nargs="?",
         const=1.0,
-        type=_positive_float,
+        type=positive_float,
         help="refresh every N seconds (default 1) until Ctrl-C",
     )
     bench = sub.add_parser("bench", help="performance figures, each next to its floor")
