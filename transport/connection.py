@@ -45,6 +45,7 @@ class Connection:
         # writer is idle and a frame may go straight to a socket's buffer (see send_nowait).
         self._unsent = 0
         self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
+        self._corked: list[bytes] | None = None  # frames held by `cork`
 
     @property
     def closed(self) -> bool:
@@ -66,21 +67,37 @@ class Connection:
                 raise ConnectionClosed(f"receive failed: {exc!r}") from None
             self._decoder.receive_data(data)
 
-    def send_nowait(self, msg: Mapping[str, Any]) -> None:
-        """Queue a message without waiting; a peer with a full queue is dropped."""
-        frame = encode_frame(msg)  # LocalProtocolError surfaces to the caller, unsent
-        if self._closed:
-            raise ConnectionClosed("connection is closed")
-        if self._unsent == 0 and self._socket is not None:
-            # Nothing queued before it and the writer idle: write what the socket buffer
-            # takes now, saving the writer task's wake-up (one scheduler pass per message).
-            # The rest, if any, goes through the writer as usual, so order is kept.
-            sent = _write_some(self._socket, frame)
-            if sent == len(frame):
-                return
-            frame = frame[sent:]
+    def receive_buffered(self) -> dict[str, Any] | None:
+        """The next message if it is already complete in what was read, else None: never
+        reads the stream (the end of the stream is reported by the next `receive`).
+        RemoteProtocolError on garbage."""
+        msg = self._decoder.next_message()
+        if msg is NEED_DATA or msg is CLOSED:
+            return None
+        return msg  # type: ignore[return-value]
+
+    def cork(self) -> None:
+        """Hold outgoing frames until `uncork`, which sends them as one write: the replies
+        to a burst of requests wake the peer once. Only while the writer is idle: towards a
+        peer that is behind, frames queue one by one, so the queue bound still counts them."""
+        if self._corked is None and self._direct():
+            self._corked = []
+
+    def uncork(self) -> None:
+        """Send what `cork` held (as `send_nowait` does); ConnectionClosed as it does."""
+        frames, self._corked = self._corked, None
+        if frames:
+            self._send_frame_nowait(b"".join(frames))
+
+    def _direct(self) -> bool:
+        # Nothing queued before a frame and the writer idle: the frame may go straight into
+        # the socket's buffer, saving the writer task's wake-up (one scheduler pass per
+        # message). Whatever the socket does not take goes through the writer, so order is
+        # kept; and the queue being empty, that rest always fits in it.
+        return self._unsent == 0 and self._socket is not None
+
+    def _queue_nowait(self, frame: bytes) -> None:
         try:
-            self._unsent += 1
             self._send.send_nowait(frame)
         except trio.WouldBlock:
             self._closed = True
@@ -89,18 +106,53 @@ class Connection:
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             self._closed = True
             raise ConnectionClosed("connection is closed") from None
+        self._unsent += 1
 
-    async def send(self, msg: Mapping[str, Any]) -> None:
-        """Queue a message, waiting for room in the outgoing queue."""
-        frame = encode_frame(msg)
+    def send_nowait(self, msg: Mapping[str, Any]) -> None:
+        """Queue a message without waiting; a peer with a full queue is dropped."""
+        frame = encode_frame(msg)  # LocalProtocolError surfaces to the caller, unsent
+        if self._corked is not None:
+            if self._closed:
+                raise ConnectionClosed("connection is closed")
+            self._corked.append(frame)
+            return
+        self._send_frame_nowait(frame)
+
+    def _send_frame_nowait(self, frame: bytes) -> None:
         if self._closed:
             raise ConnectionClosed("connection is closed")
+        if self._direct():
+            sent = _write_some(self._socket, frame)  # type: ignore[arg-type]
+            if sent == len(frame):
+                return
+            frame = frame[sent:]
+        self._queue_nowait(frame)
+
+    async def send(self, *msgs: Mapping[str, Any]) -> None:
+        """Send messages in order, waiting for room in the outgoing queue (never dropping
+        the peer). Several messages go out as one write: one wake-up of the peer."""
+        frame = b"".join(map(encode_frame, msgs))
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._closed:
+            raise ConnectionClosed("connection is closed")
+        if self._corked is not None:  # after what is held, to keep the order
+            self._corked.append(frame)
+            return
+        if self._direct():
+            sent = _write_some(self._socket, frame)  # type: ignore[arg-type]
+            if sent < len(frame):
+                self._queue_nowait(frame[sent:])  # the queue is empty: this cannot block
+            return
+        self._unsent += 1  # before the await: the writer may take the frame at once
         try:
-            self._unsent += 1
             await self._send.send(frame)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
+            self._unsent -= 1
             self._closed = True
             raise ConnectionClosed("connection is closed") from None
+        except BaseException:  # cancelled while the queue was full: nothing was queued
+            self._unsent -= 1
+            raise
 
     async def _writer(self) -> None:
         try:
