@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import structlog
 import trio
@@ -30,6 +30,11 @@ from .frames import NO_FRAME, FramePool
 from .p2m import P2M
 from .ring import MemRequest, Ring
 from .rules import OK, PAUSE, WAIT, Rule, lookup
+
+#: Outcomes of `Domain.access_step`.
+DONE: Final = "done"
+PAUSED: Final = "paused"
+WAITING: Final = "wait"
 
 log = structlog.get_logger("hv.domain")
 
@@ -68,11 +73,16 @@ class VCpu:
         self._wake: trio.Event | None = None
         self._outcome: Errno | None = None
 
-    async def pause(self, seq: int) -> Errno | None:
-        """Pause on request `seq` until unpaused (None: retry the access) or released."""
+    def pause(self, seq: int) -> None:
+        """Pause on request `seq` (at once: `status` shows it, `unpause` may come before
+        `wait_unpaused` is awaited)."""
         self.paused_seq = seq
         self._wake = trio.Event()
         self._outcome = None
+
+    async def wait_unpaused(self) -> Errno | None:
+        """Wait until unpaused (None: retry the access) or released (an errno)."""
+        assert self._wake is not None, "wait_unpaused without pause"
         try:
             await self._wake.wait()
             return self._outcome
@@ -495,31 +505,69 @@ class Domain:
         vcpu.busy = True
         return None
 
-    async def access(
+    def access_step(
         self, vcpu_id: int, op: str, gfn: int, off: int, length: int, data: bytes | None
+    ) -> tuple[str, bytes | None]:
+        """One attempt of a claimed vCPU's access, never waiting.
+
+        ("done", bytes read or None for a write); ("paused", None) after a populate: the
+        vCPU is paused on its request; ("wait", None): the ring is full. GuestFault with
+        the errno otherwise. The vCPU stays claimed: `access` (or the caller, when done)
+        releases it."""
+        if self.destroyed:
+            raise GuestFault(Errno.ESRCH, f"domain {self.domid} was destroyed")
+        self.p2m.accessed[gfn] = 1
+        rule = self._rule(op, gfn)
+        if rule.result == OK:
+            frame = self.p2m.frames[gfn]
+            if op == "read":
+                return DONE, self.pool.read(frame, off, length)
+            assert data is not None
+            self.pool.write(frame, off, data)
+            return DONE, None
+        if rule.result == WAIT:
+            return WAITING, None
+        src = self.p2m.type(gfn)
+        if rule.result == PAUSE:
+            flags = rule.flags | MemEventFlag.VCPU_PAUSED
+            req = self._put(gfn, vcpu_id, flags, src)
+            self._move(rule, gfn)
+            self.counters["page.populated"] += 1
+            self.log.debug("page.populated", gfn=gfn, seq=req.seq, vcpu=vcpu_id)
+            self.vcpus[vcpu_id].pause(req.seq)
+            self.flush_events()
+            return PAUSED, None
+        assert isinstance(rule.result, str)
+        raise GuestFault(Errno(rule.result), f"gfn {gfn} is {src.name}")
+
+    async def access(
+        self,
+        vcpu_id: int,
+        op: str,
+        gfn: int,
+        off: int,
+        length: int,
+        data: bytes | None,
+        *,
+        first: str | None = None,
     ) -> bytes | None:
         """A claimed vCPU reads or writes gfn: populates and pauses as often as it takes.
 
         Returns the bytes read (None for a write); GuestFault with the errno otherwise.
         The vCPU is released (not busy) when this returns, raises or is cancelled.
+        `first`: the outcome of an `access_step` the caller already made.
         """
         vcpu = self.vcpus[vcpu_id]
         waited = False
         try:
             while True:
-                if self.destroyed:
-                    raise GuestFault(Errno.ESRCH, f"domain {self.domid} was destroyed")
-                self.p2m.accessed[gfn] = 1
-                src = self.p2m.type(gfn)
-                rule = self._rule(op, gfn)
-                if rule.result == OK:
-                    frame = self.p2m.frames[gfn]
-                    if op == "read":
-                        return self.pool.read(frame, off, length)
-                    assert data is not None
-                    self.pool.write(frame, off, data)
-                    return None
-                if rule.result == WAIT:
+                if first is None:
+                    step, value = self.access_step(vcpu_id, op, gfn, off, length, data)
+                else:
+                    step, value, first = first, None, None
+                if step == DONE:
+                    return value
+                if step == WAITING:
                     if not waited:  # once per access: a waiter may be woken many times
                         waited = True
                         self.counters["ring.full"] += 1
@@ -530,19 +578,9 @@ class Domain:
                     finally:
                         vcpu.waiting = False
                     continue
-                if rule.result == PAUSE:
-                    flags = rule.flags | MemEventFlag.VCPU_PAUSED
-                    req = self._put(gfn, vcpu_id, flags, src)
-                    self._move(rule, gfn)
-                    self.counters["page.populated"] += 1
-                    self.log.debug("page.populated", gfn=gfn, seq=req.seq, vcpu=vcpu_id)
-                    self.flush_events()
-                    outcome = await vcpu.pause(req.seq)
-                    if outcome is not None:
-                        raise GuestFault(outcome, f"gfn {gfn}: released ({outcome})")
-                    continue
-                assert isinstance(rule.result, str)
-                raise GuestFault(Errno(rule.result), f"gfn {gfn} is {src.name}")
+                outcome = await vcpu.wait_unpaused()
+                if outcome is not None:
+                    raise GuestFault(outcome, f"gfn {gfn}: released ({outcome})")
         finally:
             vcpu.busy = False
 

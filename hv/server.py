@@ -3,7 +3,8 @@
 A session reads frames, checks them with `protocol.parse_request`, and runs the operation
 against its domain. Everything but guest `read`/`write` completes before the next frame is
 read, so replies to those come in request order and an event a request causes follows its
-reply. Guest accesses run as tasks of the session (one per vCPU at most), so a vCPU paused
+reply. A guest access makes its first attempt in order too; one that must wait (a paused
+vCPU, a full ring) goes on as a task of the session (one per vCPU at most), so a vCPU paused
 on a page-in does not hold up the others: their replies may come out of order (§3).
 """
 
@@ -34,7 +35,7 @@ from protocol import (
 )
 from transport import Connection, ConnectionClosed, open_connection, serve_unix
 
-from .domain import Domain, GuestFault
+from .domain import DONE, Domain, GuestFault
 from .hypervisor import Hypervisor
 
 log = structlog.get_logger("hv.server")
@@ -100,22 +101,44 @@ class _Session:
         """Serve requests until the peer closes, breaks the framing, or is dropped."""
         while True:
             try:
-                msg = await self.conn.receive()
+                msg: dict[str, Any] | None = await self.conn.receive()
             except ConnectionClosed:
                 return
             except RemoteProtocolError as exc:
-                self.log.warning("conn.eproto", reason=exc.msg)
-                self._send(error_reply(None, Errno.EPROTO, exc.msg))
+                self._eproto(exc)
                 return
+            # Every request already read is served before the next read, and the replies
+            # (and events) to this peer go out as one write: one wake-up of the peer.
+            self.conn.cork()
             try:
-                self._handle(msg)
-            except _Close as exc:
-                self.log.warning("conn.refused", errno=str(exc.errno), reason=exc.msg)
-                rid = request_id(msg) if exc.answer else None
-                self._send(error_reply(rid, exc.errno, exc.msg))
-                return
-            if self.domain is not None and not self.domain.destroyed:
-                self.domain.flush_events()
+                while msg is not None:
+                    try:
+                        self._handle(msg)
+                    except _Close as exc:
+                        self.log.warning("conn.refused", errno=str(exc.errno), reason=exc.msg)
+                        rid = request_id(msg) if exc.answer else None
+                        self._send(error_reply(rid, exc.errno, exc.msg))
+                        return
+                    if self.domain is not None and not self.domain.destroyed:
+                        self.domain.flush_events()
+                    try:
+                        msg = self.conn.receive_buffered()
+                    except RemoteProtocolError as exc:
+                        self._eproto(exc)
+                        return
+            finally:
+                self._uncork()
+
+    def _eproto(self, exc: RemoteProtocolError) -> None:
+        self.log.warning("conn.eproto", reason=exc.msg)
+        self._send(error_reply(None, Errno.EPROTO, exc.msg))
+
+    def _uncork(self) -> None:
+        try:
+            self.conn.uncork()
+        except ConnectionClosed:
+            self.log.warning("conn.dropped", reason="peer is not reading or gone")
+            self.scope.cancel()
 
     def _handle(self, msg: dict[str, Any]) -> None:
         if self.role is None and msg.get("op") != "hello":
@@ -294,10 +317,28 @@ class _Session:
             raise RequestError(f"vCPU {args['vcpu']} is out of range", err)
         if err is not None:
             raise RequestError(f"vCPU {args['vcpu']} has an access pending", err)
+        # The first attempt runs here, in order with the connection's other requests: an
+        # access to a resident page is answered at once, and a populate puts its request on
+        # the ring without waiting for a task to start. Only a wait needs a task.
+        try:
+            step, data = domain.access_step(
+                args["vcpu"], op, args["gfn"], args["off"], args.get("len", 0), args.get("data")
+            )
+        except GuestFault as fault:
+            domain.vcpus[args["vcpu"]].busy = False
+            self._send(error_reply(req.id, fault.errno, fault.msg))
+            return
+        except BaseException:
+            domain.vcpus[args["vcpu"]].busy = False
+            raise
+        if step == DONE:
+            domain.vcpus[args["vcpu"]].busy = False
+            self._send(ok_reply(req.id, data=data) if op == "read" else ok_reply(req.id))
+            return
         assert self.nursery is not None
-        self.nursery.start_soon(self._access, domain, req, op)
+        self.nursery.start_soon(self._access, domain, req, op, step)
 
-    async def _access(self, domain: Domain, req: Request, op: str) -> None:
+    async def _access(self, domain: Domain, req: Request, op: str, first: str) -> None:
         args = req.args
         try:
             data = await domain.access(
@@ -307,6 +348,7 @@ class _Session:
                 args["off"],
                 args.get("len", 0),
                 args.get("data"),
+                first=first,
             )
         except GuestFault as fault:
             self._send(error_reply(req.id, fault.errno, fault.msg))
