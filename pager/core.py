@@ -212,6 +212,7 @@ class Pager:
         self.hv_target: int | None = None
         self._jobs: dict[int, _Job] = {}  # gfn -> open page-in job (not yet resumed)
         self._seqs: set[int] = set()  # seqs received and not yet resumed
+        self._prep_starved = False  # the last prep met ENOMEM (see _note_enomem)
         self._jobs_send, self._jobs_recv = trio.open_memory_channel[_Job](math.inf)
         self._drops_send, self._drops_recv = trio.open_memory_channel[dict[str, Any]](math.inf)
         self._free_send, self._free_recv = trio.open_memory_channel[tuple[int, int]](math.inf)
@@ -361,16 +362,22 @@ class Pager:
     # -- events -----------------------------------------------------------------------
 
     async def _dispatch(self) -> None:
+        # Events are handled as the client reads them (no task switch on the way to the
+        # page-in worker); the channel only tells when the connection ends.
+        self.client.take_events(self._on_event)
         async for ev, fields in self.client.events:
-            if ev == "target":
-                self.hv_target = fields["tot_pages"]
-                log.info("pager.target", target=self.hv_target)
-                self._wake()
-            elif ev == "mem_event":
-                for req in fields["reqs"]:
-                    self._submit(req)
-            self._notify()
+            self._on_event(ev, fields)
         raise ConnectionLost("hv closed the connection")
+
+    def _on_event(self, ev: str, fields: dict[str, Any]) -> None:
+        if ev == "target":
+            self.hv_target = fields["tot_pages"]
+            log.info("pager.target", target=self.hv_target)
+            self._wake()
+        elif ev == "mem_event":
+            for req in fields["reqs"]:
+                self._submit(req)
+        self._notify()
 
     def _submit(self, req: dict[str, Any]) -> None:
         seq = req["seq"]
@@ -471,6 +478,16 @@ class Pager:
                     prep_gfns.append(job.gfn)
                     prep_pages.append(res or None)
         freed: list[tuple[int, int]] = []
+        if (
+            prep_gfns
+            and not lost
+            and not self._prep_starved
+            and len(prep_gfns) <= MAX_PAGES_PER_FRAME
+            and all(d is not None for d in prep_pages)
+            and sum(len(j.reqs) for j in prep_jobs + done) <= MAX_LIST
+        ):
+            await self._prep_and_resume(prep_jobs, prep_rows, prep_gfns, prep_pages, done)
+            return
         if prep_gfns:
             results = []
             for i in range(0, len(prep_gfns), MAX_PAGES_PER_FRAME):
@@ -483,14 +500,10 @@ class Pager:
             self.faults.hit("after_prep")
             for job, row, data, res in zip(prep_jobs, prep_rows, prep_pages, results, strict=True):
                 if res == 0:
-                    done.append(job)
-                    if row is not None:
-                        freed.append((job.gfn, row.gen))  # that copy is in a frame now
+                    self._loaded(job, row, done, freed)
                 elif res == Errno.ENOMEM:
                     job.attempts += 1
-                    self.stats.prep_enomem += 1
-                    if job.attempts == 1 or job.attempts % 20 == 0:
-                        log.warning("prep.enomem", gfn=job.gfn, attempts=job.attempts)
+                    self._note_enomem(job)
                     self._retry_later(job, min(0.005 * 2**job.attempts, PREP_BACKOFF_MAX))
                 elif res == Errno.EINVAL and data is None:
                     lost.append(job)  # frameless, and we hold no copy
@@ -508,20 +521,104 @@ class Pager:
         if not done:
             return
         self.faults.hit("before_resume")
-        rsps = []
-        for job in done:
-            # Close the job before answering: a request arriving from now on is a new fault.
-            if self._jobs.get(job.gfn) is job:
-                del self._jobs[job.gfn]
-            rsps += [_rsp(r) for r in job.reqs]
+        rsps = self._close_jobs(done)
         results = []
         for chunk in _chunks(rsps, MAX_LIST):
             results += (await self.client.call("resume", rsps=list(chunk)))["results"]
         self.faults.hit("after_resume")
+        self._resumed(rsps, results)
+        self._paged_in(done, freed)
+
+    async def _prep_and_resume(
+        self,
+        prep_jobs: list[_Job],
+        prep_rows: list[Row | None],
+        gfns: list[int],
+        pages: list[bytes | None],
+        done: list[_Job],
+    ) -> None:
+        """`prep` and `resume` back to back, without waiting for the `prep` reply between.
+
+        hv serves one connection's requests in order, so the `resume` finds each gfn
+        already loaded (`paging_in`) and the vCPU's retried access succeeds: one round
+        trip less on every populate. Rows are still freed only for a `prep` that answered
+        0. A gfn whose `prep` failed was resumed anyway: its vCPU retries, faults again and
+        sends a new request (for ENOMEM, served the careful way: see `_prep_starved`)."""
+        jobs = prep_jobs + done
+        sent = [len(job.reqs) for job in jobs]
+        rsps = [_rsp(r) for job in jobs for r in job.reqs]
+        client = self.client
+        self.faults.hit("before_resume")
+        # One write, one wake-up of hv, which serves both in order.
+        prep_id, resume_id = await client.send_requests(
+            [("prep", {"gfns": gfns, "pages": pages}), ("resume", {"rsps": rsps})]
+        )
+        try:
+            results = (await client.call_reply(prep_id))["results"]
+            self.faults.hit("after_prep")
+            resumed = (await client.call_reply(resume_id))["results"]
+        finally:
+            client.forget(prep_id)
+            client.forget(resume_id)
+        self._resumed(rsps, resumed)
+        # The jobs stayed open until now, so duplicate requests that came meanwhile joined
+        # them (one read per gfn); they are answered now, the gfn being loaded or lost.
+        late = [r for job, n in zip(jobs, sent, strict=True) for r in job.reqs[n:]]
+        self._close_jobs(jobs)
+        if late:
+            late_rsps = [_rsp(r) for r in late]
+            for chunk in _chunks(late_rsps, MAX_LIST):
+                self._resumed(
+                    list(chunk), (await client.call("resume", rsps=list(chunk)))["results"]
+                )
+        self.faults.hit("after_resume")
+        freed: list[tuple[int, int]] = []
+        for job, row, res in zip(prep_jobs, prep_rows, results, strict=True):
+            if res == 0:
+                self._loaded(job, row, done, freed)
+            elif res == Errno.ENOMEM:
+                self._note_enomem(job)  # its vCPU faults again: a new request, a new job
+            else:
+                if res != Errno.ENOENT:  # already done (resident again, ballooned, broken)
+                    log.error("prep.failed", gfn=job.gfn, err=res)
+                done.append(job)
+        self._paged_in(done, freed)
+
+    def _loaded(
+        self, job: _Job, row: Row | None, done: list[_Job], freed: list[tuple[int, int]]
+    ) -> None:
+        """`prep` answered 0 for job: its requests can be answered, its copy freed."""
+        self._prep_starved = False
+        done.append(job)
+        if row is not None:
+            freed.append((job.gfn, row.gen))  # that copy is in a frame now
+
+    def _note_enomem(self, job: _Job) -> None:
+        # hv has no free frame. Until a prep succeeds again, page-ins wait for the prep's
+        # answer before resuming and retry with a backoff, instead of letting the vCPU fault
+        # straight back (a busy loop between hv and the pager while memory is short).
+        self._prep_starved = True
+        self.stats.prep_enomem += 1
+        if job.attempts <= 1 or job.attempts % 20 == 0:
+            log.warning("prep.enomem", gfn=job.gfn, attempts=job.attempts)
+
+    def _close_jobs(self, jobs: list[_Job]) -> list[dict[str, Any]]:
+        """The responses answering `jobs`' requests. Each job is closed first: a request
+        arriving from now on is a new fault."""
+        rsps = []
+        for job in jobs:
+            if self._jobs.get(job.gfn) is job:
+                del self._jobs[job.gfn]
+            rsps += [_rsp(r) for r in job.reqs]
+        return rsps
+
+    def _resumed(self, rsps: list[dict[str, Any]], results: list[int]) -> None:
         for rsp, res in zip(rsps, results, strict=True):
             self._seqs.discard(rsp["seq"])
             if res not in (0, Errno.ENOENT):  # ENOENT: consumed before (redelivery)
                 log.error("resume.failed", seq=rsp["seq"], gfn=rsp["gfn"], err=res)
+
+    def _paged_in(self, done: list[_Job], freed: list[tuple[int, int]]) -> None:
         # Rows go in the background (one group commit for many page-ins): the worker is
         # free for the next batch at once. Each was loaded by a prep that answered 0.
         self._queue_free(freed)

@@ -20,7 +20,11 @@ Crash points (``CRASH_POINTS``), in pipeline order:
 
 - page-out: ``after_nominate``, ``after_map``, ``after_write``, ``after_fsync``,
   ``after_index_commit``, ``after_evict``;
-- page-in: ``after_read``, ``after_prep``, ``before_resume``, ``after_resume``;
+- page-in: ``after_read``, ``after_prep``, ``before_resume``, ``after_resume``. A page-in
+  whose pages are all read sends ``prep`` and ``resume`` back to back in one write, so
+  there the order is ``before_resume`` (neither sent: the vCPU still waits), ``after_prep``
+  (its answer came; ``resume`` is sent too), ``after_resume``; otherwise (a lost copy, hv
+  short of frames) the pager waits for ``prep``'s answer first and the order is as listed;
 - recovery: ``after_audit`` (store open, audit done, nothing reconciled),
   ``after_reconcile`` (stale rows freed, lost pages marked, before adoption and serving).
 

@@ -144,8 +144,9 @@ async def test_crash_point_loses_nothing(tmp_path: Path, point: str) -> None:
     assert last.stats is not None
     # The new pager found the old one's pages in the store and served them.
     assert last.stats.recovered_rows > 0
-    if point in ("after_read", "after_prep", "before_resume"):
+    if point in ("after_read", "before_resume"):
         # A request was delivered to the dead pager and never answered: it comes again.
+        # (`after_prep` comes after the resume is sent: prep and resume go back to back.)
         assert last.stats.redelivered > 0
 
 

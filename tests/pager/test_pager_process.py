@@ -119,9 +119,10 @@ async def test_sigkill_at_crash_points_then_restart(tmp_path: Path) -> None:
                 # hv notices the dead pager's socket close on its own time.
                 st = await wait_status(control, lambda s: not s["pager"]["attached"])
                 assert st["paged_pages"] >= 32
-                # 2. Armed through the environment; dies in the page-in pipeline, after a prep.
+                # 2. Armed through the environment; dies in the page-in pipeline, with a
+                # prep sent and its resume not.
                 p2 = await procs.start(
-                    "pager2", *pager_args(run, state), env={"XPEMU_FAULTS": "after_prep@2"}
+                    "pager2", *pager_args(run, state), env={"XPEMU_FAULTS": "before_resume@2"}
                 )
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(guest.verify_all, 2)
