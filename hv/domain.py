@@ -9,6 +9,7 @@ vCPU is paused on a request or waits for a ring slot.
 from __future__ import annotations
 
 import uuid
+from array import array
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any, Final, Protocol
@@ -198,11 +199,14 @@ class Domain:
         if rule.dst is not None:
             self.p2m.set_type(gfn, rule.dst)
 
-    def _free_frame(self, gfn: int, dst: P2MType) -> None:
+    def _free_frame(self, gfn: int, dst: P2MType, freed: array[int] | None = None) -> None:
         frame = self.p2m.frames[gfn]
         self.p2m.set_backing(gfn, dst, NO_FRAME)
         if frame != NO_FRAME:
-            self.pool.release(frame)
+            if freed is None:
+                self.pool.release(frame)
+            else:
+                freed.append(frame)
 
     def _alloc(self, gfn: int, dst: P2MType, data: bytes | None) -> None:
         frame = self.pool.alloc()
@@ -306,7 +310,12 @@ class Domain:
 
     def evict(self, gfns: Sequence[int]) -> list[Result]:
         """paging_out -> paged, frame freed (p2m_mem_paging_evict)."""
-        return [self._simple("evict", g, "page.evicted") for g in gfns]
+        # The frames go back together at the end: one madvise per run of frames, not one
+        # per page (a batch of victims swept in gfn order mostly owns a run of frames).
+        freed = array("I")
+        out = [self._simple("evict", g, "page.evicted", freed) for g in gfns]
+        self.pool.release_many(freed)
+        return out
 
     def mark_broken(self, gfns: Sequence[int]) -> list[Result]:
         """Frameless paging gfns whose copy the pager lost -> broken."""
@@ -318,8 +327,9 @@ class Domain:
             out.append(res)
         return out
 
-    def _simple(self, op: str, gfn: int, event: str) -> Result:
-        """Ops whose effects are a type change and maybe freeing the frame."""
+    def _simple(self, op: str, gfn: int, event: str, freed: array[int] | None = None) -> Result:
+        """Ops whose effects are a type change and maybe freeing the frame (into `freed`,
+        when given, for the caller to release)."""
         if not self.in_range(gfn):
             return Errno.EINVAL
         rule = self._rule(op, gfn)
@@ -327,7 +337,7 @@ class Domain:
             return rule.result
         if rule.effect == "free_frame":
             assert rule.dst is not None
-            self._free_frame(gfn, rule.dst)
+            self._free_frame(gfn, rule.dst, freed)
         else:
             self._move(rule, gfn)
         self.counters[event] += 1

@@ -32,6 +32,11 @@ NEVER_BACKED: Final = frozenset({P2MType.paged, P2MType.invalid, P2MType.broken}
 _HAS_FRAME_BY_TYPE: Final = bytes(1 if i in ALWAYS_BACKED else 0 for i in range(256))
 
 
+#: P2MType by wire code (codes are 0..7, dense).
+_BY_CODE: tuple[P2MType, ...] = tuple(sorted(P2MType, key=int))
+assert [int(t) for t in _BY_CODE] == list(range(len(_BY_CODE)))
+
+
 class P2M:
     """Type, frame, accessed bit and hold count of each of `nr_gfns` gfns."""
 
@@ -52,7 +57,7 @@ class P2M:
 
     def type(self, gfn: int) -> P2MType:
         """The p2m type of gfn."""
-        return P2MType(self.types[gfn])
+        return _BY_CODE[self.types[gfn]]  # P2MType(code), without the enum call's cost
 
     def frame(self, gfn: int) -> int | None:
         """The frame backing gfn, or None."""
