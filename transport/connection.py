@@ -16,14 +16,19 @@ import trio
 
 from protocol import (
     CLOSED,
+    LENGTH_PREFIX,
+    MAX_FRAME,
     MAX_QUEUED_FRAMES,
     NEED_DATA,
     FrameDecoder,
     encode_frame,
 )
 
-#: Bytes asked of the stream per read: one syscall can bring several small frames.
-RECEIVE_SIZE: Final = 1 << 16
+#: Bytes asked of the stream per read: a whole frame of the largest size, so that a large
+#: reply (a `map` of 64 pages is 262 KiB) is read in as few calls as the socket allows (each
+#: read is a wake-up and a pass of the event loop), and one call brings many small frames.
+#: The buffer is only allocated for the call and shrunk to what came.
+RECEIVE_SIZE: Final = LENGTH_PREFIX + MAX_FRAME
 
 #: Seconds the writer may take to flush queued frames (a last error reply) when closing.
 FLUSH_TIMEOUT: Final = 2.0
