@@ -90,7 +90,7 @@ class PagerConfig:
     on_exit: str = "pagein"  # or "keep": leave pages out, store durable
     batch: int = 64  # gfns per page-out batch and per page-in batch (<= 255 per map/prep)
     concurrency: int = 4  # page-in workers
-    pipeline: int = 2  # page-out batches on their way to the disk at once
+    pipeline: int = 4  # page-out batches on their way at once
     target: int | None = None  # override hv's target (tot_pages to keep at most)
     prefetch: int = 0  # paged neighbours paged in proactively after a guest fault
     mru_size: int | None = None  # xenpaging's MRU list length
@@ -179,6 +179,17 @@ class _Batch:
     nominated: bool
 
 
+class _GroupEntry:
+    """A page-out batch waiting for (or in) a group commit."""
+
+    __slots__ = ("batch", "done", "error")
+
+    def __init__(self, batch: _Batch) -> None:
+        self.batch = batch
+        self.done = trio.Event()
+        self.error: StoreError | None = None
+
+
 def _rsp(req: dict[str, Any]) -> dict[str, Any]:
     return {k: req[k] for k in ("seq", "gfn", "vcpu_id", "flags")}
 
@@ -219,6 +230,9 @@ class Pager:
         self._pending_free: set[tuple[int, int]] = set()  # (gfn, gen) queued to the freer
         self._adopt: dict[int, float] = {}  # leftover paging_out gfn -> not before (time)
         self._out_inflight: set[int] = set()  # gfns between nominate and evict
+        self._group: list[_GroupEntry] = []  # batches waiting for the next disk phase
+        self._group_running = False
+        self._last_store_error: StoreError | None = None
         self._prefetch: dict[int, None] = {}
         self._wake_event = trio.Event()
         self._progress = trio.Event()
@@ -714,33 +728,62 @@ class Pager:
         return evicted
 
     async def _pageout_pipelined(self, excess: int) -> bool:
-        """Page out `excess` gfns in batches, pipelined: while up to `config.pipeline`
-        batches are on their way to the disk (write, fdatasync, commit, evict), the next is
-        nominated and mapped. Each batch keeps the crash-safe order on its own (a batch's
-        rows are committed only after its own fdatasync returned); False if no victim."""
+        """Page out `excess` gfns in batches, pipelined: up to `config.pipeline` batches are
+        on their way at once, each in its own task (nominate and map, write, sync, commit,
+        evict), and the disk phases of the batches that are ready together share one
+        fdatasync and one index commit (`_persist`). Each batch keeps the crash-safe order:
+        its rows are committed only after a fdatasync that followed its writes, and it is
+        evicted only after that commit. False if no batch got going."""
         slots = trio.Semaphore(self.config.pipeline)
+        started = False
 
-        async def finish(batch: _Batch) -> None:
+        async def one(victims: list[int]) -> None:
+            nonlocal started
             try:
-                await self._pageout_finish(batch)
+                batch = await self._pageout_prepare(victims, nominate=True)
+                if batch is not None:
+                    started = True
+                    await self._pageout_finish(batch)
             finally:
+                self._out_inflight.difference_update(victims)
                 slots.release()
             self._notify()
 
-        started = False
         async with trio.open_nursery() as nursery:
             while excess > 0 and not self._stopping and not (started and self._full()):
+                await slots.acquire()
                 victims = await self.policy.choose(min(self.batch, excess), self._busy)
                 if not victims:
+                    slots.release()
                     break
-                batch = await self._pageout_prepare(victims, nominate=True)
-                if batch is None:
-                    break  # every victim refused (busy): let the next pass choose again
-                started = True
-                excess -= len(batch.rows)
-                await slots.acquire()
-                nursery.start_soon(finish, batch)
+                # Busy from now on: the next choice does not take them again.
+                self._out_inflight.update(victims)
+                excess -= len(victims)
+                nursery.start_soon(one, victims)
         return started
+
+    async def _nominate_and_map(self, gfns: list[int]) -> tuple[list[int], list[Any]]:
+        """nominate and map `gfns` in one write; the nominated gfns and their map results.
+
+        hv serves the two in order, so each nominated gfn is mapped as `paging_out`. A gfn
+        whose nominate failed is mapped too (its copy is dropped): victims are resident as
+        far as the policy knows, and if one was not, the map's FOREIGN populate brings it
+        back in, which loses nothing."""
+        client = self.client
+        nom_id, map_id = await client.send_requests(
+            [("nominate", {"gfns": gfns}), ("map", {"gfns": gfns})]
+        )
+        try:
+            results = (await client.call_reply(nom_id))["results"]
+            pages = (await client.call_reply(map_id))["pages"]
+        finally:
+            client.forget(nom_id)
+            client.forget(map_id)
+        ok = [(g, p) for g, r, p in zip(gfns, results, pages, strict=True) if r == 0]
+        self.stats.nominate_busy += len(gfns) - len(ok)
+        if ok:
+            self.faults.hit("after_nominate")
+        return [g for g, _ in ok], [p for _, p in ok]
 
     async def _pageout_prepare(self, gfns: list[int], *, nominate: bool) -> _Batch | None:
         """Page-out, first half: reserve slots, nominate, map, checksum."""
@@ -752,29 +795,32 @@ class Pager:
         if not gfns:
             store.release(slots)
             return None
-        if nominate:
-            results = await self._batched("nominate", gfns)
-            ok = [g for g, r in zip(gfns, results, strict=True) if r == 0]
-            busy = len(gfns) - len(ok)
-            self.stats.nominate_busy += busy
-            gfns = ok
-            if not gfns:
-                store.release(slots)
-                return None
-            self.faults.hit("after_nominate")
         self._out_inflight |= set(gfns)
+        if nominate and len(gfns) <= min(MAX_LIST, MAX_PAGES_PER_FRAME):
+            nominated, results = await self._nominate_and_map(gfns)
+        else:
+            if nominate:
+                res = await self._batched("nominate", gfns)
+                nominated = [g for g, r in zip(gfns, res, strict=True) if r == 0]
+                self.stats.nominate_busy += len(gfns) - len(nominated)
+                if nominated:
+                    self.faults.hit("after_nominate")
+            else:
+                nominated = gfns
+            results = []
+            for chunk in _chunks(nominated, MAX_PAGES_PER_FRAME):
+                results += (await self.client.call("map", gfns=list(chunk)))["pages"]
         pages: list[bytes] = []
         mapped: list[int] = []
-        for chunk in _chunks(gfns, MAX_PAGES_PER_FRAME):
-            reply = await self.client.call("map", gfns=list(chunk))
-            for g, page in zip(chunk, reply["pages"], strict=True):
-                if isinstance(page, bytes):
-                    mapped.append(g)
-                    pages.append(page)
-                else:
-                    # No frame any more (ballooned out meanwhile): nothing to copy.
-                    self._adopt.pop(g, None)
-        self.faults.hit("after_map")
+        for g, page in zip(nominated, results, strict=True):
+            if isinstance(page, bytes):
+                mapped.append(g)
+                pages.append(page)
+            else:
+                # No frame any more (ballooned out meanwhile): nothing to copy.
+                self._adopt.pop(g, None)
+        if nominated:
+            self.faults.hit("after_map")
         store.release(slots[len(mapped) :])
         slots = slots[: len(mapped)]
         self._out_inflight -= set(gfns) - set(mapped)
@@ -793,22 +839,75 @@ class Pager:
         finally:
             self._out_inflight -= set(batch.gfns)
 
-    async def _pageout_finish_inner(self, batch: _Batch) -> int:
-        store = self.store
-        slots, pages, rows = batch.slots, batch.pages, batch.rows
+    async def _persist(self, batch: _Batch) -> None:
+        """Make `batch` durable: slots written, synced, then the rows naming them committed.
 
-        def persist() -> None:
-            # One worker-thread trip for the whole disk phase, in the order that makes a
-            # crash anywhere safe: slots written, synced, then the rows naming them. A crash
-            # point fired here ends the process (or raises SimulatedCrash through the await).
-            store.write_slots(slots, pages)
-            self.faults.hit("after_write")
+        Group commit: batches that become ready while a disk phase runs wait for the next
+        one, which writes all of them, syncs the pages file once and commits all their rows
+        in one transaction (`_committer`). StoreError if this batch's write, or the shared
+        sync or commit, failed (then none of this batch's rows is committed)."""
+        entry = _GroupEntry(batch)
+        self._group.append(entry)
+        self._notify()
+        if not self._group_running:
+            self._group_running = True
+            assert self._nursery is not None
+            self._nursery.start_soon(self._committer)
+        await entry.done.wait()
+        if entry.error is not None:
+            raise entry.error
+
+    async def _committer(self) -> None:
+        """Run disk phases while batches wait for one."""
+        try:
+            while self._group:
+                group, self._group = self._group, []
+                try:
+                    await trio.to_thread.run_sync(self._persist_group, group)
+                except BaseException:
+                    for e in group:  # no batch of a failed phase may be evicted
+                        if e.error is None:
+                            e.error = StoreError("disk phase failed", _errno.EIO)
+                    raise
+                finally:
+                    for e in group:
+                        e.done.set()
+        finally:
+            self._group_running = False
+            for e in self._group:  # only if cut short: they must not wait for ever
+                e.error = StoreError("disk phase abandoned", _errno.EIO)
+                e.done.set()
+            self._group = []
+
+    def _persist_group(self, group: list[_GroupEntry]) -> None:
+        # One worker-thread trip for the whole disk phase, in the order that makes a crash
+        # anywhere safe: slots written, synced, then the rows naming them. A crash point
+        # fired here ends the process (or raises SimulatedCrash through the await).
+        store = self.store
+        written = []
+        for e in group:
+            try:
+                store.write_slots(e.batch.slots, e.batch.pages)
+            except StoreError as exc:
+                e.error = exc
+            else:
+                written.append(e)
+        if not written:
+            return
+        self.faults.hit("after_write")
+        try:
             store.sync_slots()
             self.faults.hit("after_fsync")
-            store.commit_rows_sync(rows)
+            store.commit_rows_sync([r for e in written for r in e.batch.rows])
+        except StoreError as exc:
+            for e in written:
+                e.error = exc
 
+    async def _pageout_finish_inner(self, batch: _Batch) -> int:
+        store = self.store
+        slots, rows = batch.slots, batch.rows
         try:
-            await trio.to_thread.run_sync(persist)
+            await self._persist(batch)
         except StoreError as exc:
             # Nothing names these slots: give them back. The gfns stay paging_out (there is
             # no un-nominate): adopt them later.
@@ -852,6 +951,11 @@ class Pager:
         return evicted
 
     def _store_failed(self, exc: StoreError) -> None:
+        # The batches of one group commit share the error of its sync or commit: count and
+        # log one failure once.
+        if exc is self._last_store_error:
+            return
+        self._last_store_error = exc
         if exc.full:
             self.stats.store_full += 1
             if self._full_since is None:
