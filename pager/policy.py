@@ -192,7 +192,7 @@ class AgingPolicy(_Base):
     used), once per scan interval whatever the bit says. `choose` takes resident gfns of
     the lowest counter first, round-robin from a hand among equal counters. With
     `increment=64, decay_scans=1` the counter is the classic aging shift register
-    (Linux 2.4's page age, DAMON's): `(c >> 1) | (bit << 6)`.
+    (Linux 2.4's page age): each scan `c = (c + 64 * bit) >> 1`, i.e. `(c >> 1) | (bit << 5)`.
 
     One byte a gfn: the counter in the low 7 bits and a paged-out flag in the top bit, so
     the lowest level holding a resident gfn is found with `bytearray.find` (C speed) and
@@ -258,7 +258,7 @@ class AgingPolicy(_Base):
         for start in range(0, nr, MAX_AUDIT_COUNT):
             count = min(MAX_AUDIT_COUNT, nr - start)
             bits = await self._accessed(start, count)
-            if not any(bits):
+            if bits.count(0) == len(bits):
                 continue
             for m in re.finditer(_ONE, unpack_bits(bits, count)):
                 g = start + m.start()
