@@ -40,7 +40,7 @@ from .faults import (
     raise_simulated_crash,
 )
 from .net import connect_privcmd
-from .policy import POLICIES, AgingPolicy, ClockPolicy, XenpagingPolicy, make_policy
+from .policy import POLICIES, AgingPolicy, CarPolicy, ClockPolicy, XenpagingPolicy, make_policy
 from .store import ChecksumError, DiskIO, PageStore, Row, StoreError, StoreLocked, checksum
 
 __all__ = [
@@ -48,6 +48,7 @@ __all__ = [
     "ENV_VAR",
     "POLICIES",
     "AgingPolicy",
+    "CarPolicy",
     "ChecksumError",
     "ClockPolicy",
     "ConnectionLost",
