@@ -303,6 +303,9 @@ class AgingPolicy(_Base):
 CAR_WINDOW: Final = 512
 
 _T1, _T2, _B1, _B2 = 1, 2, 3, 4  # `where` a gfn is; 0: in no list
+#: `car` drops the fault's own accessed bit of at most this many gfns faulted in since its
+#: last `choose` (or n, if more); the bits of earlier ones count as a use.
+CAR_RECENT_FAULTS: Final = 256
 
 
 class CarPolicy(_Base):
@@ -318,9 +321,12 @@ class CarPolicy(_Base):
     Adapted to the pager: a gfn's reference bit is hv's accessed bit, fetched (and cleared
     in hv) in aligned windows of `window` gfns, at most once per window per `choose`, and
     kept in `ref` until a hand judges the gfn (so no bit is cleared unjudged). The access
-    that faulted a gfn in set its bit too; that first bit is consumed (the first fetch
-    covering the gfn after `paged_in` drops it; `choose` fetches the faulted gfns'
-    windows first), so a gfn reaches T2 only when touched again after the fault. A
+    that faulted a gfn in set its bit too. `choose` first fetches the windows of the gfns
+    faulted in since its last call and drops their bits as the faults' own, so such a gfn
+    reaches T2 only when touched again after the fault. Only the last
+    max(n, CAR_RECENT_FAULTS) of them, though: when more faults came without a `choose`
+    (memory below its size), the earlier ones have had time to be used again, and their
+    bits count (dropping them all cost up to 5% on Zipf, BENCHMARKS.md). A
     chosen gfn stays in its clock, passed by the hand, until `paged_out` moves it to
     its ghost list (a refused nomination leaves it resident, at the clock's tail). The
     cache size c is the number of resident gfns after the last eviction; the ghost lists
@@ -347,8 +353,8 @@ class CarPolicy(_Base):
         self.head = [-1, 0 if nr else -1, -1, -1, -1]
         self.size = [0, nr, 0, 0, 0]
         self.ref = bytearray(nr)  # fetched accessed bits not judged yet
-        self._fault_bit = bytearray(nr)  # 1: the bit in hv is still the fault's own
-        self._faulted: list[int] = []  # gfns with _fault_bit, since the last choose
+        self._fault_bit = bytearray(nr)  # 1: the gfn's bit in hv is its fault's own
+        self._faulted: list[int] = []  # gfns with _fault_bit, in fault order
         self._fetched: set[int] = set()  # windows fetched during this choose
         self.c = max(1, nr)
         self.p = 0.0
@@ -466,11 +472,20 @@ class CarPolicy(_Base):
 
     async def choose(self, n: int, skip: Callable[[int], bool]) -> list[int]:
         self._fetched = set()
-        # First the windows of the gfns faulted in since the last call: their fault bits.
-        for w in sorted({g // self.window for g in self._faulted if self._fault_bit[g]}):
+        # The fault bits of the gfns faulted in since the last call are dropped at once,
+        # up to the last max(n, CAR_RECENT_FAULTS) of them. More waited (memory was below
+        # its size, no call): their bits may be the faults' or later uses', which tell
+        # more, and count as a use.
+        fb = self._fault_bit
+        faulted = [g for g in self._faulted if fb[g]]
+        keep = max(n, CAR_RECENT_FAULTS)
+        for g in faulted[:-keep]:
+            fb[g] = 0
+        self._faulted = faulted[-keep:]
+        for w in sorted({g // self.window for g in self._faulted}):
             if w not in self._fetched:
                 await self._fetch_window(w)
-        self._faulted = [g for g in self._faulted if self._fault_bit[g]]
+        self._faulted = [g for g in self._faulted if fb[g]]
         out: list[int] = []
         taken: set[int] = set()
         idle = [0, 0, 0]  # hand steps in T1/T2 since the last one that did something
@@ -492,6 +507,7 @@ class CarPolicy(_Base):
             if self.where[g] != lst:
                 continue  # dropped while the bits were fetched
             idle[lst] = 0
+            fb[g] = 0
             if referenced:
                 if lst == _T1:  # used again: T1 -> T2
                     self._unlink(g)

@@ -11,6 +11,7 @@ import trio
 from pager_harness import open_stack
 
 from pager import AgingPolicy, CarPolicy, ClockPolicy, PagerConfig, XenpagingPolicy, make_policy
+from pager.policy import CAR_RECENT_FAULTS
 from protocol import MAX_AUDIT_COUNT, set_bits
 
 
@@ -378,6 +379,20 @@ async def test_car_promotes_gfns_used_again_and_ignores_the_faulting_access() ->
     lists = car_lists(policy)
     assert lists[1] == [0, 3] and lists[2] == [1, 2]
     assert bits.bits == bytearray(8)
+
+
+async def test_car_counts_the_bits_of_faults_that_waited_long_for_a_choose() -> None:
+    nr = CAR_RECENT_FAULTS + 100
+    policy, bits = car(nr)
+    for g in range(nr):
+        policy.paged_out(g)
+    for g in range(CAR_RECENT_FAULTS + 44):  # memory below its size: no choose meanwhile
+        bits.touch(g)
+        policy.paged_in(g)
+    # The last CAR_RECENT_FAULTS faults' bits are dropped; the 44 before, which waited
+    # longer, may have been used since and count as used.
+    assert await policy.choose(1, lambda g: False) == [44]
+    assert car_lists(policy)[2] == list(range(44))
 
 
 def faults_in(policy: CarPolicy, bits: Bits, *gfns: int) -> None:
