@@ -2,7 +2,7 @@
 
 A user-space pager for the emulated hypervisor (`hv`), speaking PROTOCOL.md over any trio
 stream, with a durable paging store (4 KiB slots + a SQLite index) in a state directory,
-batched page-out and page-in pipelines, three replacement policies (`xenpaging`, `clock`, `aging`),
+batched page-out and page-in pipelines, three replacement policies (`xenpaging`, `clock`, `car`),
 recovery from nothing but the state directory, named crash points and disk faults.
 
 Public API:
@@ -16,11 +16,11 @@ Public API:
 - `parse_faults(spec, crash=...)` / `Faults`, `SimulatedCrash`, `raise_simulated_crash`,
   `CRASH_POINTS`: fault injection (grammar in `pager.faults`).
 - `PageStore`, `Row`, `DiskIO`, `checksum`: the store, for tests and tools.
-- `XenpagingPolicy`, `ClockPolicy`, `AgingPolicy`, `make_policy`: replacement policies.
+- `XenpagingPolicy`, `ClockPolicy`, `CarPolicy`, `make_policy`: replacement policies.
 
-``python -m pager --run-dir DIR --state-dir DIR [--domid D] [--policy xenpaging|clock|aging]
+``python -m pager --run-dir DIR --state-dir DIR [--domid D] [--policy xenpaging|clock|car]
 [--on-exit pagein|keep] [--faults SPEC] [--batch N] [--concurrency N] [--target T]
-[--prefetch N] [--scan-ms MS] [...]`` runs it as a process (``--help``; exit 75 means hv
+[--prefetch N] [...]`` runs it as a process (``--help``; exit 75 means hv
 went away: restart it, it recovers from the state directory); ``python -m pager.bench``
 measures it.
 
@@ -40,14 +40,13 @@ from .faults import (
     raise_simulated_crash,
 )
 from .net import connect_privcmd
-from .policy import POLICIES, AgingPolicy, CarPolicy, ClockPolicy, XenpagingPolicy, make_policy
+from .policy import POLICIES, CarPolicy, ClockPolicy, XenpagingPolicy, make_policy
 from .store import ChecksumError, DiskIO, PageStore, Row, StoreError, StoreLocked, checksum
 
 __all__ = [
     "CRASH_POINTS",
     "ENV_VAR",
     "POLICIES",
-    "AgingPolicy",
     "CarPolicy",
     "ChecksumError",
     "ClockPolicy",

@@ -78,12 +78,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--prefetch", type=_nonneg_int, default=0, help="paged neighbours to bring in per fault"
     )
     p.add_argument("--mru-size", type=_positive_int, default=None, help="xenpaging MRU length")
-    p.add_argument(
-        "--scan-ms",
-        type=float,
-        default=100.0,
-        help="ms between two scans of the accessed bits (policies that scan: aging; 100)",
-    )
     p.add_argument("--connect-timeout", type=float, default=30.0, help="wait for hv (s)")
     p.add_argument("--hello-timeout", type=float, default=10.0, help="retry EBUSY hello (s)")
     p.add_argument("--lock-timeout", type=float, default=10.0, help="wait for the store (s)")
@@ -133,7 +127,6 @@ def main(argv: list[str] | None = None) -> int:
             target=args.target,
             prefetch=args.prefetch,
             mru_size=args.mru_size,
-            scan_ms=args.scan_ms,
             hello_timeout=args.hello_timeout,
             lock_timeout=args.lock_timeout,
             drain_timeout=args.drain_timeout,

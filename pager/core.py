@@ -94,7 +94,6 @@ class PagerConfig:
     target: int | None = None  # override hv's target (tot_pages to keep at most)
     prefetch: int = 0  # paged neighbours paged in proactively after a guest fault
     mru_size: int | None = None  # xenpaging's MRU list length
-    scan_ms: float = 100.0  # how often a policy with a scan() (aging) reads the accessed bits
     hello_timeout: float = 10.0  # how long EBUSY on hello is retried
     lock_timeout: float = 10.0  # how long to wait for the state directory's lock
     recheck_interval: float = 0.5  # balance at least this often (balloons are silent)
@@ -115,8 +114,6 @@ class PagerConfig:
             raise ValueError("prefetch must be >= 0")
         if self.target is not None and self.target < 0:
             raise ValueError("target must be >= 0")
-        if not self.scan_ms > 0 or math.isinf(self.scan_ms):
-            raise ValueError(f"scan_ms must be a positive number (ms), not {self.scan_ms}")
         make_policy(self.policy, 1, _no_accessed)  # validates the name
 
 
@@ -888,12 +885,6 @@ class Pager:
             self._wake_event = trio.Event()
         await self._drain()
 
-    async def _scanner(self) -> None:
-        """The policy's periodic scan of the accessed bits (`aging`), every `scan_ms`."""
-        while True:
-            await trio.sleep(self.config.scan_ms / 1000)
-            await self.policy.scan()  # type: ignore[union-attr]
-
     # -- exit -------------------------------------------------------------------------
 
     async def _drain(self) -> None:
@@ -972,8 +963,6 @@ class Pager:
             for _ in range(self.config.concurrency):
                 nursery.start_soon(self._pagein_worker)
             nursery.start_soon(self._balancer)
-            if hasattr(self.policy, "scan"):
-                nursery.start_soon(self._scanner)
             task_status.started(self)
             await stop.wait()
             log.info("pager.stopping", on_exit=self.config.on_exit)

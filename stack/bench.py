@@ -104,8 +104,6 @@ class Sizes:
     policy_capacity: int
     policy_len: int
     vcpu_counts: tuple[int, ...] = (4, 16)
-    #: Trace accesses between two scans of a policy that scans (aging): its `--scan-ms`.
-    policy_scan_every: int = 1000
 
 
 QUICK: Final = Sizes(
@@ -689,23 +687,17 @@ class TraceMemory:
     (hv's EPT bit, set by every access, faulting or not); a miss is a fault: the gfn comes
     in (`paged_in`, as after a guest fault) and, the memory being over its size, the
     policy chooses victims (`paged_out`). The `accessed` callable reads and clears bits
-    like hv's op. A policy with a `scan()` (aging) has it called every `scan_every`
-    accesses, standing in for the pager's `--scan-ms` timer. Memory starts empty, as
-    Belady's count assumes: the first `capacity` misses are free of evictions but still
-    count as faults, for every policy alike.
+    like hv's op. Memory starts empty, as Belady's count assumes: the first `capacity`
+    misses are free of evictions but still count as faults, for every policy alike.
     """
 
-    def __init__(
-        self, policy_name: str, nr_gfns: int, capacity: int, scan_every: int = 1000
-    ) -> None:
+    def __init__(self, policy_name: str, nr_gfns: int, capacity: int) -> None:
         from pager.policy import make_policy
 
         self.capacity = capacity
-        self.scan_every = scan_every
         self.resident: set[int] = set()
         self.bits = bytearray(nr_gfns)
         self.faults = 0
-        self.scans = 0
         self.policy = make_policy(policy_name, nr_gfns, self._accessed)
         for g in range(nr_gfns):
             self.policy.paged_out(g)  # nothing resident yet
@@ -718,9 +710,7 @@ class TraceMemory:
     async def run(self, trace: Sequence[int]) -> int:
         """Play the trace; the number of faults."""
         resident, bits, policy = self.resident, self.bits, self.policy
-        scan = getattr(policy, "scan", None)
-        every = self.scan_every if scan is not None else len(trace) + 1
-        for i, g in enumerate(trace, 1):
+        for g in trace:
             bits[g] = 1
             if g not in resident:
                 self.faults += 1
@@ -733,10 +723,6 @@ class TraceMemory:
                     for v in victims:
                         resident.remove(v)  # KeyError: the policy chose a gfn not resident
                         policy.paged_out(v)
-            if i % every == 0:
-                assert scan is not None
-                await scan()
-                self.scans += 1
         return self.faults
 
 
@@ -756,7 +742,6 @@ async def bench_policy(
         "nr_gfns": n,
         "capacity": cap,
         "accesses": length,
-        "scan_every": sizes.policy_scan_every,
         "traces": {},
     }
     for name, trace in traces.items():
@@ -767,7 +752,7 @@ async def bench_policy(
             bounds["a0"] = a0_faults(trace, cap, zipf_ranking(n, seed=11))
         runs = {}
         for p in policies:
-            mem = TraceMemory(p, n, cap, scan_every=sizes.policy_scan_every)
+            mem = TraceMemory(p, n, cap)
             runs[p] = await mem.run(trace)
         for p, faults in {**bounds, **runs}.items():
             row[p] = faults * 1000 / length
@@ -1011,8 +996,7 @@ def render_table(res: dict[str, Any]) -> str:
     if pol:
         lines.append(
             f"policy traces: {pol['accesses']:,} accesses over {pol['nr_gfns']:,} gfns,"
-            f" memory of {pol['capacity']:,} frames, the same for every policy;"
-            f" aging scans every {pol.get('scan_every', 1000):,} accesses"
+            f" memory of {pol['capacity']:,} frames, the same for every policy"
         )
     return "\n".join(lines)
 

@@ -37,7 +37,6 @@ TINY = Sizes(
     policy_capacity=64,
     policy_len=4000,
     vcpu_counts=(4,),
-    policy_scan_every=100,
 )
 
 
@@ -72,23 +71,15 @@ async def test_clock_keeps_a_hot_gfn_that_xenpaging_sweeps_out() -> None:
     assert await TraceMemory("xenpaging", 200, 4).run(trace) > 1.9 * clock
 
 
-async def test_trace_memory_scans_every_scan_every_accesses() -> None:
-    trace = zipf_trace(300, 5000, 0.99, seed=1)
-    mem = TraceMemory("aging", 300, 40, scan_every=250)
-    await mem.run(trace)
-    assert mem.scans == mem.policy.scans == 20  # type: ignore[union-attr]
-    assert await TraceMemory("clock", 300, 40, scan_every=250).run(trace) > 0  # no scan()
-
-
-async def test_aging_learns_what_a0_knows_on_zipf() -> None:
-    # Independent draws: counting uses brings aging near A0 (the best online policy, knowing
-    # every probability), and well below clock (recency only).
+async def test_car_keeps_frequent_gfns_that_clock_loses_on_zipf() -> None:
+    # Independent draws: car's second clock (gfns used again) holds the frequent gfns that
+    # clock (recency only) lets go; A0, knowing every probability, bounds both.
     n, cap = 1024, 256
     trace = zipf_trace(n, 40_000, 0.99, seed=3)
     a0 = a0_faults(trace, cap, zipf_ranking(n, seed=3))
-    aging = await TraceMemory("aging", n, cap, scan_every=200).run(trace)
+    car = await TraceMemory("car", n, cap).run(trace)
     clock = await TraceMemory("clock", n, cap).run(trace)
-    assert belady_faults(trace, cap) < a0 <= aging < clock
+    assert belady_faults(trace, cap) < a0 <= car < clock
 
 
 RESULT = {
@@ -129,11 +120,10 @@ RESULT = {
                 "clock_ratio": 1.3,
                 "a0": 120.0,
                 "a0_ratio": 1.2,
-                "aging": 125.0,
-                "aging_ratio": 1.25,
+                "car": 125.0,
+                "car_ratio": 1.25,
             },
         },
-        "scan_every": 500,
     },
 }
 
@@ -147,11 +137,11 @@ def test_table_puts_each_figure_next_to_its_floor() -> None:
     assert rows["recovery, 100,000 pages out"] == ("0.500 s", "0.250 s (start+imports)", "2.00x")
     assert rows["zipf: clock"] == ("130.0 faults/1k", "100.0 faults/1k", "1.30x")
     assert rows["zipf: online bound (A0)"] == ("120.0 faults/1k", "100.0 faults/1k", "1.20x")
-    assert rows["zipf: aging"][2] == "1.25x"
+    assert rows["zipf: car"][2] == "1.25x"
     assert "zipf: LRU (exact)" not in rows  # not in this result: no row
     text = render_table(RESULT)
     assert "2 cores, Python 3.11.7" in text and "load average 1.00 2.00 3.00" in text
-    assert "aging scans every 500 accesses" in text.splitlines()[-1]
+    assert "memory of 10 frames, the same for every policy" in text.splitlines()[-1]
     assert len({len(line) for line in text.splitlines()[1:3]}) == 1  # header and rule align
 
 
@@ -213,9 +203,8 @@ async def test_policy_section_runs_every_policy_on_the_same_trace() -> None:
     zipf = res["policy"]["traces"]["zipf"]
     assert zipf["belady"] <= zipf["a0"]
     assert res["policy"]["capacity"] == 64
-    assert res["policy"]["scan_every"] == 100
     rows = {r[0] for r in table_rows(res)}
-    assert {"zipf: online bound (A0)", "zipf: LRU (exact)", "hotset: aging"} <= rows
+    assert {"zipf: online bound (A0)", "zipf: LRU (exact)", "hotset: car"} <= rows
 
 
 async def test_process_sections_run_and_leave_no_child(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Replacement policies: xenpaging's sweep, clock's second chance, aging's counts, and a
+"""Replacement policies: xenpaging's sweep, clock's second chance, CAR's two clocks, and a
 Zipf trace."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import pytest
 import trio
 from pager_harness import open_stack
 
-from pager import AgingPolicy, CarPolicy, ClockPolicy, PagerConfig, XenpagingPolicy, make_policy
+from pager import CarPolicy, ClockPolicy, PagerConfig, XenpagingPolicy, make_policy
 from pager.policy import CAR_RECENT_FAULTS
-from protocol import MAX_AUDIT_COUNT, set_bits
+from protocol import set_bits
 
 
 class Memory:
@@ -150,9 +150,6 @@ async def test_clock_faults_less_than_xenpaging_with_the_real_hv(tmp_path: Path)
     assert clock < 0.9 * xen, (clock, xen)
 
 
-# -- aging ---------------------------------------------------------------------------------
-
-
 class Bits:
     """hv's accessed bits of a domain: `touch` sets, the policy's `accessed` reads and clears."""
 
@@ -169,144 +166,6 @@ class Bits:
         out = set_bits((i for i in range(count) if self.bits[start + i]), count)
         self.bits[start : start + count] = bytes(count)
         return out
-
-
-def aging(nr: int, **kw: int) -> tuple[AgingPolicy, Bits]:
-    bits = Bits(nr)
-    return AgingPolicy(nr, bits.accessed, **kw), bits
-
-
-async def test_aging_chooses_rarely_used_gfns_first() -> None:
-    policy, bits = aging(16)
-    for i in range(8):  # 0-3 touched in every interval, 4-7 in every other, 8-15 never
-        bits.touch(0, 1, 2, 3, *((4, 5, 6, 7) if i % 2 else ()))
-        await policy.scan()
-    assert [policy.counter(g) for g in (0, 4, 8)] == [8, 4, 0]
-    assert sorted(await policy.choose(8, lambda g: False)) == list(range(8, 16))
-    for g in range(8, 16):
-        policy.paged_out(g)
-    assert sorted(await policy.choose(4, lambda g: False)) == [4, 5, 6, 7]
-    assert bits.bits == bytearray(16)  # every scan cleared what it read
-
-
-async def test_aging_never_chooses_paged_or_skipped_gfns_and_no_gfn_twice() -> None:
-    rng = random.Random(5)
-    policy, bits = aging(64)
-    resident = set(range(64))
-    for _ in range(300):
-        bits.touch(*rng.sample(range(64), 10))
-        if rng.random() < 0.3:
-            await policy.scan()
-        skipped = set(rng.sample(range(64), 5))
-        n = rng.randint(1, 12)
-        got = await policy.choose(n, skipped.__contains__)
-        assert len(got) == len(set(got)) == min(n, len(resident - skipped))
-        assert set(got) <= resident - skipped
-        for g in got:
-            resident.discard(g)
-            policy.paged_out(g)
-        for g in rng.sample(sorted(set(range(64)) - resident), min(8, 64 - len(resident))):
-            resident.add(g)
-            policy.paged_in(g, mru=rng.random() < 0.5)
-
-
-async def test_aging_counters_survive_page_out_and_count_faults() -> None:
-    policy, bits = aging(8)
-    for _ in range(5):
-        bits.touch(3)
-        await policy.scan()
-    policy.paged_out(3)
-    policy.paged_out(4)
-    bits.touch(4)  # a touch of a paged gfn (the faulting access) sets its bit in hv too
-    await policy.scan()
-    assert policy.counter(3) == 5 and policy.counter(4) == 1
-    policy.paged_in(3)  # a guest fault: counted at once...
-    bits.touch(3)
-    await policy.scan()  # ...and the bit of the same interval not again
-    assert policy.counter(3) == 6
-    policy.paged_in(4, mru=False)  # proactive: not a use
-    assert policy.counter(4) == 1
-    assert 3 not in await policy.choose(7, lambda g: False)
-
-
-async def test_aging_decays_and_the_shift_register_variant() -> None:
-    policy, bits = aging(4, decay_scans=2)
-    bits.touch(0)
-    await policy.scan()
-    bits.touch(0)
-    await policy.scan()  # 2, halved after the second scan
-    assert policy.counter(0) == 1
-    shift, bits = aging(4, increment=64, decay_scans=1)
-    for pattern in ((0, 1), (0,), (1,)):
-        bits.touch(*pattern)
-        await shift.scan()
-    # (c | bit << 6) >> 1 each interval: the latest use weighs most.
-    assert (shift.counter(0), shift.counter(1)) == (16 + 8, 32 + 8)
-    assert await shift.choose(1, lambda g: g == 2) == [3]
-    assert await shift.choose(2, lambda g: g in (2, 3)) == [0, 1]
-
-
-async def test_aging_on_tiny_domains_and_reads_big_ones_in_chunks() -> None:
-    one, _ = aging(1)
-    assert await one.choose(3, lambda g: False) == [0]
-    one.paged_out(0)
-    assert await one.choose(1, lambda g: False) == []
-    await one.scan()
-    nr = MAX_AUDIT_COUNT + 10
-    big, bits = aging(nr)
-    bits.touch(nr - 1)
-    await big.scan()
-    assert bits.calls == [(0, MAX_AUDIT_COUNT), (MAX_AUDIT_COUNT, 10)]
-    assert big.counter(nr - 1) == 1
-    with pytest.raises(ValueError, match="increment"):
-        AgingPolicy(8, bits.accessed, increment=0)
-
-
-async def test_pager_runs_the_aging_scan(tmp_path: Path) -> None:
-    nr, cap = 64, 24
-    hot = [1, 2, 3, 4]
-    with trio.fail_after(30):
-        async with open_stack(tmp_path, nr_gfns=nr, vcpus=2) as stack:
-            async with stack.guest() as guest:
-                await guest.fill(2)
-                run = stack.start_pager(PagerConfig(policy="aging", batch=8, target=cap, scan_ms=1))
-                pager = await run.wait_started()
-                policy = pager.policy
-                assert isinstance(policy, AgingPolicy)
-                done = 0  # scans finished
-                scan_done = trio.Event()
-                scan = policy.scan
-
-                async def counted_scan() -> None:
-                    nonlocal done, scan_done
-                    await scan()
-                    done += 1
-                    scan_done.set()
-                    scan_done = trio.Event()
-
-                async def scans(k: int) -> None:
-                    until = done + k
-                    while done < until:
-                        await scan_done.wait()
-
-                policy.scan = counted_scan  # type: ignore[method-assign]
-                accessed = stack.hv.domains[1].p2m.accessed
-                for _ in range(3):
-                    for g in hot:
-                        await guest.read_check(0, g)
-                    # The guest is idle: the second scan from now started after the reads
-                    # (the first may have been under way), and cleared every bit.
-                    await scans(2)
-                    assert accessed == bytearray(nr)
-                assert min(policy.counter(g) for g in hot) >= 3
-                await stack.until(pager, lambda: stack.domain_status()["tot_pages"] <= cap)
-                assert not any(policy.paged[g] for g in hot)  # the hot gfns stay in
-                run.stop.set()
-                await run.finished.wait()
-                assert run.error is None, repr(run.error)
-                assert run.stats is not None and run.stats.detached
-                stack.assert_clean()
-                await guest.verify_all(2)
 
 
 # -- car -----------------------------------------------------------------------------------
