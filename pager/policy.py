@@ -167,6 +167,7 @@ class ClockPolicy(_Base):
 CAR_WINDOW: Final = 512
 
 _T1, _T2, _B1, _B2 = 1, 2, 3, 4  # `where` a gfn is; 0: in no list
+
 #: `car` drops the fault's own accessed bit of at most this many gfns faulted in since its
 #: last `choose` (or n, if more); the bits of earlier ones count as a use.
 CAR_RECENT_FAULTS: Final = 256
@@ -222,7 +223,6 @@ class CarPolicy(_Base):
         self._fetched: set[int] = set()  # windows fetched during this choose
         self.c = max(1, nr)
         self.p = 0.0
-        self.fetches = 0
 
     # -- the lists: circular and doubly linked through next/prev; head = hand or LRU end --
 
@@ -309,7 +309,6 @@ class CarPolicy(_Base):
 
     async def _fetch(self, start: int, count: int) -> None:
         bits = await self._accessed(start, count)
-        self.fetches += 1
         if bits.count(0) != len(bits):
             ref = self.ref
             old = int.from_bytes(ref[start : start + count], "little")
