@@ -2,7 +2,7 @@
 
 A user-space pager for the emulated hypervisor (`hv`), speaking PROTOCOL.md over any trio
 stream, with a durable paging store (4 KiB slots + a SQLite index) in a state directory,
-batched page-out and page-in pipelines, two replacement policies (`xenpaging`, `clock`),
+batched page-out and page-in pipelines, three replacement policies (`xenpaging`, `clock`, `car`),
 recovery from nothing but the state directory, named crash points and disk faults.
 
 Public API:
@@ -16,12 +16,13 @@ Public API:
 - `parse_faults(spec, crash=...)` / `Faults`, `SimulatedCrash`, `raise_simulated_crash`,
   `CRASH_POINTS`: fault injection (grammar in `pager.faults`).
 - `PageStore`, `Row`, `DiskIO`, `checksum`: the store, for tests and tools.
-- `XenpagingPolicy`, `ClockPolicy`, `make_policy`: replacement policies.
+- `XenpagingPolicy`, `ClockPolicy`, `CarPolicy`, `make_policy`: replacement policies.
 
-``python -m pager --run-dir DIR --state-dir DIR [--domid D] [--policy xenpaging|clock]
+``python -m pager --run-dir DIR --state-dir DIR [--domid D] [--policy xenpaging|clock|car]
 [--on-exit pagein|keep] [--faults SPEC] [--batch N] [--concurrency N] [--target T]
-[--prefetch N] [...]`` runs it as a process (``--help``; exit 75 means hv went away: restart
-it, it recovers from the state directory); ``python -m pager.bench`` measures it.
+[--prefetch N] [...]`` runs it as a process (``--help``; exit 75 means hv
+went away: restart it, it recovers from the state directory); ``python -m pager.bench``
+measures it.
 
 Connection loss is not retried in-process: the pager exits (75) and the stack restarts it,
 which exercises the same recovery path as a crash.
@@ -39,13 +40,14 @@ from .faults import (
     raise_simulated_crash,
 )
 from .net import connect_privcmd
-from .policy import POLICIES, ClockPolicy, XenpagingPolicy, make_policy
+from .policy import POLICIES, CarPolicy, ClockPolicy, XenpagingPolicy, make_policy
 from .store import ChecksumError, DiskIO, PageStore, Row, StoreError, StoreLocked, checksum
 
 __all__ = [
     "CRASH_POINTS",
     "ENV_VAR",
     "POLICIES",
+    "CarPolicy",
     "ChecksumError",
     "ClockPolicy",
     "ConnectionLost",

@@ -14,7 +14,8 @@ Every figure is printed next to a floor measured in the same run, as the median 
    ring, until that vCPU's read returns;
 5. memory: hv bytes per gfn of a 1,048,576-gfn domain, pager index bytes per paged gfn;
 6. policy quality: faults per 1,000 accesses of the pager's own policy objects on a Zipf
-   and a shifting hot-set trace, next to Belady's optimal on the same trace and memory.
+   and a shifting hot-set trace, next to Belady's optimal on the same trace and memory,
+   exact LRU, and on Zipf the best online policy (A0, knowing each gfn's probability).
 
 Benchmarks are not tests: nothing here asserts a time. `run_bench` returns every figure
 (also written by `--json`); `render_table` formats them.
@@ -43,18 +44,22 @@ from typing import Any, Final
 import structlog
 import trio
 
-from protocol import MAX_AUDIT_COUNT, PAGE_SIZE, P2MType, set_bits
+from pager.policy import POLICIES
+from protocol import MAX_AUDIT_COUNT, PAGE_SIZE, P2MType, pack_bits
 from transport import Client, open_unix_client
 
 from .argtypes import positive_int
 from .benchlib import (
+    a0_faults,
     belady_faults,
     disk_of,
     hotset_trace,
+    lru_faults,
     measure_disk_floor,
     measure_floor,
     median,
     percentile,
+    zipf_ranking,
     zipf_trace,
 )
 from .procs import Child, ChildSet, open_children
@@ -137,7 +142,7 @@ class BenchOptions:
     only: tuple[str, ...] = SECTIONS
     work_dir: Path | None = None  # where stores and floors go (default: a temp dir)
     profile: Path | None = None  # run hv and pagers under py-spy, raw stacks here
-    policies: tuple[str, ...] = ("xenpaging", "clock")
+    policies: tuple[str, ...] = POLICIES
     sizes: Sizes = field(default_factory=lambda: QUICK)
 
     def __post_init__(self) -> None:
@@ -679,11 +684,11 @@ class TraceMemory:
     """A memory of `capacity` frames driven by a trace through a real pager policy object.
 
     It does what the pager does around its policy: a touch sets the gfn's accessed bit
-    (hv's EPT bit); a miss is a fault: the gfn comes in (`paged_in`, as after a guest
-    fault) and, the memory being over its size, the policy chooses victims
-    (`paged_out`). The `accessed` callable reads and clears bits like hv's op. Memory
-    starts empty, as Belady's count assumes: the first `capacity` misses are free of
-    evictions but still count as faults, for every policy alike.
+    (hv's EPT bit, set by every access, faulting or not); a miss is a fault: the gfn comes
+    in (`paged_in`, as after a guest fault) and, the memory being over its size, the
+    policy chooses victims (`paged_out`). The `accessed` callable reads and clears bits
+    like hv's op. Memory starts empty, as Belady's count assumes: the first `capacity`
+    misses are free of evictions but still count as faults, for every policy alike.
     """
 
     def __init__(self, policy_name: str, nr_gfns: int, capacity: int) -> None:
@@ -700,32 +705,32 @@ class TraceMemory:
     async def _accessed(self, start: int, count: int) -> bytes:
         window = self.bits[start : start + count]
         self.bits[start : start + count] = bytes(count)
-        return set_bits((i for i, b in enumerate(window) if b), count)
+        return pack_bits(window)
 
     async def run(self, trace: Sequence[int]) -> int:
         """Play the trace; the number of faults."""
         resident, bits, policy = self.resident, self.bits, self.policy
         for g in trace:
             bits[g] = 1
-            if g in resident:
-                continue
-            self.faults += 1
-            resident.add(g)
-            policy.paged_in(g)
-            if len(resident) > self.capacity:
-                victims = await policy.choose(len(resident) - self.capacity, lambda _: False)
-                if not victims:
-                    raise BenchError(f"{policy.name} chose no victim")
-                for v in victims:
-                    resident.remove(v)  # KeyError: the policy chose a gfn not resident
-                    policy.paged_out(v)
+            if g not in resident:
+                self.faults += 1
+                resident.add(g)
+                policy.paged_in(g)
+                if len(resident) > self.capacity:
+                    victims = await policy.choose(len(resident) - self.capacity, lambda _: False)
+                    if not victims:
+                        raise BenchError(f"{policy.name} chose no victim")
+                    for v in victims:
+                        resident.remove(v)  # KeyError: the policy chose a gfn not resident
+                        policy.paged_out(v)
         return self.faults
 
 
 async def bench_policy(
     sizes: Sizes, policies: Sequence[str], say: Callable[[str], None]
 ) -> dict[str, Any]:
-    """Faults per 1,000 accesses on two traces: each policy next to Belady's optimal."""
+    """Faults per 1,000 accesses on two traces: each policy next to Belady's optimal, exact
+    LRU, and (Zipf only: its probabilities are known) the best online policy, A0."""
     n, cap, length = sizes.policy_gfns, sizes.policy_capacity, sizes.policy_len
     traces = {
         "zipf": zipf_trace(n, length, 0.99, seed=11),
@@ -733,18 +738,31 @@ async def bench_policy(
             n, length, hot=cap // 2, shift_every=length // 10, hot_fraction=0.9, seed=12
         ),
     }
-    out: dict[str, Any] = {"nr_gfns": n, "capacity": cap, "accesses": length, "traces": {}}
+    out: dict[str, Any] = {
+        "nr_gfns": n,
+        "capacity": cap,
+        "accesses": length,
+        "traces": {},
+    }
     for name, trace in traces.items():
         opt = belady_faults(trace, cap) * 1000 / length
         row: dict[str, Any] = {"belady": opt}
+        bounds = {"lru": lru_faults(trace, cap)}
+        if name == "zipf":
+            bounds["a0"] = a0_faults(trace, cap, zipf_ranking(n, seed=11))
+        runs = {}
         for p in policies:
             mem = TraceMemory(p, n, cap)
-            row[p] = await mem.run(trace) * 1000 / length
+            runs[p] = await mem.run(trace)
+        for p, faults in {**bounds, **runs}.items():
+            row[p] = faults * 1000 / length
             row[f"{p}_ratio"] = row[p] / opt if opt else float("nan")
         out["traces"][name] = row
         say(
             f"  {name}: optimal {opt:.1f}/1000, "
-            + ", ".join(f"{p} {row[p]:.1f} ({row[p + '_ratio']:.2f}x)" for p in policies)
+            + ", ".join(
+                f"{p} {row[p]:.1f} ({row[p + '_ratio']:.2f}x)" for p in (*bounds, *policies)
+            )
         )
     return out
 
@@ -812,6 +830,9 @@ def _ratio(a: float | None, b: float | None) -> str:
     if a is None or b is None or b == 0:
         return ""
     return f"{a / b:.2f}x"
+
+
+_POLICY_LABELS: Final = {"a0": "online bound (A0)", "lru": "LRU (exact)"}
 
 
 def table_rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
@@ -937,11 +958,11 @@ def table_rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             rows.append(
                 (f"{trace}: Belady's optimal", f"{row['belady']:.1f} faults/1k", "(the floor)", "")
             )
-            for p in ("xenpaging", "clock"):
+            for p in ("a0", "lru", *POLICIES):
                 if p in row:
                     rows.append(
                         (
-                            f"{trace}: {p}",
+                            f"{trace}: {_POLICY_LABELS.get(p, p)}",
                             f"{row[p]:.1f} faults/1k",
                             f"{row['belady']:.1f} faults/1k",
                             f"{row[p + '_ratio']:.2f}x",

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import bisect
+import collections
 import heapq
 import itertools
 import math
@@ -129,17 +130,25 @@ def measure_disk_floor(directory: str, batch: int, total_pages: int) -> float:
 # --- traces and Belady's optimal ---------------------------------------------------------
 
 
+def zipf_ranking(n_gfns: int, seed: int) -> list[int]:
+    """The gfn of each popularity rank (index 0: the most probable) in `zipf_trace(n_gfns,
+    ..., seed)`: the generator's own permutation, not a count taken from the trace."""
+    gfn_of_rank = list(range(n_gfns))
+    random.Random(seed).shuffle(gfn_of_rank)
+    return gfn_of_rank
+
+
 def zipf_trace(n_gfns: int, length: int, s: float, seed: int) -> list[int]:
     """`length` accesses over `n_gfns` gfns, gfn rank r drawn with weight 1/r**s.
 
-    Ranks are scattered over the gfn space by a seeded permutation, so that a sweep in gfn
-    order (xenpaging's) gets no help from hot gfns lying together.
+    Ranks are scattered over the gfn space by a seeded permutation (`zipf_ranking`), so
+    that a sweep in gfn order (xenpaging's) gets no help from hot gfns lying together.
     """
     rng = random.Random(seed)
     cumulative = list(itertools.accumulate(1.0 / (r**s) for r in range(1, n_gfns + 1)))
     total = cumulative[-1]
     gfn_of_rank = list(range(n_gfns))
-    rng.shuffle(gfn_of_rank)
+    rng.shuffle(gfn_of_rank)  # the same draws as zipf_ranking's, then the same rng goes on
     return [
         gfn_of_rank[bisect.bisect_left(cumulative, rng.random() * total)] for _ in range(length)
     ]
@@ -188,6 +197,45 @@ def belady_faults(trace: Sequence[int], capacity: int) -> int:
                         break
         resident[gfn] = next_use[i]
         heapq.heappush(heap, (-next_use[i], gfn))
+    return faults
+
+
+def a0_faults(trace: Sequence[int], capacity: int, gfn_of_rank: Sequence[int]) -> int:
+    """Faults of A0 (Aho, Denning and Ullman 1971): on a miss with the memory full, evict the
+    resident gfn of lowest probability, the probabilities known in advance (`gfn_of_rank`,
+    most probable first; gfns not in it are the least probable). For independent draws
+    it is the optimal online policy: it settles on the `capacity - 1` most probable gfns
+    plus one frame for whatever else comes. Memory starts empty, as `belady_faults`'s.
+    """
+    rank = {g: r for r, g in enumerate(gfn_of_rank)}
+    unranked = len(gfn_of_rank)
+    resident: set[int] = set()
+    heap: list[tuple[int, int]] = []  # (-rank, gfn) of every resident gfn: max rank on top
+    faults = 0
+    for gfn in trace:
+        if gfn in resident:
+            continue
+        faults += 1
+        if len(resident) >= capacity:
+            _, victim = heapq.heappop(heap)
+            resident.remove(victim)
+        resident.add(gfn)
+        heapq.heappush(heap, (-rank.get(gfn, unranked), gfn))
+    return faults
+
+
+def lru_faults(trace: Sequence[int], capacity: int) -> int:
+    """Faults of exact LRU (what clock approximates), memory starting empty."""
+    cache: collections.OrderedDict[int, None] = collections.OrderedDict()
+    faults = 0
+    for gfn in trace:
+        if gfn in cache:
+            cache.move_to_end(gfn)
+            continue
+        faults += 1
+        cache[gfn] = None
+        if len(cache) > capacity:
+            cache.popitem(last=False)
     return faults
 
 

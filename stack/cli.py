@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 import trio
 
 from guest import PATTERNS
+from pager.policy import POLICIES
 from protocol import ProtocolError, RingMode
 from transport import ConnectionClosed, configure_logging, open_unix_client
 
@@ -84,7 +85,7 @@ def _add_stack_options(p: argparse.ArgumentParser, *, stress: bool) -> None:
     )
     p.add_argument("--write-ratio", type=float, default=0.3, help="share of writes (0.3)")
     p.add_argument("--seed", type=int, default=0, help="seed of the workload (and faults)")
-    p.add_argument("--policy", choices=("xenpaging", "clock"), help="pager policy")
+    p.add_argument("--policy", choices=POLICIES, help="pager policy")
     p.add_argument(
         "--stuck-after",
         type=positive_float,

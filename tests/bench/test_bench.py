@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from pager.policy import POLICIES
 from pager.store import PageStore, Row, checksum
 from stack import bench
 from stack.bench import (
@@ -21,7 +22,7 @@ from stack.bench import (
     run_bench,
     table_rows,
 )
-from stack.benchlib import belady_faults, hotset_trace, zipf_trace
+from stack.benchlib import a0_faults, belady_faults, hotset_trace, zipf_ranking, zipf_trace
 from stack.cli import main as xpemu_main
 
 TINY = Sizes(
@@ -39,7 +40,7 @@ TINY = Sizes(
 )
 
 
-@pytest.mark.parametrize("policy", ["xenpaging", "clock"])
+@pytest.mark.parametrize("policy", POLICIES)
 async def test_trace_memory_never_beats_optimal_and_evicts_only_residents(policy: str) -> None:
     for trace in (
         zipf_trace(300, 5000, 0.99, seed=1),
@@ -53,7 +54,7 @@ async def test_trace_memory_never_beats_optimal_and_evicts_only_residents(policy
         assert {g for g in range(300) if mem.policy.paged[g]} == set(range(300)) - mem.resident
 
 
-@pytest.mark.parametrize("policy", ["xenpaging", "clock"])
+@pytest.mark.parametrize("policy", POLICIES)
 async def test_trace_memory_counts_only_first_touches_when_everything_fits(policy: str) -> None:
     trace = [5, 1, 5, 2, 1, 5, 3, 2]
     mem = TraceMemory(policy, 8, 4)
@@ -68,6 +69,17 @@ async def test_clock_keeps_a_hot_gfn_that_xenpaging_sweeps_out() -> None:
     clock = await TraceMemory("clock", 200, 4).run(trace)
     assert belady_faults(trace, 4) == 200 <= clock <= 201
     assert await TraceMemory("xenpaging", 200, 4).run(trace) > 1.9 * clock
+
+
+async def test_car_keeps_frequent_gfns_that_clock_loses_on_zipf() -> None:
+    # Independent draws: car's second clock (gfns used again) holds the frequent gfns that
+    # clock (recency only) lets go; A0, knowing every probability, bounds both.
+    n, cap = 1024, 256
+    trace = zipf_trace(n, 40_000, 0.99, seed=3)
+    a0 = a0_faults(trace, cap, zipf_ranking(n, seed=3))
+    car = await TraceMemory("car", n, cap).run(trace)
+    clock = await TraceMemory("clock", n, cap).run(trace)
+    assert belady_faults(trace, cap) < a0 <= car < clock
 
 
 RESULT = {
@@ -102,7 +114,15 @@ RESULT = {
         "capacity": 10,
         "accesses": 1000,
         "traces": {
-            "zipf": {"belady": 100.0, "clock": 130.0, "clock_ratio": 1.3},
+            "zipf": {
+                "belady": 100.0,
+                "clock": 130.0,
+                "clock_ratio": 1.3,
+                "a0": 120.0,
+                "a0_ratio": 1.2,
+                "car": 125.0,
+                "car_ratio": 1.25,
+            },
         },
     },
 }
@@ -116,8 +136,12 @@ def test_table_puts_each_figure_next_to_its_floor() -> None:
     assert rows["page-in, batch 64"][2] == "0.40x"
     assert rows["recovery, 100,000 pages out"] == ("0.500 s", "0.250 s (start+imports)", "2.00x")
     assert rows["zipf: clock"] == ("130.0 faults/1k", "100.0 faults/1k", "1.30x")
+    assert rows["zipf: online bound (A0)"] == ("120.0 faults/1k", "100.0 faults/1k", "1.20x")
+    assert rows["zipf: car"][2] == "1.25x"
+    assert "zipf: LRU (exact)" not in rows  # not in this result: no row
     text = render_table(RESULT)
     assert "2 cores, Python 3.11.7" in text and "load average 1.00 2.00 3.00" in text
+    assert "memory of 10 frames, the same for every policy" in text.splitlines()[-1]
     assert len({len(line) for line in text.splitlines()[1:3]}) == 1  # header and rule align
 
 
@@ -171,10 +195,16 @@ def test_pager_index_probe_counts_rows(tmp_path: Path) -> None:
 
 async def test_policy_section_runs_every_policy_on_the_same_trace() -> None:
     res = await run_bench(BenchOptions(only=("policy",), sizes=TINY), lambda s: None)
-    for row in res["policy"]["traces"].values():
-        assert 0 < row["belady"] <= min(row["xenpaging"], row["clock"])
+    for name, row in res["policy"]["traces"].items():
+        assert 0 < row["belady"] <= min(row[p] for p in (*POLICIES, "lru"))
         assert row["clock_ratio"] == pytest.approx(row["clock"] / row["belady"])
+        # A0 needs the probabilities: only the Zipf trace has them.
+        assert ("a0" in row) == (name == "zipf")
+    zipf = res["policy"]["traces"]["zipf"]
+    assert zipf["belady"] <= zipf["a0"]
     assert res["policy"]["capacity"] == 64
+    rows = {r[0] for r in table_rows(res)}
+    assert {"zipf: online bound (A0)", "zipf: LRU (exact)", "hotset: car"} <= rows
 
 
 async def test_process_sections_run_and_leave_no_child(tmp_path: Path) -> None:

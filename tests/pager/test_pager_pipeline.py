@@ -16,7 +16,7 @@ NR = 256
 VCPUS = 4
 
 
-@pytest.mark.parametrize("policy", ["xenpaging", "clock"])
+@pytest.mark.parametrize("policy", ["xenpaging", "clock", "car"])
 async def test_page_out_to_target_touch_every_page_read_back(tmp_path: Path, policy: str) -> None:
     with trio.fail_after(30):
         async with open_stack(tmp_path, nr_gfns=NR, vcpus=VCPUS) as stack, stack.guest() as guest:

@@ -1,4 +1,5 @@
-"""Replacement policies: xenpaging's sweep, clock's second chance, and a Zipf trace."""
+"""Replacement policies: xenpaging's sweep, clock's second chance, CAR's two clocks, and a
+Zipf trace."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import pytest
 import trio
 from pager_harness import open_stack
 
-from pager import ClockPolicy, PagerConfig, XenpagingPolicy, make_policy
+from pager import CarPolicy, ClockPolicy, PagerConfig, XenpagingPolicy, make_policy
+from pager.policy import CAR_RECENT_FAULTS
 from protocol import set_bits
 
 
@@ -146,3 +148,210 @@ async def test_clock_faults_less_than_xenpaging_with_the_real_hv(tmp_path: Path)
         xen = await _faults_with_hv(tmp_path, "xenpaging", trace)
         clock = await _faults_with_hv(tmp_path, "clock", trace)
     assert clock < 0.9 * xen, (clock, xen)
+
+
+class Bits:
+    """hv's accessed bits of a domain: `touch` sets, the policy's `accessed` reads and clears."""
+
+    def __init__(self, nr: int) -> None:
+        self.bits = bytearray(nr)
+        self.calls: list[tuple[int, int]] = []
+
+    def touch(self, *gfns: int) -> None:
+        for g in gfns:
+            self.bits[g] = 1
+
+    async def accessed(self, start: int, count: int) -> bytes:
+        self.calls.append((start, count))
+        out = set_bits((i for i in range(count) if self.bits[start + i]), count)
+        self.bits[start : start + count] = bytes(count)
+        return out
+
+
+# -- car -----------------------------------------------------------------------------------
+
+
+def car(nr: int, window: int = 8) -> tuple[CarPolicy, Bits]:
+    bits = Bits(nr)
+    return CarPolicy(nr, bits.accessed, window=window), bits
+
+
+def car_lists(policy: CarPolicy) -> dict[int, list[int]]:
+    """Each list's gfns from its head, checking the links, sizes and `where` agree."""
+    lists = {}
+    for lst in (1, 2, 3, 4):
+        got: list[int] = []
+        g = policy.head[lst]
+        while g >= 0 and (not got or g != got[0]):
+            assert policy.where[g] == lst
+            assert policy.prev[policy.next[g]] == g
+            got.append(g)
+            g = policy.next[g]
+            assert len(got) <= policy.nr_gfns
+        assert len(got) == policy.size[lst]
+        lists[lst] = got
+    assert sum(len(v) for v in lists.values()) == sum(1 for w in policy.where if w)
+    return lists
+
+
+async def test_car_chooses_distinct_resident_unskipped_gfns_on_tiny_domains() -> None:
+    rng = random.Random(7)
+    for nr in range(1, 9):
+        policy, bits = car(nr)
+        resident = set(range(nr))
+        for _ in range(200):
+            bits.touch(*rng.sample(range(nr), rng.randint(0, nr)))
+            skipped = set(rng.sample(range(nr), rng.randint(0, nr // 2)))
+            n = rng.randint(1, nr + 1)
+            got = await policy.choose(n, skipped.__contains__)
+            assert len(got) == len(set(got)) == min(n, len(resident - skipped))
+            assert set(got) <= resident - skipped
+            for g in got:
+                if rng.random() < 0.9:  # else the nomination was refused: still resident
+                    resident.discard(g)
+                    policy.paged_out(g)
+            for g in sorted(set(range(nr)) - resident):
+                if rng.random() < 0.4:
+                    bits.touch(g)  # the faulting access
+                    resident.add(g)
+                    policy.paged_in(g, mru=rng.random() < 0.8)
+            lists = car_lists(policy)
+            assert set(lists[1] + lists[2]) == resident
+            ghosts = lists[3] + lists[4]
+            assert all(policy.paged[g] for g in ghosts)
+            assert len(ghosts) <= 2 * policy.c and len(lists[1] + lists[3]) <= max(
+                policy.c, len(lists[1])
+            )
+            assert 0 <= policy.p <= policy.c
+
+
+async def test_car_promotes_gfns_used_again_and_ignores_the_faulting_access() -> None:
+    policy, bits = car(8)
+    for g in range(8):
+        policy.paged_out(g)  # start empty
+    for g in range(4):
+        bits.touch(g)  # the faulting access: not a second use
+        policy.paged_in(g)
+    assert await policy.choose(1, lambda g: False) == [0]  # no bit counted
+    bits.touch(1, 2)  # used again after the fault
+    assert await policy.choose(1, lambda g: False) == [3]
+    lists = car_lists(policy)
+    assert lists[1] == [0, 3] and lists[2] == [1, 2]
+    assert bits.bits == bytearray(8)
+
+
+async def test_car_counts_the_bits_of_faults_that_waited_long_for_a_choose() -> None:
+    nr = CAR_RECENT_FAULTS + 100
+    policy, bits = car(nr)
+    for g in range(nr):
+        policy.paged_out(g)
+    for g in range(CAR_RECENT_FAULTS + 44):  # memory below its size: no choose meanwhile
+        bits.touch(g)
+        policy.paged_in(g)
+    # The last CAR_RECENT_FAULTS faults' bits are dropped; the 44 before, which waited
+    # longer, may have been used since and count as used.
+    assert await policy.choose(1, lambda g: False) == [44]
+    assert car_lists(policy)[2] == list(range(44))
+
+
+def faults_in(policy: CarPolicy, bits: Bits, *gfns: int) -> None:
+    for g in gfns:
+        bits.touch(g)
+        policy.paged_in(g)
+
+
+async def test_car_ghost_hits_adapt_p_and_come_back_into_t2() -> None:
+    policy, bits = car(8)
+    for g in range(8):
+        policy.paged_out(g)
+    faults_in(policy, bits, 0, 1, 2, 3)
+    await policy.choose(0, lambda g: False)  # consumes the faults' bits
+    bits.touch(1, 2)
+    assert await policy.choose(2, lambda g: False) == [0, 3]
+    policy.paged_out(0)
+    policy.paged_out(3)
+    lists = car_lists(policy)
+    assert (policy.c, lists[1], lists[2], lists[3]) == (2, [], [1, 2], [0, 3])
+    faults_in(policy, bits, 0)  # evicted from T1 too early: p up by max(1, |B2| / |B1|)
+    assert policy.p == 1 and car_lists(policy)[2] == [1, 2, 0]
+    assert await policy.choose(1, lambda g: False) == [1]
+    policy.paged_out(1)
+    assert car_lists(policy)[4] == [1]
+    faults_in(policy, bits, 3)  # a B1 hit with |B2| = |B1|: up by 1 again
+    assert policy.p == 2
+    policy.paged_out((await policy.choose(1, lambda g: False))[0])
+    faults_in(policy, bits, 1)  # evicted from T2 too early: down by max(1, |B1| / |B2|)
+    assert policy.p < 2 and policy.where[1] == 2
+    assert policy.size[3] + policy.size[4] <= 2 * policy.c
+
+
+async def test_car_p_follows_the_workload() -> None:
+    nr, cap = 2048, 64
+    rng = random.Random(3)
+    policy, bits = car(nr)
+    resident = set(range(nr))
+    cold = iter(range(1024, nr))  # one-off touches: faults that are never used again
+
+    async def run(trace: list[int]) -> None:
+        for g in trace:
+            bits.touch(g)
+            if g not in resident:
+                resident.add(g)
+                policy.paged_in(g)
+            while len(resident) > cap:
+                for v in await policy.choose(len(resident) - cap, lambda _: False):
+                    resident.discard(v)
+                    policy.paged_out(v)
+            assert policy.size[3] + policy.size[4] <= 2 * policy.c <= 2 * cap + 2
+
+    def frequent(hot: range, k: int) -> list[int]:
+        return [rng.choice(hot) if rng.random() < 0.8 else next(cold) for _ in range(k)]
+
+    # Frequency first: 40 gfns used over and over settle in T2; p stays at 0.
+    await run(frequent(range(40), 2000))
+    assert policy.p == 0 and policy.size[2] >= 32
+    # Recency: a window sliding over other gfns, each used twice 39 accesses apart (more
+    # than T1's room, less than the memory): B1 hits, p grows.
+    await run([100 + i // 2 + (i % 2) * 20 for i in range(600)])
+    high = policy.p
+    assert high >= cap / 4
+    # Frequency again, a set of 56: more than T2's room (c - p) but less than the memory.
+    # Gfns evicted from T2 come back: B2 hits bring p down.
+    await run(frequent(range(500, 556), 2000))
+    assert policy.p < high / 2
+
+
+async def test_car_fetches_bits_in_windows() -> None:
+    policy, bits = car(64, window=16)
+    bits.touch(*range(64))
+    got = await policy.choose(4, lambda g: False)
+    # The hand went round T1 once (moving every gfn to T2), then took T2's first four.
+    assert got == [0, 1, 2, 3]
+    assert bits.calls == [(0, 16), (16, 16), (32, 16), (48, 16)]
+    assert bits.bits == bytearray(64)
+
+
+async def test_pager_pages_with_car(tmp_path: Path) -> None:
+    nr, cap = 64, 24
+    with trio.fail_after(30):
+        async with open_stack(tmp_path, nr_gfns=nr, vcpus=2) as stack:
+            async with stack.guest() as guest:
+                await guest.fill(2)
+                run = stack.start_pager(PagerConfig(policy="car", batch=8, target=cap))
+                pager = await run.wait_started()
+                assert isinstance(pager.policy, CarPolicy)
+
+                def settled() -> bool:
+                    return stack.domain_status()["tot_pages"] <= cap
+
+                await stack.until(pager, settled)
+                for g in (*range(0, nr, 3), *range(1, nr, 2), 5, 5, 6):
+                    await guest.read_check(0, g)
+                await guest.write(1, 7, 2)
+                await stack.until(pager, settled)
+                assert pager.stats.paged_in > 0
+                run.stop.set()
+                await run.finished.wait()
+                assert run.error is None, repr(run.error)
+                stack.assert_clean()
+                await guest.verify_all(2)
