@@ -163,8 +163,10 @@ class ClockPolicy(_Base):
 
 #: `car`'s accessed bits are fetched in aligned windows of this many gfns. A fetched bit is
 #: kept in the policy's own `ref` byte until a hand judges the gfn, so the size of a window
-#: costs calls and bytes, never information.
-CAR_WINDOW: Final = 512
+#: costs calls and bytes, never information. Each call is a round trip to hv on the
+#: page-out path: with 512, car made 2.35 calls per fault on the bench's Zipf trace; with
+#: 8,192 (a 1 KiB bitmap) 0.82, with the same faults.
+CAR_WINDOW: Final = 8192
 
 _T1, _T2, _B1, _B2 = 1, 2, 3, 4  # `where` a gfn is; 0: in no list
 
