@@ -64,7 +64,7 @@ class Peer(Protocol):
 class VCpu:
     """One guest vCPU: at most one access at a time, paused on at most one request."""
 
-    __slots__ = ("_outcome", "_wake", "busy", "paused_seq", "vcpu_id", "waiting")
+    __slots__ = ("_cont", "_outcome", "_wake", "busy", "owner", "paused_seq", "vcpu_id", "waiting")
 
     def __init__(self, vcpu_id: int) -> None:
         self.vcpu_id = vcpu_id
@@ -73,6 +73,21 @@ class VCpu:
         self.waiting = False  # waits for a free ring slot
         self._wake: trio.Event | None = None
         self._outcome: Errno | None = None
+        self._cont: Callable[[Errno | None], None] | None = None
+        self.owner: object = None  # who set `_cont` (see `then`)
+
+    def then(self, cont: Callable[[Errno | None], None], owner: object) -> None:
+        """Instead of a task waiting: call `cont(outcome)` when unpaused (at once, from
+        inside the operation that unpauses: the retried access needs no task switch)."""
+        self._cont, self.owner = cont, owner
+
+    def forget(self, owner: object) -> None:
+        """`owner` is gone (its connection closed): drop its continuation and free the
+        vCPU, as cancelling a waiting task does. The request stays on the ring."""
+        if self._cont is not None and self.owner is owner:
+            self._cont = self.owner = None
+            self.paused_seq = self._wake = None
+            self.busy = False
 
     def pause(self, seq: int) -> None:
         """Pause on request `seq` (at once: `status` shows it, `unpause` may come before
@@ -93,6 +108,11 @@ class VCpu:
 
     def unpause(self, outcome: Errno | None = None) -> None:
         """Wake the paused access: None retries it, an errno ends it with that errno."""
+        if self._cont is not None:
+            cont, self._cont, self.owner = self._cont, None, None
+            self.paused_seq = self._wake = None
+            cont(outcome)
+            return
         if self._wake is not None:
             self._outcome = outcome
             self.paused_seq = None

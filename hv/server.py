@@ -35,7 +35,7 @@ from protocol import (
 )
 from transport import Connection, ConnectionClosed, open_connection, serve_unix
 
-from .domain import DONE, Domain, GuestFault
+from .domain import DONE, PAUSED, Domain, GuestFault
 from .hypervisor import Hypervisor
 
 log = structlog.get_logger("hv.server")
@@ -165,6 +165,8 @@ class _Session:
         if self.domain is None:
             return
         self.domain.release_holds(self.holds)
+        for vcpu in self.domain.vcpus:
+            vcpu.forget(self)
         if self.role is Role.pager:
             self.domain.pager_lost(self)
 
@@ -331,12 +333,41 @@ class _Session:
         except BaseException:
             domain.vcpus[args["vcpu"]].busy = False
             raise
+        self._after_step(domain, req, op, step, data)
+
+    def _after_step(
+        self, domain: Domain, req: Request, op: str, step: str, data: bytes | None
+    ) -> None:
+        vcpu = domain.vcpus[req.args["vcpu"]]
         if step == DONE:
-            domain.vcpus[args["vcpu"]].busy = False
+            vcpu.busy = False
             self._send(ok_reply(req.id, data=data) if op == "read" else ok_reply(req.id))
+        elif step == PAUSED:
+            # The retry runs from inside the resume that unpauses the vCPU: its reply goes
+            # out before the pager's, with no task switch.
+            vcpu.then(functools.partial(self._unpaused, domain, req, op), self)
+        else:  # a full ring: wait for a slot in a task
+            assert self.nursery is not None
+            self.nursery.start_soon(self._access, domain, req, op, step)
+
+    def _unpaused(self, domain: Domain, req: Request, op: str, outcome: Errno | None) -> None:
+        args = req.args
+        try:
+            if outcome is not None:
+                raise GuestFault(outcome, f"gfn {args['gfn']}: released ({outcome})")
+            step, data = domain.access_step(
+                args["vcpu"], op, args["gfn"], args["off"], args.get("len", 0), args.get("data")
+            )
+        except GuestFault as fault:
+            domain.vcpus[args["vcpu"]].busy = False
+            self._send(error_reply(req.id, fault.errno, fault.msg))
             return
-        assert self.nursery is not None
-        self.nursery.start_soon(self._access, domain, req, op, step)
+        except Exception:  # a bug of ours must not take the unpausing operation down
+            domain.vcpus[args["vcpu"]].busy = False
+            self.log.exception("access.crashed", op=op)
+            self._send(error_reply(req.id, Errno.EIO, "internal error in hv"))
+            return
+        self._after_step(domain, req, op, step, data)
 
     async def _access(self, domain: Domain, req: Request, op: str, first: str) -> None:
         args = req.args

@@ -258,3 +258,30 @@ async def test_two_domains_with_independent_pagers(harness: Harness) -> None:
             assert (await control.call("status"))["host"]["free"] == free_before + 16
             assert [d["domid"] for d in (await control.call("status"))["domains"]] == [1]
         harness.check()
+
+
+async def test_a_guest_gone_while_paused_frees_its_vcpu(harness: Harness) -> None:
+    """The paused access waits without a task (its retry runs inside the resume): when the
+    guest's connection closes, the vCPU is free again and the request stays on the ring;
+    answering it later harms nothing, and the next guest's access on that vCPU works."""
+    with trio.fail_after(10):
+        async with harness.client("pager") as pager:
+            async with harness.client("guest") as guest:
+                await guest.call("write", vcpu=0, gfn=3, off=0, data=b"three")
+                copy = (await pager.call("map", gfns=[3]))["pages"][0]
+                await page_out(pager, [3])
+                async with trio.open_nursery() as n:
+                    spawn(n, guest, "read", vcpu=0, gfn=3, off=0, len=5)
+                    (req,) = (await next_event(pager, "mem_event"))["reqs"]
+                    status = (await _control_status(harness))["domains"][0]
+                    assert status["paused_vcpus"] == [0]
+                    n.cancel_scope.cancel()
+            # The guest is gone: its vCPU is no longer paused or busy.
+            async with harness.client("control", None) as control:
+                while (await control.call("status"))["domains"][0]["paused_vcpus"]:
+                    await trio.testing.wait_all_tasks_blocked()
+            assert (await pager.call("prep", gfns=[3], pages=[copy]))["results"] == [0]
+            assert (await pager.call("resume", rsps=[rsp(req)]))["results"] == [0]
+            async with harness.client("guest") as guest2:
+                assert (await guest2.call("read", vcpu=0, gfn=3, off=0, len=5))["data"] == b"three"
+        harness.check()
