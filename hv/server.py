@@ -322,18 +322,7 @@ class _Session:
         # The first attempt runs here, in order with the connection's other requests: an
         # access to a resident page is answered at once, and a populate puts its request on
         # the ring without waiting for a task to start. Only a wait needs a task.
-        try:
-            step, data = domain.access_step(
-                args["vcpu"], op, args["gfn"], args["off"], args.get("len", 0), args.get("data")
-            )
-        except GuestFault as fault:
-            domain.vcpus[args["vcpu"]].busy = False
-            self._send(error_reply(req.id, fault.errno, fault.msg))
-            return
-        except BaseException:
-            domain.vcpus[args["vcpu"]].busy = False
-            raise
-        self._after_step(domain, req, op, step, data)
+        self._attempt(domain, req, op, None)
 
     def _after_step(
         self, domain: Domain, req: Request, op: str, step: str, data: bytes | None
@@ -345,12 +334,13 @@ class _Session:
         elif step == PAUSED:
             # The retry runs from inside the resume that unpauses the vCPU: its reply goes
             # out before the pager's, with no task switch.
-            vcpu.then(functools.partial(self._unpaused, domain, req, op), self)
+            vcpu.then(functools.partial(self._attempt, domain, req, op), self)
         else:  # a full ring: wait for a slot in a task
             assert self.nursery is not None
             self.nursery.start_soon(self._access, domain, req, op, step)
 
-    def _unpaused(self, domain: Domain, req: Request, op: str, outcome: Errno | None) -> None:
+    def _attempt(self, domain: Domain, req: Request, op: str, outcome: Errno | None) -> None:
+        """One attempt of a claimed vCPU's access (`outcome`: why it was unpaused, if)."""
         args = req.args
         try:
             if outcome is not None:
