@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=_positive_int, default=64, help="gfns per batch (<= 256)")
     p.add_argument("--concurrency", type=_positive_int, default=4, help="page-in workers")
     p.add_argument(
-        "--pipeline", type=_positive_int, default=4, help="page-out batches in flight at once"
+        "--pipeline", type=_positive_int, default=8, help="page-out batches in flight at once"
     )
     p.add_argument("--target", type=_nonneg_int, default=None, help="override hv's target")
     p.add_argument(

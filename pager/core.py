@@ -90,7 +90,7 @@ class PagerConfig:
     on_exit: str = "pagein"  # or "keep": leave pages out, store durable
     batch: int = 64  # gfns per page-out batch and per page-in batch (<= 255 per map/prep)
     concurrency: int = 4  # page-in workers
-    pipeline: int = 4  # page-out batches on their way at once
+    pipeline: int = 8  # page-out batches on their way at once
     target: int | None = None  # override hv's target (tot_pages to keep at most)
     prefetch: int = 0  # paged neighbours paged in proactively after a guest fault
     mru_size: int | None = None  # xenpaging's MRU list length
@@ -928,7 +928,6 @@ class Pager:
             if res == 0:
                 evicted += 1
                 self.policy.paged_out(row.gfn)
-                log.debug("page.evicted", gfn=row.gfn, slot=row.slot, gen=row.gen)
             else:
                 refused.append(row)
         if refused:
@@ -943,6 +942,7 @@ class Pager:
         self.stats.paged_out += evicted
         log.debug(
             "pageout.batch",
+            gfns=batch.gfns,
             evicted=evicted,
             refused=len(refused),
             adopted=not batch.nominated,

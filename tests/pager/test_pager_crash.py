@@ -36,7 +36,7 @@ PAGEIN_POINTS = ["after_read", "after_prep", "before_resume", "after_resume"]
 
 def config(**kw: object) -> PagerConfig:
     """Small batches and a short recheck, so a few hundred pages see many batches."""
-    base: dict[str, object] = dict(batch=16, concurrency=2, recheck_interval=0.05)
+    base: dict[str, object] = dict(batch=16, concurrency=2, recheck_interval=0.05, pipeline=2)
     base.update(kw)
     return PagerConfig(**base)  # type: ignore[arg-type]
 
@@ -140,7 +140,7 @@ async def test_crash_point_loses_nothing(tmp_path: Path, point: str) -> None:
     # Die on a pass that comes after a committed batch. Up to `pipeline` batches are
     # nominated and mapped at once, so only the one after those is sure to follow a commit;
     # disk phases (write, sync, commit) run one after another.
-    n = PagerConfig().pipeline + 1 if point in ("after_nominate", "after_map") else 2
+    n = config().pipeline + 1 if point in ("after_nominate", "after_map") else 2
     with trio.fail_after(40):
         runs = await crash_then_recover(tmp_path, f"{point}@{n}")
     crashed, last = runs[0], runs[-1]
