@@ -62,14 +62,16 @@ def decode_body(body: bytes) -> dict[str, Any]:
 
 def _too_deep(value: Any, budget: int) -> bool:
     if isinstance(value, dict):
-        if budget == 0:
-            return True
-        return any(_too_deep(v, budget - 1) for v in value.values())
-    if isinstance(value, list):
-        if budget == 0:
-            return True
-        return any(_too_deep(v, budget - 1) for v in value)
-    return False
+        children: Any = value.values()
+    elif isinstance(value, list):
+        children = value
+    else:
+        return False
+    if budget == 0:
+        return True
+    # Only containers can nest: scalars (most of a page list or a gfn list) are skipped
+    # without a call each.
+    return any(_too_deep(c, budget - 1) for c in children if isinstance(c, (dict, list)))
 
 
 class FrameDecoder:
