@@ -30,7 +30,7 @@ from protocol import (
 from .frames import NO_FRAME, FramePool
 from .p2m import P2M
 from .ring import MemRequest, Ring
-from .rules import OK, PAUSE, WAIT, Rule, lookup
+from .rules import OK, PAUSE, WAIT, Rule, rules_for
 
 #: Outcomes of `Domain.access_step`.
 DONE: Final = "done"
@@ -184,35 +184,34 @@ class Domain:
         return sum(v.waiting for v in self.vcpus)
 
     def _guard(
-        self, gfn: int, data: bytes | None = None, req: MemRequest | None = None
-    ) -> Callable[[str], bool]:
-        """The guards of `hv.rules` evaluated for gfn (see the table's legend)."""
-        p2m, ring, pool = self.p2m, self.ring, self.pool
-
-        def guard(name: str) -> bool:
-            match name:
-                case "held":
-                    return p2m.held(gfn)
-                case "frame":
-                    return p2m.has_frame(gfn)
-                case "no_data":
-                    return data is None or len(data) != PAGE_SIZE
-                case "no_mem":
-                    return pool.free == 0
-                case "pending":
-                    return ring.populating(gfn)
-                case "no_slot":
-                    return ring.full
-                case "drop":
-                    return req is not None and req.drop
-            raise AssertionError(f"unknown guard {name!r}")
-
-        return guard
+        self, name: str, gfn: int, data: bytes | None = None, req: MemRequest | None = None
+    ) -> bool:
+        """Guard `name` of `hv.rules` evaluated for gfn (see the table's legend)."""
+        if name == "held":
+            return gfn in self.p2m.holds
+        if name == "frame":
+            return self.p2m.frames[gfn] != NO_FRAME
+        if name == "no_data":
+            return data is None or len(data) != PAGE_SIZE
+        if name == "no_mem":
+            return self.pool.free == 0
+        if name == "pending":
+            return self.ring.populating(gfn)
+        if name == "no_slot":
+            return self.ring.full
+        if name == "drop":
+            return req is not None and req.drop
+        raise AssertionError(f"unknown guard {name!r}")
 
     def _rule(
         self, op: str, gfn: int, data: bytes | None = None, req: MemRequest | None = None
     ) -> Rule:
-        return lookup(op, self.p2m.type(gfn), self._guard(gfn, data, req))
+        # `hv.rules.lookup`, inlined: this runs for every gfn of every operation. A guard is
+        # evaluated only for the rows actually tried (`pending` scans the ring).
+        for rule in rules_for(op, self.p2m.type(gfn)):
+            if not rule.when or self._guard(rule.when, gfn, data, req):
+                return rule
+        raise AssertionError(f"no rule for {op} from {self.p2m.type(gfn).name}")
 
     def _move(self, rule: Rule, gfn: int) -> None:
         """Apply a rule's `dst` with no change of frame."""
