@@ -207,7 +207,9 @@ class Domain:
         self, op: str, gfn: int, data: bytes | None = None, req: MemRequest | None = None
     ) -> Rule:
         # `hv.rules.lookup`, inlined: this runs for every gfn of every operation. A guard is
-        # evaluated only for the rows actually tried (`pending` scans the ring).
+        # evaluated only for the rows actually tried (`pending` scans the ring). Calling
+        # lookup with the guard's arguments instead cost 30-45% more per 64-gfn batch
+        # (nominate 83 -> 120 µs in-process), hence the copy of its four lines.
         for rule in rules_for(op, self.p2m.type(gfn)):
             if not rule.when or self._guard(rule.when, gfn, data, req):
                 return rule

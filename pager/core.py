@@ -720,12 +720,18 @@ class Pager:
             return False
         return True
 
-    async def _pageout(self, gfns: Sequence[int], *, nominate: bool) -> int:
-        """Page out `gfns` (nominated here, or adopted leftovers); the number evicted."""
-        batch = await self._pageout_prepare(list(gfns), nominate=nominate)
-        evicted = 0 if batch is None else await self._pageout_finish(batch)
-        self._notify()
-        return evicted
+    async def _pageout(self, gfns: Sequence[int], *, nominate: bool) -> int | None:
+        """Page out `gfns` (nominated here, or adopted leftovers); the number evicted, None
+        if no batch got going (every gfn refused, or no slot). They are busy
+        (`_out_inflight`) until this returns."""
+        gfns = list(gfns)
+        self._out_inflight.update(gfns)
+        try:
+            batch = await self._pageout_prepare(gfns, nominate=nominate)
+            return None if batch is None else await self._pageout_finish(batch)
+        finally:
+            self._out_inflight.difference_update(gfns)
+            self._notify()
 
     async def _pageout_pipelined(self, excess: int) -> bool:
         """Page out `excess` gfns in batches, pipelined: up to `config.pipeline` batches are
@@ -740,14 +746,10 @@ class Pager:
         async def one(victims: list[int]) -> None:
             nonlocal started
             try:
-                batch = await self._pageout_prepare(victims, nominate=True)
-                if batch is not None:
+                if await self._pageout(victims, nominate=True) is not None:
                     started = True
-                    await self._pageout_finish(batch)
             finally:
-                self._out_inflight.difference_update(victims)
                 slots.release()
-            self._notify()
 
         async with trio.open_nursery() as nursery:
             while excess > 0 and not self._stopping and not (started and self._full()):
@@ -795,7 +797,6 @@ class Pager:
         if not gfns:
             store.release(slots)
             return None
-        self._out_inflight |= set(gfns)
         if nominate and len(gfns) <= min(MAX_LIST, MAX_PAGES_PER_FRAME):
             nominated, results = await self._nominate_and_map(gfns)
         else:
@@ -823,7 +824,6 @@ class Pager:
             self.faults.hit("after_map")
         store.release(slots[len(mapped) :])
         slots = slots[: len(mapped)]
-        self._out_inflight -= set(gfns) - set(mapped)
         if not mapped:
             return None
         rows = []
@@ -831,13 +831,6 @@ class Pager:
             gen = store.next_gen()
             rows.append(Row(g, gen, slot, checksum(g, gen, page)))
         return _Batch(mapped, slots, pages, rows, nominate)
-
-    async def _pageout_finish(self, batch: _Batch) -> int:
-        """Page-out, second half: write, fdatasync, commit, evict; the number evicted."""
-        try:
-            return await self._pageout_finish_inner(batch)
-        finally:
-            self._out_inflight -= set(batch.gfns)
 
     async def _persist(self, batch: _Batch) -> None:
         """Make `batch` durable: slots written, synced, then the rows naming them committed.
@@ -903,7 +896,8 @@ class Pager:
             for e in written:
                 e.error = exc
 
-    async def _pageout_finish_inner(self, batch: _Batch) -> int:
+    async def _pageout_finish(self, batch: _Batch) -> int:
+        """Page-out, second half: write, fdatasync, commit, evict; the number evicted."""
         store = self.store
         slots, rows = batch.slots, batch.rows
         try:

@@ -126,12 +126,16 @@ class Connection:
     def _send_frame_nowait(self, frame: bytes) -> None:
         if self._closed:
             raise ConnectionClosed("connection is closed")
-        if self._direct():
-            sent = _write_some(self._socket, frame)  # type: ignore[arg-type]
-            if sent == len(frame):
-                return
-            frame = frame[sent:]
-        self._queue_nowait(frame)
+        if rest := self._write_now(frame):
+            self._queue_nowait(rest)
+
+    def _write_now(self, frame: bytes) -> bytes:
+        """What is left of `frame` after writing what an idle socket takes at once (all of
+        it when the writer is busy or there is no socket)."""
+        if not self._direct():
+            return frame
+        assert self._socket is not None
+        return frame[_write_some(self._socket, frame) :]
 
     async def send(self, *msgs: Mapping[str, Any]) -> None:
         """Send messages in order, waiting for room in the outgoing queue (never dropping
@@ -144,9 +148,8 @@ class Connection:
             self._corked.append(frame)
             return
         if self._direct():
-            sent = _write_some(self._socket, frame)  # type: ignore[arg-type]
-            if sent < len(frame):
-                self._queue_nowait(frame[sent:])  # the queue is empty: this cannot block
+            if rest := self._write_now(frame):
+                self._queue_nowait(rest)  # the queue is empty: this cannot block
             return
         self._unsent += 1  # before the await: the writer may take the frame at once
         try:

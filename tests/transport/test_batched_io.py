@@ -1,19 +1,16 @@
-"""Fewer wake-ups per message: several messages in one write (`send(*msgs)`,
-`Client.send_requests`), replies held and sent together (`cork`), messages already read
-served without another read (`receive_buffered`), events handed over as they are read
-(`Client.take_events`). Each keeps the order of the plain path."""
+"""Fewer wake-ups per message: several messages in one write (`send(*msgs)`), replies
+held and sent together (`cork`), messages already read served without another read
+(`receive_buffered`). Each keeps the order of the plain path. The client side
+(`Client.send_requests`, `Client.take_events`) is tested in test_transport.py."""
 
 from __future__ import annotations
-
-from typing import Any
 
 import pytest
 import trio
 import trio.lowlevel
 
-from protocol import encode_frame, ok_reply
-from transport import Client, ConnectionClosed, open_connection
-from transport.client import open_client
+from protocol import encode_frame
+from transport import ConnectionClosed, open_connection
 
 
 def _socket_streams() -> tuple[trio.SocketStream, trio.SocketStream]:
@@ -96,73 +93,3 @@ async def test_cork_is_skipped_towards_a_peer_that_is_behind() -> None:
                     conn.uncork()
                     await trio.lowlevel.checkpoint()
         await _b.aclose()
-
-
-async def _echo_server(stream: trio.abc.Stream, events_first: int = 0) -> None:
-    async with open_connection(stream) as conn:
-        for i in range(events_first):
-            conn.send_nowait({"ev": "target", "domid": 1, "tot_pages": i})
-        while True:
-            try:
-                msg = await conn.receive()
-            except ConnectionClosed:
-                return
-            if msg["op"] == "hello":
-                conn.send_nowait(
-                    ok_reply(
-                        msg["id"],
-                        v=1,
-                        domid=1,
-                        nr_gfns=8,
-                        vcpus=1,
-                        page_size=4096,
-                        ring_size=8,
-                        instance="x",
-                        epoch=1,
-                    )
-                )
-                continue
-            conn.send_nowait(ok_reply(msg["id"], results=[0] * len(msg["gfns"])))
-            conn.send_nowait({"ev": "target", "domid": 1, "tot_pages": 100 + msg["id"]})
-
-
-async def test_send_requests_then_replies_in_any_order_of_waiting() -> None:
-    with trio.fail_after(10):
-        a, b = trio.testing.memory_stream_pair()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_echo_server, b)
-            async with open_client(a, "pager") as client:
-                await client.hello(1)
-                ids = await client.send_requests(
-                    [("evict", {"gfns": [1]}), ("nominate", {"gfns": [2, 3]})]
-                )
-                # Waiting for the second first is fine: the first's reply is kept.
-                assert (await client.call_reply(ids[1]))["results"] == [0, 0]
-                assert (await client.call_reply(ids[0]))["results"] == [0]
-                # A forgotten request's late reply is no protocol error.
-                (lost,) = await client.send_requests([("evict", {"gfns": [3]})])
-                client.forget(lost)
-                assert (await client.call("evict", gfns=[4]))["results"] != []
-            nursery.cancel_scope.cancel()
-
-
-async def test_take_events_keeps_order_with_events_already_queued() -> None:
-    with trio.fail_after(10):
-        a, b = trio.testing.memory_stream_pair()
-        seen: list[int] = []
-
-        def on_event(ev: str, fields: dict[str, Any]) -> None:
-            assert ev == "target"
-            seen.append(fields["tot_pages"])
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_echo_server, b, 3)
-            async with open_client(a, "pager") as client:
-                client_: Client = client
-                await client_.hello(1)  # the 3 events came before the hello reply
-                client_.take_events(on_event)
-                assert seen == [0, 1, 2]
-                reply = await client_.call("evict", gfns=[1])
-                await trio.testing.wait_all_tasks_blocked()
-                assert seen == [0, 1, 2, 100 + reply["id"]]
-            nursery.cancel_scope.cancel()

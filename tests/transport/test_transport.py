@@ -6,6 +6,8 @@ import io
 import json
 import os
 import stat
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,7 @@ from protocol import (
     parse_request,
 )
 from transport import (
+    Client,
     ConnectionClosed,
     configure_logging,
     open_client,
@@ -63,43 +66,92 @@ async def toy_server(stream: trio.abc.Stream) -> None:
                 held.clear()
 
 
+@asynccontextmanager
+async def toy_client() -> AsyncIterator[Client]:
+    """A pager client of `toy_server` over a memory stream (no hello said yet)."""
+    a, b = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(toy_server, b)
+        async with open_client(a, "pager") as client:
+            yield client
+        nursery.cancel_scope.cancel()
+
+
 async def test_client_matches_replies_out_of_order() -> None:
     with trio.fail_after(5):
+        async with toy_client() as client:
+            info = await client.hello(1)
+            assert info["epoch"] == 1 and info["instance"] == "t"
+            assert await client.events.receive() == ("target", {"tot_pages": 3})
+            order: list[str] = []
+
+            async def slow() -> None:
+                reply = await client.request("nominate", gfns=[0])
+                order.append(f"slow:{reply['results']}")
+
+            async with trio.open_nursery() as inner:
+                inner.start_soon(slow)
+                await trio.testing.wait_all_tasks_blocked()
+                fast = await client.call("nominate", gfns=[1, 2])
+                order.append(f"fast:{fast['results']}")
+            # Asked first, answered second: matched by id all the same.
+            assert order == ["fast:[0, 0]", "slow:['EBUSY']"]
+
+
+async def test_send_requests_then_replies_in_any_order_of_waiting() -> None:
+    with trio.fail_after(5):
+        async with toy_client() as client:
+            await client.hello(1)
+            ids = await client.send_requests(
+                [("evict", {"gfns": [1]}), ("nominate", {"gfns": [2, 3]})]
+            )
+            # Waiting for the second first is fine: the first's reply is kept.
+            assert (await client.call_reply(ids[1]))["results"] == [0, 0]
+            assert (await client.call_reply(ids[0]))["results"] == [0]
+            # A forgotten request's late reply is no protocol error.
+            (lost,) = await client.send_requests([("evict", {"gfns": [3]})])
+            client.forget(lost)
+            assert (await client.call("evict", gfns=[4]))["results"] == [0]
+
+
+async def test_take_events_keeps_order_with_events_already_queued() -> None:
+    """Events read before `take_events` are handed over first, then each as it is read."""
+    with trio.fail_after(5):
         a, b = trio.testing.memory_stream_pair()
+        seen: list[int] = []
+
+        async def server(stream: trio.abc.Stream) -> None:
+            async with open_connection(stream) as conn:
+                hello = await conn.receive()
+                for i in range(3):  # before the hello reply: queued when hello returns
+                    conn.send_nowait(make_event("target", tot_pages=i))
+                conn.send_nowait(ok_reply(hello["id"], **HELLO, instance="t", epoch=1))
+                req = await conn.receive()
+                conn.send_nowait(ok_reply(req["id"], results=[0]))
+                conn.send_nowait(make_event("target", tot_pages=100))
+                with pytest.raises(ConnectionClosed):
+                    await conn.receive()
+
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(toy_server, b)
+            nursery.start_soon(server, b)
             async with open_client(a, "pager") as client:
-                info = await client.hello(1)
-                assert info["epoch"] == 1 and info["instance"] == "t"
-                assert await client.events.receive() == ("target", {"tot_pages": 3})
-                order: list[str] = []
-
-                async def slow() -> None:
-                    reply = await client.request("nominate", gfns=[0])
-                    order.append(f"slow:{reply['results']}")
-
-                async with trio.open_nursery() as inner:
-                    inner.start_soon(slow)
-                    await trio.testing.wait_all_tasks_blocked()
-                    fast = await client.call("nominate", gfns=[1, 2])
-                    order.append(f"fast:{fast['results']}")
-                # Asked first, answered second: matched by id all the same.
-                assert order == ["fast:[0, 0]", "slow:['EBUSY']"]
-            nursery.cancel_scope.cancel()
+                await client.hello(1)
+                client.take_events(lambda ev, fields: seen.append(fields["tot_pages"]))
+                assert seen == [0, 1, 2]
+                await client.call("evict", gfns=[1])
+                await trio.testing.wait_all_tasks_blocked()
+                assert seen == [0, 1, 2, 100]
 
 
 async def test_call_raises_operror_with_errno() -> None:
     with trio.fail_after(5):
-        a, b = trio.testing.memory_stream_pair()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(toy_server, b)
-            async with open_client(a, "pager") as client:
-                await client.hello(1)
-                with pytest.raises(OpError) as info:
-                    await client.call("nominate", gfns=[99])
-                assert info.value.errno == Errno.EBUSY and info.value.msg == "held"
-                reply = await client.request("nominate", gfns=[99])
-                assert reply == {"id": reply["id"], "ok": False, "err": "EBUSY", "msg": "held"}
+        async with toy_client() as client:
+            await client.hello(1)
+            with pytest.raises(OpError) as info:
+                await client.call("nominate", gfns=[99])
+            assert info.value.errno == Errno.EBUSY and info.value.msg == "held"
+            reply = await client.request("nominate", gfns=[99])
+            assert reply == {"id": reply["id"], "ok": False, "err": "EBUSY", "msg": "held"}
 
 
 async def test_connection_lost_wakes_pending_requests() -> None:
@@ -192,17 +244,13 @@ def test_configure_logging_json_binds_proc() -> None:
 
 async def test_reply_to_a_cancelled_request_is_dropped_quietly() -> None:
     with trio.fail_after(5):
-        a, b = trio.testing.memory_stream_pair()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(toy_server, b)
-            async with open_client(a, "pager") as client:
-                await client.hello(1)
-                with trio.move_on_after(0.05) as scope:
-                    await client.call("nominate", gfns=[0])  # held by the server
-                assert scope.cancelled_caught
-                # The late reply to the abandoned request must not break the connection.
-                fast = await client.call("nominate", gfns=[1])
-                assert fast["results"] == [0]
-                again = await client.call("nominate", gfns=[2])
-                assert again["results"] == [0]
-            nursery.cancel_scope.cancel()
+        async with toy_client() as client:
+            await client.hello(1)
+            with trio.move_on_after(0.05) as scope:
+                await client.call("nominate", gfns=[0])  # held by the server
+            assert scope.cancelled_caught
+            # The late reply to the abandoned request must not break the connection.
+            fast = await client.call("nominate", gfns=[1])
+            assert fast["results"] == [0]
+            again = await client.call("nominate", gfns=[2])
+            assert again["results"] == [0]
