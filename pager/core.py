@@ -1230,8 +1230,11 @@ async def run_pager(
     )
     try:
         store = await trio.to_thread.run_sync(opener)
-    except StoreError as exc:
-        raise PagerError(str(exc)) from None
+    except BaseException as exc:
+        await trio.aclose_forcefully(stream)  # the stream is ours to close on every way out
+        if isinstance(exc, StoreError):
+            raise PagerError(str(exc)) from None
+        raise
     crashed = False
     try:
         async with open_client(stream, "pager") as client:

@@ -1,6 +1,7 @@
 """Harness for pager tests: hv, pagers and a scripted guest in one trio run.
 
-Everything meets over `trio.testing.memory_stream_pair`, exactly as over Unix sockets.
+Everything meets over Unix socket pairs, as the processes do (so the transport's direct
+writes, and the pager's inline page-in that needs them, run here too).
 A pager runs in its own task; a crash point (`raise_simulated_crash`) ends that task with
 `SimulatedCrash`, and the harness records it so the test can start the next pager on the
 same state directory.
@@ -134,7 +135,7 @@ class Stack:
 
     def connect(self, socket: str) -> trio.abc.Stream:
         """A client stream to hv's `socket`, served by hv in the background."""
-        ours, theirs = trio.testing.memory_stream_pair()
+        ours, theirs = (trio.SocketStream(s) for s in trio.socket.socketpair())
         self.nursery.start_soon(self.hv.serve_stream, theirs, socket)
         return ours
 

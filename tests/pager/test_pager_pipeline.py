@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -64,23 +65,37 @@ class _HeldSyncIO(DiskIO):
 
 
 async def test_batches_ready_during_a_disk_phase_share_the_next_one(tmp_path: Path) -> None:
-    """Group commit: while one batch's fdatasync runs, the next batches are nominated and
-    mapped; they then share one fdatasync and one index commit. Nothing is evicted before
-    its copy is durable, and every byte comes back."""
+    """Group commit: while one disk phase's fdatasync runs, the next batches are nominated
+    and mapped; they then share one fdatasync and one index commit. Eight batches, two
+    phases: however many went into the first (that depends on when the map replies
+    arrive), the phases were shared. Nothing is evicted before its copy is durable, and
+    every byte comes back."""
     with trio.fail_after(30):
         async with open_stack(tmp_path, nr_gfns=NR, vcpus=VCPUS) as stack, stack.guest() as guest:
             await guest.fill(VCPUS)
             io = _HeldSyncIO()
-            run = stack.start_pager(PagerConfig(batch=16, pipeline=4), io=io)
+            run = stack.start_pager(PagerConfig(batch=16, pipeline=8), io=io)
             pager = await run.wait_started()
-            await stack.set_target(NR - 64)  # four batches of 16
-            # The first batch's disk phase is held; the three others queue behind it.
-            await stack.until(pager, lambda: len(pager._group) == 3)
+            phases: list[int] = []  # batches per disk phase
+            persist_group = pager._persist_group
+
+            def counted(group: list[Any]) -> None:  # runs in the disk phase's thread
+                phases.append(len(group))
+                trio.from_thread.run_sync(pager._notify)  # re-check `until`'s condition
+                persist_group(group)
+
+            pager._persist_group = counted  # type: ignore[method-assign]
+            await stack.set_target(NR - 128)  # eight batches of 16
+            # The first phase is held; every other batch gets mapped and queues behind it.
+            await stack.until(
+                pager, lambda: len(phases) == 1 and phases[0] + len(pager._group) == 8
+            )
             assert stack.domain_status()["paged_pages"] == 0  # nothing evicted yet
             io.release.set()
-            await stack.until(pager, lambda: stack.domain_status()["paged_pages"] >= 64)
-            assert io.syncs == 2  # one for the first batch, one for the three others
-            assert len(pager.store.rows) >= 64
+            await stack.until(pager, lambda: stack.domain_status()["paged_pages"] >= 128)
+            assert sum(phases) == 8
+            assert io.syncs == len(phases) <= 2  # one per phase; the queued batches shared one
+            assert len(pager.store.rows) >= 128
             await guest.verify_all(VCPUS)
             run.stop.set()
             await run.finished.wait()
