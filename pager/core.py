@@ -179,6 +179,18 @@ class _Batch:
     nominated: bool
 
 
+class _Sent:
+    """A `prep` + `resume` pair on its way: its ids, its responses, and how many requests
+    each job had when they were built (any more came late: see `_prep_and_resume_finish`)."""
+
+    __slots__ = ("counts", "ids", "rsps")
+
+    def __init__(self, counts: list[int], rsps: list[dict[str, Any]]) -> None:
+        self.counts = counts
+        self.rsps = rsps
+        self.ids: list[int] = []
+
+
 class _GroupEntry:
     """A page-out batch waiting for (or in) a group commit."""
 
@@ -225,6 +237,8 @@ class Pager:
         self._seqs: set[int] = set()  # seqs received and not yet resumed
         self._prep_starved = False  # the last prep met ENOMEM (see _note_enomem)
         self._jobs_send, self._jobs_recv = trio.open_memory_channel[_Job](math.inf)
+        # Page-in batches running at once, by the workers or started by `_pagein_now`.
+        self._pagein_slots = trio.Semaphore(config.concurrency)
         self._drops_send, self._drops_recv = trio.open_memory_channel[dict[str, Any]](math.inf)
         self._free_send, self._free_recv = trio.open_memory_channel[tuple[int, int]](math.inf)
         self._pending_free: set[tuple[int, int]] = set()  # (gfn, gen) queued to the freer
@@ -389,24 +403,28 @@ class Pager:
             log.info("pager.target", target=self.hv_target)
             self._wake()
         elif ev == "mem_event":
-            for req in fields["reqs"]:
-                self._submit(req)
+            new = [job for req in fields["reqs"] if (job := self._submit(req)) is not None]
+            if new and not self._pagein_now(new):
+                for job in new:
+                    self._jobs_send.send_nowait(job)
         self._notify()
 
-    def _submit(self, req: dict[str, Any]) -> None:
+    def _submit(self, req: dict[str, Any]) -> _Job | None:
+        """Take a request; the new job it opened, for the caller to start or queue."""
         seq = req["seq"]
         if seq in self._seqs:
-            return  # delivered twice: already being served
+            return None  # delivered twice: already being served
         self._seqs.add(seq)
         self.stats.requests += 1
         if req["flags"] & MemEventFlag.DROP_PAGE:
             self._drops_send.send_nowait(req)
-            return
+            return None
         job = self._jobs.get(req["gfn"])
+        new = job is None
         if job is None:
             job = self._jobs[req["gfn"]] = _Job(req["gfn"])
-            self._jobs_send.send_nowait(job)
         job.reqs.append(req)
+        return job if new else None
 
     # -- page-in ----------------------------------------------------------------------
 
@@ -418,7 +436,47 @@ class Pager:
                     jobs.append(self._jobs_recv.receive_nowait())
                 except trio.WouldBlock:
                     break
-            await self._pagein(jobs)
+            async with self._pagein_slots:
+                await self._pagein(jobs)
+
+    def _pagein_now(self, jobs: list[_Job]) -> bool:
+        """Start the common page-in at once, in the connection's reader, if nothing in it
+        can block: every slot in the page cache and good, `prep` not starved, the
+        connection's writer idle. Then only the wait for the replies goes to a task: the
+        task switch to a page-in worker (30-50 µs) leaves the populate path. The steps
+        and their order are `_pagein`'s; False (nothing done) sends jobs the usual way."""
+        store_rows = self.store.rows
+        rows = [row for job in jobs if (row := store_rows.get(job.gfn)) is not None]
+        if (
+            self._prep_starved
+            or len(rows) < len(jobs)  # no copy: prep answers tell what happened
+            or len(jobs) > min(self.batch, MAX_PAGES_PER_FRAME)
+            or sum(len(job.reqs) for job in jobs) > MAX_LIST
+            or any(job.evict_fail for job in jobs)
+            or not self.client.can_send_now()
+        ):
+            return False
+        try:
+            self._pagein_slots.acquire_nowait()
+        except trio.WouldBlock:
+            return False  # as many page-ins running as there are workers
+        pages = self.store.read_slots_cached(rows)
+        if pages is None or not all(type(p) is bytes and p for p in pages):
+            self._pagein_slots.release()
+            return False  # on the disk, or a failed read: the worker's way handles it
+        self.faults.hit("after_read")
+        assert self._nursery is not None
+        sent, requests = self._prep_and_resume_requests(jobs, pages, [])
+        sent.ids = self.client.send_requests_now(requests)
+
+        async def finish() -> None:
+            try:
+                await self._prep_and_resume_finish(sent, jobs, rows, [])
+            finally:
+                self._pagein_slots.release()
+
+        self._nursery.start_soon(finish)
+        return True
 
     def _retry_later(self, job: _Job, delay: float) -> None:
         async def requeue() -> None:
@@ -500,7 +558,7 @@ class Pager:
             and all(d is not None for d in prep_pages)
             and sum(len(j.reqs) for j in prep_jobs + done) <= MAX_LIST
         ):
-            await self._prep_and_resume(prep_jobs, prep_rows, prep_gfns, prep_pages, done)
+            await self._prep_and_resume(prep_jobs, prep_rows, prep_pages, done)
             return
         if prep_gfns:
             results = []
@@ -547,7 +605,6 @@ class Pager:
         self,
         prep_jobs: list[_Job],
         prep_rows: list[Row | None],
-        gfns: list[int],
         pages: list[bytes | None],
         done: list[_Job],
     ) -> None:
@@ -558,15 +615,30 @@ class Pager:
         trip less on every populate. Rows are still freed only for a `prep` that answered
         0. A gfn whose `prep` failed was resumed anyway: its vCPU retries, faults again and
         sends a new request (for ENOMEM, served the careful way: see `_prep_starved`)."""
+        sent, requests = self._prep_and_resume_requests(prep_jobs, pages, done)
+        sent.ids = await self.client.send_requests(requests)  # one write, one wake-up of hv
+        await self._prep_and_resume_finish(sent, prep_jobs, prep_rows, done)
+
+    def _prep_and_resume_requests(
+        self, prep_jobs: list[_Job], pages: Sequence[bytes | None], done: list[_Job]
+    ) -> tuple[_Sent, list[tuple[str, dict[str, Any]]]]:
+        """The `prep` and `resume` requests for these jobs, and what the finish needs."""
         jobs = prep_jobs + done
-        sent = [len(job.reqs) for job in jobs]
-        rsps = [_rsp(r) for job in jobs for r in job.reqs]
-        client = self.client
+        sent = _Sent([len(job.reqs) for job in jobs], [_rsp(r) for job in jobs for r in job.reqs])
         self.faults.hit("before_resume")
-        # One write, one wake-up of hv, which serves both in order.
-        prep_id, resume_id = await client.send_requests(
-            [("prep", {"gfns": gfns, "pages": pages}), ("resume", {"rsps": rsps})]
-        )
+        requests = [
+            ("prep", {"gfns": [j.gfn for j in prep_jobs], "pages": list(pages)}),
+            ("resume", {"rsps": sent.rsps}),
+        ]
+        return sent, requests
+
+    async def _prep_and_resume_finish(
+        self, sent: _Sent, prep_jobs: list[_Job], prep_rows: Sequence[Row | None], done: list[_Job]
+    ) -> None:
+        """The rest of `_prep_and_resume` once both requests are sent: their replies."""
+        client = self.client
+        jobs = prep_jobs + done
+        (prep_id, resume_id), rsps = sent.ids, sent.rsps
         try:
             results = (await client.call_reply(prep_id))["results"]
             self.faults.hit("after_prep")
@@ -577,7 +649,7 @@ class Pager:
         self._resumed(rsps, resumed)
         # The jobs stayed open until now, so duplicate requests that came meanwhile joined
         # them (one read per gfn); they are answered now, the gfn being loaded or lost.
-        late = [r for job, n in zip(jobs, sent, strict=True) for r in job.reqs[n:]]
+        late = [r for job, n in zip(jobs, sent.counts, strict=True) for r in job.reqs[n:]]
         self._close_jobs(jobs)
         if late:
             late_rsps = [_rsp(r) for r in late]
@@ -1149,7 +1221,8 @@ class Pager:
                 if ev == "mem_event":
                     self.stats.redelivered += len(fields["reqs"])
                     for req in fields["reqs"]:
-                        self._submit(req)
+                        if (job := self._submit(req)) is not None:
+                            self._jobs_send.send_nowait(job)
                 elif ev == "target":
                     self.hv_target = fields["tot_pages"]
             nursery.start_soon(self._dispatch)

@@ -89,7 +89,35 @@ class Client:
         """Send several requests back to back in one write, without waiting for replies;
         their ids, for `reply` (or `forget`). The server answers one connection's requests
         in order, so the second may rely on the first having been served."""
-        wanted = list(_ids) + [None] * (len(requests) - len(_ids))
+        rids, msgs = self._register(requests, _ids)
+        try:
+            await self.conn.send(*msgs)
+        except BaseException:
+            self._unregister(rids)
+            raise
+        return rids
+
+    def can_send_now(self) -> bool:
+        """Whether `send_requests_now` can send at once (ConnectionClosed if it never can)."""
+        if self._error is not None:
+            raise ConnectionClosed(f"connection lost: {self._error}")
+        return self.conn.can_send_now()
+
+    def send_requests_now(self, requests: Sequence[tuple[str, Mapping[str, Any]]]) -> list[int]:
+        """`send_requests` from code that cannot wait, such as an event handler (see
+        `take_events`); only when `can_send_now()`."""
+        rids, msgs = self._register(requests, ())
+        try:
+            self.conn.send_now(*msgs)
+        except BaseException:
+            self._unregister(rids)
+            raise
+        return rids
+
+    def _register(
+        self, requests: Sequence[tuple[str, Mapping[str, Any]]], ids: Sequence[int | None]
+    ) -> tuple[list[int], list[dict[str, Any]]]:
+        wanted = list(ids) + [None] * (len(requests) - len(ids))
         rids = [next(self._ids) if rid is None else rid for rid in wanted]
         msgs = [
             make_request(op, rid, self.role, **fields)
@@ -99,13 +127,11 @@ class Client:
             raise ConnectionClosed(f"connection lost: {self._error}")
         for rid, (op, _) in zip(rids, requests, strict=True):
             self._pending[rid] = _Pending(op)
-        try:
-            await self.conn.send(*msgs)
-        except BaseException:
-            for rid in rids:
-                del self._pending[rid]  # never sent: no reply can come
-            raise
-        return rids
+        return rids, msgs
+
+    def _unregister(self, rids: list[int]) -> None:
+        for rid in rids:
+            del self._pending[rid]  # never sent: no reply can come
 
     async def reply(self, rid: int) -> dict[str, Any]:
         """The reply map to request `rid` (sent by `send_request`), `ok` true or false."""

@@ -137,6 +137,20 @@ class Connection:
         assert self._socket is not None
         return frame[_write_some(self._socket, frame) :]
 
+    def can_send_now(self) -> bool:
+        """Whether `send_now` would take a message at once (the writer idle, not corked)."""
+        if self._closed:
+            raise ConnectionClosed("connection is closed")
+        return self._corked is None and self._direct()
+
+    def send_now(self, *msgs: Mapping[str, Any]) -> None:
+        """As `send`, from code that cannot wait; only when `can_send_now()` (an idle
+        writer has an empty queue, so what the socket does not take always fits in it)."""
+        if not self.can_send_now():
+            raise RuntimeError("send_now while the writer is busy")
+        if rest := self._write_now(b"".join(map(encode_frame, msgs))):
+            self._queue_nowait(rest)
+
     async def send(self, *msgs: Mapping[str, Any]) -> None:
         """Send messages in order, waiting for room in the outgoing queue (never dropping
         the peer). Several messages go out as one write: one wake-up of the peer."""
