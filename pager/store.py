@@ -5,7 +5,7 @@ Layout of ``--state-dir``::
     lock            flock'ed exclusively by the one pager that owns the store
     pages.bin       slot i holds 4096 bytes at offset i * 4096
     index.sqlite    WAL, synchronous=FULL: meta(key, value) and
-                    pages(gfn PRIMARY KEY, gen, slot UNIQUE, crc)
+                    pages(gfn PRIMARY KEY, gen, slot, crc)
     aside-*/        stores of another hv instance, set aside (never mixed in)
 
 Store rules (DESIGN.md "pager"), each closing a real way to lose a page:
@@ -242,7 +242,7 @@ class PageStore:
         db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value ANY) STRICT")
         db.execute(
             "CREATE TABLE IF NOT EXISTS pages (gfn INTEGER PRIMARY KEY, gen INTEGER NOT NULL,"
-            " slot INTEGER NOT NULL UNIQUE, crc INTEGER NOT NULL) STRICT"
+            " slot INTEGER NOT NULL, crc INTEGER NOT NULL) STRICT"
         )
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         if meta.get("format", FORMAT) != FORMAT:
@@ -253,6 +253,13 @@ class PageStore:
         max_gen = max((r.gen for r in rows), default=0)
         self._next_gen = max(int(meta.get("next_gen", 1)), max_gen + 1)
         used = {r.slot for r in rows}
+        if len(used) < len(rows):
+            # Never written by this store: the check below refuses it before a commit.
+            # Each copy's checksum covers (gfn, gen), so the wrong one fails verification.
+            log.error("store.slot_named_twice", rows=len(rows), slots=len(used))
+        self._named = bytearray(max(used, default=-1) + 1)  # 1: a durable row names it
+        for slot in used:
+            self._named[slot] = 1
         file_slots = os.fstat(self._fd).st_size // SLOT_SIZE
         self._high = max(file_slots, max(used, default=-1) + 1)
         # Free slots are derived from the index: every slot below the high-water mark that
@@ -362,6 +369,7 @@ class PageStore:
         return gen
 
     def _slot_freed(self, slot: int) -> None:
+        self._named[slot] = 0
         if slot in self._pins:
             self._unpin_free.add(slot)
         else:
@@ -431,7 +439,12 @@ class PageStore:
         return out
 
     def commit_rows_sync(self, rows: Sequence[Row]) -> None:
-        """Durably commit rows naming written, synced slots (blocking)."""
+        """Durably commit rows naming written, synced slots (blocking). StoreError, and
+        nothing committed, if a slot is named by a durable row already (a bookkeeping bug:
+        committing would lose that row's page)."""
+        named, size = self._named, len(self._named)
+        if twice := [r.slot for r in rows if r.slot < size and named[r.slot]]:
+            raise StoreError(f"slots {twice[:8]} are named by a row already", _errno.EIO)
         with self._db_lock:
             self._execute_txn(
                 [
@@ -473,11 +486,15 @@ class PageStore:
 
     def applied_commit(self, rows: Sequence[Row]) -> None:
         """Mirror a commit in memory; slots of replaced rows become free."""
+        named = self._named
         for r in rows:
             old = self.rows.get(r.gfn)
             self.rows[r.gfn] = r
+            if r.slot >= len(named):
+                named.extend(bytes(r.slot + 1 - len(named) + 1024))
             if old is not None and old.slot != r.slot:
                 self._slot_freed(old.slot)
+            named[r.slot] = 1
 
     def to_delete(self, keys: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
         """The (gfn, gen) keys that still name a row (a newer generation is kept)."""

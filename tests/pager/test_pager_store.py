@@ -6,6 +6,7 @@ import errno
 from pathlib import Path
 
 import pytest
+import structlog.testing
 
 from pager import PageStore, Row, StoreError, StoreLocked, checksum, parse_faults
 from pager.store import FaultyDiskIO
@@ -98,6 +99,43 @@ def test_checksum_covers_gfn_and_generation(tmp_path: Path) -> None:
     assert store.read_slots([stale])[0] == page(1)
     assert isinstance(store.read_slots([Row(a.gfn, a.gen + 1, a.slot, a.crc)])[0], StoreError)
     store.close()
+
+
+def test_a_slot_named_by_a_row_is_never_named_again(tmp_path: Path) -> None:
+    """A bookkeeping bug handing out a slot that a durable row names would overwrite that
+    page: the commit is refused (nothing committed, so the batch is never evicted)."""
+    store = open_store(tmp_path)
+    (a,) = put(store, [1])
+    data = page(2)
+    gen = store.next_gen()
+    clash = Row(2, gen, a.slot, checksum(2, gen, data))
+    with pytest.raises(StoreError, match="named by a row already"):
+        store.commit_rows_sync([clash])
+    store.close()
+    again = open_store(tmp_path)
+    assert again.rows == {1: a}
+    assert again.read_slots([a]) == [page(1)]
+    # Once the row is gone (durably), its slot may be named again.
+    free(again, [(1, a.gen)])
+    again.commit_rows_sync([clash])
+    again.applied_commit([clash])
+    again.close()
+
+
+def test_an_index_naming_a_slot_twice_is_reported_and_verified(tmp_path: Path) -> None:
+    """Written by no version of the store, but a damaged index may hold it: opening says
+    so loudly, and the copy that is not in the slot fails its checksum."""
+    store = open_store(tmp_path)
+    (a,) = put(store, [1])
+    assert store._db is not None
+    store._db.execute("INSERT INTO pages VALUES (2, 99, ?, 0)", (a.slot,))
+    store.close()
+    with structlog.testing.capture_logs() as logs:
+        again = open_store(tmp_path)
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == ["store.slot_named_twice"]
+    assert again.read_slots([a]) == [page(1)]
+    assert isinstance(again.read_slots([again.rows[2]])[0], StoreError)
+    again.close()
 
 
 def test_pinned_slot_is_not_reused(tmp_path: Path) -> None:
