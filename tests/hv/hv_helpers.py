@@ -1,4 +1,4 @@
-"""Helpers for hv tests: an hv served over in-memory streams, and clients to it."""
+"""Helpers for hv tests: an hv served over Unix socket pairs, and clients to it."""
 
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ SOCKET_OF = {"pager": "privcmd.sock", "mapper": "privcmd.sock", "control": "priv
 
 
 class Harness:
-    """An hv and a nursery to serve its connections in; clients over memory streams."""
+    """An hv and a nursery to serve its connections in; clients over Unix socket pairs, as
+    the processes meet (so the transport's direct writes and corking run here too)."""
 
     def __init__(self, hv: Hypervisor, nursery: trio.Nursery) -> None:
         self.hv = hv
@@ -44,7 +45,7 @@ class Harness:
         takeover: bool = False,
     ) -> AsyncIterator[Client]:
         """A client of `role` on its socket, hello said (unless hello=False)."""
-        ours, theirs = trio.testing.memory_stream_pair()
+        ours, theirs = (trio.SocketStream(s) for s in trio.socket.socketpair())
         self.nursery.start_soon(
             self.hv.serve_stream, theirs, socket or SOCKET_OF.get(role, "guest.sock")
         )
@@ -121,6 +122,7 @@ class HvProcess:
         self.run_dir = tempfile.mkdtemp(prefix="hv-", dir="/tmp")  # short: sun_path is small
         self.lines: list[str] = []
         self.ready = threading.Event()
+        self._more = threading.Condition()  # notified for each line read
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "hv", "--run-dir", self.run_dir, *args],
             stdin=subprocess.DEVNULL,
@@ -135,7 +137,9 @@ class HvProcess:
     def _read(self) -> None:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
-            self.lines.append(line)
+            with self._more:
+                self.lines.append(line)
+                self._more.notify_all()
             if '"hv.ready"' in line:
                 self.ready.set()
 
@@ -149,6 +153,12 @@ class HvProcess:
             with contextlib.suppress(ValueError):
                 out.append(json.loads(line).get("event"))
         return out
+
+    def wait_event(self, event: str, timeout: float = 10) -> bool:
+        """Block until a log line with `event` has been read (lines reach us through a
+        pipe and a reader thread, after hv wrote them); False after `timeout` s."""
+        with self._more:
+            return self._more.wait_for(lambda: event in self.events(), timeout)
 
     def stop(self) -> None:
         """Kill the child by pid if it still runs, and reap it."""

@@ -191,7 +191,9 @@ async def test_holds(harness: Harness) -> None:
                 assert (await pager.call("nominate", gfns=[5]))["results"] == [0]
                 await mapper.call("map", gfns=[5], hold=True)
                 assert (await pager.call("evict", gfns=[5]))["results"] == ["EBUSY"]
-            # The mapper's connection closed: its holds went with it.
+            # The mapper's connection closed: its holds went with it, once hv has read the
+            # end of the stream (a socket's end arrives like data: wait until it is served).
+            await trio.testing.wait_all_tasks_blocked()
             assert (await pager.call("evict", gfns=[5]))["results"] == [0]
             assert (await pager.call("nominate", gfns=[3]))["results"] == [0]
         harness.check()
