@@ -69,7 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"fault spec (see pager/faults.py), else ${ENV_VAR}; e.g. after_write@3",
     )
     p.add_argument("--batch", type=_positive_int, default=64, help="gfns per batch (<= 256)")
-    p.add_argument("--concurrency", type=_positive_int, default=4, help="page-in workers")
+    p.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        default=4,
+        help="page-in batches at once (as many worker tasks)",
+    )
     p.add_argument(
         "--pipeline", type=_positive_int, default=8, help="page-out batches in flight at once"
     )
