@@ -460,14 +460,18 @@ class Pager:
             self._pagein_slots.acquire_nowait()
         except trio.WouldBlock:
             return False  # as many page-ins running as there are workers
-        pages = self.store.read_slots_cached(rows)
-        if pages is None or not all(type(p) is bytes and p for p in pages):
-            self._pagein_slots.release()
-            return False  # on the disk, or a failed read: the worker's way handles it
-        self.faults.hit("after_read")
-        assert self._nursery is not None
-        sent, requests = self._prep_and_resume_requests(jobs, pages, [])
-        sent.ids = self.client.send_requests_now(requests)
+        try:
+            pages = self.store.read_slots_cached(rows)
+            if pages is None or not all(type(p) is bytes and p for p in pages):
+                self._pagein_slots.release()
+                return False  # on the disk, or a failed read: the worker's way handles it
+            self.faults.hit("after_read")
+            assert self._nursery is not None
+            sent, requests = self._prep_and_resume_requests(jobs, pages, [])
+            sent.ids = self.client.send_requests_now(requests)
+        except BaseException:
+            self._pagein_slots.release()  # nothing sent: nothing to wait for
+            raise
 
         async def finish() -> None:
             try:
