@@ -420,11 +420,12 @@ class Pager:
             self._drops_send.send_nowait(req)
             return None
         job = self._jobs.get(req["gfn"])
-        new = job is None
-        if job is None:
-            job = self._jobs[req["gfn"]] = _Job(req["gfn"])
+        if job is not None:
+            job.reqs.append(req)  # joins the open job: one read, one prep, one resume
+            return None
+        job = self._jobs[req["gfn"]] = _Job(req["gfn"])
         job.reqs.append(req)
-        return job if new else None
+        return job
 
     # -- page-in ----------------------------------------------------------------------
 
@@ -457,16 +458,16 @@ class Pager:
         ):
             return False
         try:
-            self._pagein_slots.acquire_nowait()
+            self._pagein_slots.acquire_nowait()  # before the read: none wasted under load
         except trio.WouldBlock:
             return False  # as many page-ins running as there are workers
+        assert self._nursery is not None
         try:
             pages = self.store.read_slots_cached(rows)
             if pages is None or not all(type(p) is bytes and p for p in pages):
                 self._pagein_slots.release()
                 return False  # on the disk, or a failed read: the worker's way handles it
             self.faults.hit("after_read")
-            assert self._nursery is not None
             sent, requests = self._prep_and_resume_requests(jobs, pages, [])
             sent.ids = self.client.send_requests_now(requests)
         except BaseException:

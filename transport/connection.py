@@ -148,8 +148,7 @@ class Connection:
         writer has an empty queue, so what the socket does not take always fits in it)."""
         if not self.can_send_now():
             raise RuntimeError("send_now while the writer is busy")
-        if rest := self._write_now(b"".join(map(encode_frame, msgs))):
-            self._queue_nowait(rest)
+        self._send_frame_nowait(b"".join(map(encode_frame, msgs)))
 
     async def send(self, *msgs: Mapping[str, Any]) -> None:
         """Send messages in order, waiting for room in the outgoing queue (never dropping
