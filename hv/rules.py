@@ -95,7 +95,7 @@ class Rule:
 def _r(op: str, srcs: tuple[P2MType, ...] | P2MType, when: str, result: Result,
        dst: P2MType | None, effect: str = "", flags: int = 0) -> list[Rule]:  # fmt: skip
     srcs = srcs if isinstance(srcs, tuple) else (srcs,)
-    return [Rule(op, s, when, result, dst, effect, flags) for s in srcs]
+    return [Rule(op, s, when, result, dst, effect, int(flags)) for s in srcs]
 
 
 ALL = tuple(P2MType)

@@ -30,6 +30,12 @@ class Int:
     hi: int | None = None
 
     def __call__(self, v: Any) -> int:
+        if (
+            type(v) is int
+            and (self.lo is None or v >= self.lo)
+            and (self.hi is None or v <= self.hi)
+        ):
+            return v  # the common case, in one test
         if not _is_int(v):
             raise Invalid(f"expected an int, got {type(v).__name__}")
         if self.lo is not None and v < self.lo:
@@ -155,6 +161,15 @@ class Fields:
     def check(self, msg: Mapping[str, Any]) -> dict[str, Any]:
         """Return the checked fields (unknown extra keys are ignored, as §2 says)."""
         out: dict[str, Any] = {}
+        try:  # every field good: no per-field bookkeeping (the common case)
+            for name, checker in self.required.items():
+                out[name] = checker(msg[name])
+            for name, (checker, default) in self.optional.items():
+                out[name] = checker(msg[name]) if name in msg else default
+            return out
+        except (KeyError, Invalid):
+            pass  # look again, field by field, to say which one is wrong and why
+        out = {}
         for name, checker in self.required.items():
             if name not in msg:
                 raise Invalid(f"missing field {name!r}")
