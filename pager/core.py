@@ -338,8 +338,8 @@ class Pager:
         # A row is needed only by a frameless gfn in the paging path; a paging_out gfn is
         # re-copied (its row may predate its latest contents).
         stale: list[tuple[int, int]] = [
-            (gfn, row.gen)
-            for gfn, row in rows.items()
+            (gfn, gen)
+            for gfn, gen in rows.gens()
             if gfn >= nr or has_frame[gfn] or types[gfn] not in needed
         ]
         lost: list[int] = []
@@ -536,7 +536,7 @@ class Pager:
                     self.stats.checksum_errors += 1
                     log.error("store.checksum_mismatch", gfn=job.gfn, gen=row.gen, slot=row.slot)
                     res = (await self._read([row]))[0]
-                if isinstance(res, StoreError) and store.rows.get(job.gfn) is not row:
+                if isinstance(res, StoreError) and store.rows.get(job.gfn) != row:
                     # The row went away meanwhile (DROP_PAGE): nothing to load.
                     res = b""
                 if isinstance(res, ChecksumError):

@@ -39,7 +39,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Final, NamedTuple
+from typing import Final
 
 import crc32c
 import structlog
@@ -47,6 +47,7 @@ import structlog
 from protocol import PAGE_SIZE
 
 from .faults import NO_FAULTS, Faults, store_oserror
+from .rowindex import Row, RowIndex
 
 log = structlog.get_logger("pager.store")
 
@@ -81,19 +82,6 @@ class StoreLocked(StoreError):
 
 class ChecksumError(StoreError):
     """A slot's bytes do not match the checksum its row recorded."""
-
-
-class Row(NamedTuple):
-    """One index row: gfn's copy of generation `gen` lives in `slot`, checksum `crc`.
-
-    A named tuple, not a dataclass: a pager start builds one per paged gfn (100,000s), and
-    a tuple is built several times faster.
-    """
-
-    gfn: int
-    gen: int
-    slot: int
-    crc: int
 
 
 def checksum(gfn: int, gen: int, data: bytes) -> int:
@@ -188,7 +176,7 @@ class PageStore:
         self._db: sqlite3.Connection | None = None
         self._fd = -1
         #: gfn -> its durable row (mirror of the index, changed only after a commit).
-        self.rows: dict[int, Row] = {}
+        self.rows = RowIndex()
         self.instance: str | None = None
         self._next_gen = 1
         self._free: list[int] = []  # slots no row names, none reserved
@@ -249,7 +237,7 @@ class PageStore:
             raise StoreError(f"index format {meta['format']} is not {FORMAT}", _errno.EINVAL)
         self.instance = meta.get("instance")
         rows = list(map(Row._make, db.execute("SELECT gfn, gen, slot, crc FROM pages")))
-        self.rows = {r.gfn: r for r in rows}
+        self.rows = RowIndex(rows)
         max_gen = max((r.gen for r in rows), default=0)
         self._next_gen = max(int(meta.get("next_gen", 1)), max_gen + 1)
         used = {r.slot for r in rows}

@@ -1,0 +1,101 @@
+"""The pager's in-memory index behaves exactly as the dict of rows it replaced."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pager.rowindex import Row, RowIndex
+
+# Gfns and fields around the edges of the arrays: negative and huge gfns, a generation of
+# 0, values past 32 and 64 bits go to the side dict; the rest to the arrays.
+GFNS = st.one_of(st.integers(0, 64), st.sampled_from([-1, 1 << 21, 1 << 40]))
+ROWS = st.builds(
+    Row,
+    gfn=GFNS,
+    gen=st.one_of(st.integers(1, 5), st.sampled_from([0, (1 << 64) - 1, 1 << 64])),
+    slot=st.one_of(st.integers(0, 9), st.sampled_from([(1 << 32) - 1, 1 << 32])),
+    crc=st.one_of(st.integers(0, 9), st.sampled_from([(1 << 32) - 1, -1])),
+)
+OPS = st.lists(st.one_of(st.tuples(st.just("set"), ROWS), st.tuples(st.just("del"), GFNS)))
+
+
+def _same(index: RowIndex, model: dict[int, Row]) -> None:
+    assert index == model and model == index
+    assert len(index) == len(model)
+    assert sorted(index) == sorted(model)
+    assert dict(index.items()) == model
+    assert sorted(index.gens()) == sorted((g, r.gen) for g, r in model.items())
+    for gfn in [*model, -1, 0, 3, 65, 1 << 21, 1 << 40]:
+        assert (gfn in index) == (gfn in model)
+        assert index.get(gfn) == model.get(gfn)
+
+
+@settings(max_examples=300, deadline=None)
+@given(start=st.lists(ROWS), ops=OPS)
+def test_row_index_is_a_dict_of_rows(start: list[Row], ops: list[tuple[str, object]]) -> None:
+    """Built from rows (a store's open) and then changed row by row, the index answers
+    every question as a dict would, whatever the rows hold."""
+    index = RowIndex(start)
+    model = {r.gfn: r for r in start}
+    _same(index, model)
+    for op, arg in ops:
+        if op == "set":
+            assert isinstance(arg, Row)
+            index[arg.gfn] = arg
+            model[arg.gfn] = arg
+        else:
+            assert isinstance(arg, int)
+            if arg in model:
+                del index[arg]
+                del model[arg]
+            else:
+                try:
+                    del index[arg]
+                except KeyError:
+                    pass
+                else:
+                    raise AssertionError("deleted a gfn that has no row")
+        _same(index, model)
+
+
+def test_a_row_stored_under_another_gfn_is_refused() -> None:
+    index = RowIndex()
+    try:
+        index[1] = Row(2, 1, 0, 0)
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("a row was stored under the wrong gfn")
+    assert len(index) == 0
+
+
+def test_sixteen_bytes_per_row() -> None:
+    """The reason for the arrays: 16 bytes per paged gfn, where a dict of Row tuples took
+    about 240. 100,000 rows over 100,000 gfns, traced by tracemalloc."""
+    rows = [Row(g, g + 1, g, g * 7 % (1 << 32)) for g in range(100_000)]
+    tracemalloc.start()
+    try:
+        index = RowIndex(rows)
+        size, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(index) == 100_000
+    assert size / len(index) < 20
+
+
+def test_one_far_gfn_does_not_grow_the_arrays() -> None:
+    """A damaged index naming gfn 2**40 must not allocate 16 TiB: such a row is kept
+    aside, and found like any other."""
+    far = Row(1 << 40, 1, 0, 0)
+    index = RowIndex([Row(1, 1, 1, 1)])
+    tracemalloc.start()
+    try:
+        index[far.gfn] = far
+        size, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert size < 1 << 20
+    assert index.get(far.gfn) == far and far.gfn in index and len(index) == 2
