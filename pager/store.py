@@ -62,6 +62,8 @@ LOCK_POLL: Final = 0.05
 
 _GEN_KEY = struct.Struct("<QQ")
 
+_DELETE: Final = "DELETE FROM pages WHERE gfn = ? AND gen = ?"
+
 
 class StoreError(Exception):
     """A store operation failed; `errno` says how (ENOSPC, EIO, ...)."""
@@ -426,29 +428,33 @@ class PageStore:
             out.append(_verified(r, data))
         return out
 
-    def commit_rows_sync(self, rows: Sequence[Row]) -> None:
-        """Durably commit rows naming written, synced slots (blocking). StoreError, and
-        nothing committed, if a slot is named by a durable row already (a bookkeeping bug:
-        committing would lose that row's page)."""
+    def commit_rows_sync(
+        self, rows: Sequence[Row], deletes: Sequence[tuple[int, int]] = ()
+    ) -> None:
+        """Durably commit rows naming written, synced slots, and delete rows by (gfn, gen),
+        in one transaction (blocking). StoreError, and nothing committed, if a slot is
+        named by a durable row already (a bookkeeping bug: committing would lose that
+        row's page)."""
         named, size = self._named, len(self._named)
         if twice := [r.slot for r in rows if r.slot < size and named[r.slot]]:
             raise StoreError(f"slots {twice[:8]} are named by a row already", _errno.EIO)
+        statements = [(_DELETE, list(deletes))] if deletes else []
+        if rows:
+            statements += [
+                (
+                    "INSERT INTO pages VALUES (?, ?, ?, ?) ON CONFLICT(gfn) DO UPDATE SET"
+                    " gen = excluded.gen, slot = excluded.slot, crc = excluded.crc",
+                    [(r.gfn, r.gen, r.slot, r.crc) for r in rows],
+                ),
+                ("INSERT OR REPLACE INTO meta VALUES ('next_gen', ?)", [(self._next_gen,)]),
+            ]
         with self._db_lock:
-            self._execute_txn(
-                [
-                    (
-                        "INSERT INTO pages VALUES (?, ?, ?, ?) ON CONFLICT(gfn) DO UPDATE SET"
-                        " gen = excluded.gen, slot = excluded.slot, crc = excluded.crc",
-                        [(r.gfn, r.gen, r.slot, r.crc) for r in rows],
-                    ),
-                    ("INSERT OR REPLACE INTO meta VALUES ('next_gen', ?)", [(self._next_gen,)]),
-                ]
-            )
+            self._execute_txn(statements)
 
     def delete_rows_sync(self, keys: Sequence[tuple[int, int]]) -> None:
         """Durably delete rows by (gfn, gen) (blocking)."""
         with self._db_lock:
-            self._execute_txn([("DELETE FROM pages WHERE gfn = ? AND gen = ?", list(keys))])
+            self._execute_txn([(_DELETE, list(keys))])
 
     def _execute_txn(self, statements: list[tuple[str, list[tuple[object, ...]]]]) -> None:
         assert self._db is not None

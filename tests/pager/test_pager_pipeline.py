@@ -79,10 +79,10 @@ async def test_batches_ready_during_a_disk_phase_share_the_next_one(tmp_path: Pa
             phases: list[int] = []  # batches per disk phase
             persist_group = pager._persist_group
 
-            def counted(group: list[Any]) -> None:  # runs in the disk phase's thread
+            def counted(group: list[Any], deletes: Any = ()) -> bool:  # in the phase's thread
                 phases.append(len(group))
                 trio.from_thread.run_sync(pager._notify)  # re-check `until`'s condition
-                persist_group(group)
+                return persist_group(group, deletes)
 
             pager._persist_group = counted  # type: ignore[method-assign]
             await stack.set_target(NR - 128)  # eight batches of 16
@@ -96,6 +96,59 @@ async def test_batches_ready_during_a_disk_phase_share_the_next_one(tmp_path: Pa
             assert sum(phases) == 8
             assert io.syncs == len(phases) <= 2  # one per phase; the queued batches shared one
             assert len(pager.store.rows) >= 128
+            await guest.verify_all(VCPUS)
+            run.stop.set()
+            await run.finished.wait()
+            assert run.error is None, repr(run.error)
+            stack.assert_clean()
+
+
+class _HoldArmedSyncIO(DiskIO):
+    """Holds the first fdatasync after `armed` is set until the test releases it."""
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.held = threading.Event()
+        self.release = threading.Event()
+
+    def fdatasync(self, fd: int) -> None:
+        if self.armed:
+            self.armed = False
+            self.held.set()
+            assert self.release.wait(10), "the test never released the held sync"
+        super().fdatasync(fd)
+
+
+async def test_a_page_in_during_a_disk_phase_is_freed_by_the_next_one(tmp_path: Path) -> None:
+    """The row of a copy paged in while a page-out's disk phase runs is deleted in the
+    index transaction of the next phase, not in a commit of its own: for a guest at its
+    target (one page-out per fault) that saves a sync per fault. Held phase, then a
+    fault: the row goes, and the freer's own delete never ran."""
+    with trio.fail_after(30):
+        async with open_stack(tmp_path, nr_gfns=NR, vcpus=VCPUS) as stack, stack.guest() as guest:
+            await guest.fill(VCPUS)
+            io = _HoldArmedSyncIO()
+            run = stack.start_pager(PagerConfig(batch=16), io=io)
+            pager = await run.wait_started()
+            await stack.set_target(NR - 32)
+            await stack.until(pager, lambda: stack.domain_status()["paged_pages"] >= 32)
+            gfn = min(pager.store.rows)
+            own_deletes: list[list[tuple[int, int]]] = []
+            delete_rows_sync = pager.store.delete_rows_sync
+
+            def spied(keys: Any) -> None:
+                own_deletes.append(list(keys))
+                delete_rows_sync(keys)
+
+            pager.store.delete_rows_sync = spied  # type: ignore[method-assign]
+            io.armed = True
+            await stack.set_target(NR - 48)  # one more batch, whose sync is held
+            assert await trio.to_thread.run_sync(io.held.wait, 10)
+            await guest.read_check(0, gfn)  # a fault served while the phase is held
+            await stack.until(pager, lambda: bool(pager._free_later))  # handed over
+            io.release.set()
+            await stack.until(pager, lambda: gfn not in pager.store.rows)
+            assert own_deletes == []
             await guest.verify_all(VCPUS)
             run.stop.set()
             await run.finished.wait()

@@ -218,6 +218,37 @@ def test_injected_write_faults(tmp_path: Path, spec: str, code: int) -> None:
     store.close()
 
 
+def test_rows_and_deletions_commit_together(tmp_path: Path) -> None:
+    """A page-out's commit may carry the deletion of paged-in copies' rows: one
+    transaction, so either both happened or, when the commit fails, neither."""
+
+    def new_row(store: PageStore, gfn: int) -> Row:
+        slots = store.reserve(1)
+        gen = store.next_gen()
+        store.write_slots(slots, [page(gfn)])
+        store.sync_slots()
+        return Row(gfn, gen, slots[0], checksum(gfn, gen, page(gfn)))
+
+    store = open_store(tmp_path, io=FaultyDiskIO(parse_faults("store.commit=EIO@3")))
+    (a,) = put(store, [1])
+    (b,) = put(store, [2])
+    with pytest.raises(StoreError):  # the third commit fails
+        store.commit_rows_sync([new_row(store, 3)], [(a.gfn, a.gen)])
+    store.close()
+    again = open_store(tmp_path)
+    assert again.rows == {1: a, 2: b}  # neither the row nor the deletion
+    c = new_row(again, 3)
+    again.commit_rows_sync([c], [(a.gfn, a.gen), (b.gfn, b.gen + 1)])  # b: a newer gen only
+    again.applied_commit([c])
+    again.applied_delete(again.to_delete([(a.gfn, a.gen)]))
+    assert again.rows == {2: b, 3: c}
+    again.close()
+    last = open_store(tmp_path)
+    assert last.rows == {2: b, 3: c}
+    assert last.read_slots([b, c]) == [page(2), page(3)]
+    last.close()
+
+
 def test_failed_commit_leaves_no_row(tmp_path: Path) -> None:
     store = open_store(tmp_path, io=FaultyDiskIO(parse_faults("store.commit=EIO@1")))
     with pytest.raises(StoreError):
