@@ -255,6 +255,7 @@ class Pager:
         self._free_later: list[tuple[int, int]] = []  # rows for the next phase to delete
         self._last_store_error: StoreError | None = None
         self._prefetch: dict[int, None] = {}
+        self._pagein_hand = 0  # proactive page-in looks for rows from this gfn on
         self._wake_event = trio.Event()
         self._progress = trio.Event()
         self._full_since: float | None = None
@@ -1175,9 +1176,12 @@ class Pager:
             if g in self.store.rows and not self._busy(g):
                 picked.append(g)
         if len(picked) < n:
+            # From where the last pass stopped: the rows before it are in flight or freed,
+            # and walking past them again on every pass was most of a page-in's CPU.
             pending = self._pending_free
-            for g, row in self.store.rows.items():
+            for g, row in self.store.rows.items_from(self._pagein_hand):
                 if len(picked) >= n:
+                    self._pagein_hand = g
                     break
                 if not self._busy(g) and g not in picked and (g, row.gen) not in pending:
                     picked.append(g)

@@ -1,10 +1,10 @@
 """The pager's in-memory index, gfn -> Row, in arrays indexed by gfn.
 
 xenpaging keeps its gfn -> slot map as an array over the domain's gfns; so does this, with
-the generation and the checksum beside the slot: 16 bytes per gfn up to the highest one
-paged out (8 for gen, 4 for slot, 4 for crc), where a dict of Row tuples took about 240
-bytes per paged gfn (a tuple, four int objects and a dict entry each). A generation of 0
-marks "no row": the store's generations start at 1.
+the generation and the checksum beside the slot: 17 bytes per gfn up to the highest one
+paged out (8 for gen, 4 for slot, 4 for crc, 1 for "has a row", which memchr finds), where
+a dict of Row tuples took about 240 bytes per paged gfn (a tuple, four int objects and a
+dict entry each). The store's generations start at 1; 0 marks "no row".
 
 Rows that the arrays cannot hold go to a small dict instead, so that nothing the index
 file contains is refused here: a gfn far above the others (the arrays grow to a gfn only
@@ -39,12 +39,13 @@ class RowIndex(MutableMapping[int, Row]):
     """gfn -> its durable Row; a mapping, with `get`, `in` and iteration in gfn order
     (the few rows outside the arrays come last)."""
 
-    __slots__ = ("_crc", "_dense", "_gen", "_other", "_slot")
+    __slots__ = ("_crc", "_dense", "_gen", "_has", "_other", "_slot")
 
     def __init__(self, rows: Iterable[Row] = ()) -> None:
         self._gen = array("Q")
         self._slot = array("I")
         self._crc = array("I")
+        self._has = bytearray()  # 1 where the arrays hold a row: found by memchr, not a loop
         self._dense = 0  # rows held by the arrays
         self._other: dict[int, Row] = {}
         self._load(list(rows))
@@ -81,8 +82,10 @@ class RowIndex(MutableMapping[int, Row]):
                 gens.frombytes(bytes(8 * grow))
                 self._slot.frombytes(bytes(4 * grow))
                 self._crc.frombytes(bytes(4 * grow))
+                self._has.extend(bytes(grow))
             if not gens[gfn]:
                 self._dense += 1
+                self._has[gfn] = 1
             gens[gfn] = row.gen
             self._slot[gfn] = row.slot
             self._crc[gfn] = row.crc
@@ -98,16 +101,29 @@ class RowIndex(MutableMapping[int, Row]):
         return self._dense + len(self._other)
 
     def __iter__(self) -> Iterator[int]:
-        yield from compress(range(len(self._gen)), self._gen)
+        yield from compress(range(len(self._has)), self._has)
         yield from list(self._other)
 
     def gens(self) -> Iterator[tuple[int, int]]:
         """(gfn, gen) of every row, at C speed for the rows in the arrays (recovery walks
         every row once: 100,000s at a restart)."""
         yield from zip(
-            compress(range(len(self._gen)), self._gen), filter(None, self._gen), strict=True
+            compress(range(len(self._has)), self._has), filter(None, self._gen), strict=True
         )
         yield from [(gfn, row.gen) for gfn, row in self._other.items()]
+
+    def items_from(self, start: int) -> Iterator[tuple[int, Row]]:
+        """(gfn, row) pairs from gfn `start` on, then from 0 up to it, then the rows kept
+        aside: a cursor over the rows that does not walk the gfns without one."""
+        has, gens, slots, crcs = self._has, self._gen, self._slot, self._crc
+        start = min(max(start, 0), len(has))
+        for lo, hi in ((start, len(has)), (0, start)):
+            gfn = has.find(1, lo, hi)
+            while gfn >= 0:
+                if gens[gfn]:  # still there (the caller may change the index meanwhile)
+                    yield gfn, Row(gfn, gens[gfn], slots[gfn], crcs[gfn])
+                gfn = has.find(1, gfn + 1, hi)
+        yield from list(self._other.items())
 
     def items(self) -> ItemsView[int, Row]:
         """(gfn, row) pairs, as a view (built without a lookup per gfn)."""
@@ -142,11 +158,13 @@ class RowIndex(MutableMapping[int, Row]):
             array("I", bytes(4 * n)),
             array("I", bytes(4 * n)),
         )
+        has = bytearray(n)
         for gfn, gen, slot, crc in dense:
             gens[gfn] = gen
             slots[gfn] = slot
             crcs[gfn] = crc
-        self._gen, self._slot, self._crc = gens, slots, crcs
+            has[gfn] = 1
+        self._gen, self._slot, self._crc, self._has = gens, slots, crcs, has
         self._dense = len(dense)
 
     def _fits(self, row: Row) -> bool:
@@ -158,13 +176,14 @@ class RowIndex(MutableMapping[int, Row]):
     def _drop_dense(self, gfn: int) -> bool:
         if 0 <= gfn < len(self._gen) and self._gen[gfn]:
             self._gen[gfn] = 0
+            self._has[gfn] = 0
             self._dense -= 1
             return True
         return False
 
     def _iter_items(self) -> Iterator[tuple[int, Row]]:
         gens, slots, crcs = self._gen, self._slot, self._crc
-        for gfn in compress(range(len(gens)), gens):
+        for gfn in compress(range(len(self._has)), self._has):
             yield gfn, Row(gfn, gens[gfn], slots[gfn], crcs[gfn])
         yield from list(self._other.items())
 
