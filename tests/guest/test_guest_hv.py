@@ -1,17 +1,22 @@
-"""The guest against the real hv (and the real pager), all in one trio run over memory
-streams: pages really move out and in while the vCPUs check every byte."""
+"""The guest against the real hv (and the real pager), all in one trio run over Unix
+socket pairs (the transport's direct-write and corking paths, as between processes): pages
+really move out and in while the vCPUs check every byte."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import trio
-import trio.testing
 
 from guest import GfnState, GuestConfig, Shadow, run_workload, verify_all
 from hv import HvConfig, Hypervisor
 from pager import PagerConfig, run_pager
 from transport import open_client
+
+
+def _socket_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
+    a, b = trio.socket.socketpair()
+    return trio.SocketStream(a), trio.SocketStream(b)
 
 
 def _counters(hv: Hypervisor) -> dict[str, int]:
@@ -27,7 +32,7 @@ def _moved(hv: Hypervisor) -> dict[str, int]:
 async def _guest(
     hv: Hypervisor, nursery: trio.Nursery, config: GuestConfig, shadow: Shadow | None = None
 ):
-    a, b = trio.testing.memory_stream_pair()
+    a, b = _socket_pair()
     nursery.start_soon(hv.serve_stream, b, "guest.sock")
     async with open_client(a, "guest") as client:
         await client.hello(1)
@@ -65,7 +70,7 @@ async def test_guest_with_real_pager_pages_move_and_bytes_survive(tmp_path: Path
     try:
         with trio.fail_after(60):
             async with trio.open_nursery() as nursery:
-                pa, pb = trio.testing.memory_stream_pair()
+                pa, pb = _socket_pair()
                 nursery.start_soon(hv.serve_stream, pb, "privcmd.sock")
                 stop = trio.Event()
                 done = trio.Event()
@@ -120,7 +125,7 @@ async def test_verify_catches_a_page_changed_behind_the_guests_back() -> None:
                 first = await _guest(hv, nursery, config, shadow)
                 assert first.ok
                 victim = next(g for g in range(16) if shadow.states[g] == GfnState.DATA)
-                a, b = trio.testing.memory_stream_pair()
+                a, b = _socket_pair()
                 nursery.start_soon(hv.serve_stream, b, "guest.sock")
                 async with open_client(a, "guest") as client:
                     await client.hello(1)

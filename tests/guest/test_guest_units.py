@@ -11,7 +11,6 @@ from collections import Counter
 
 import pytest
 import trio
-import trio.testing
 from guest_fakehv import FakeGuestHv
 
 from guest import (
@@ -111,7 +110,7 @@ def test_config_rejects_bad_values(change: dict) -> None:
 
 
 async def _run_fake(fake: FakeGuestHv, config: GuestConfig, setup=None):
-    a, b = trio.testing.memory_stream_pair()
+    a, b = (trio.SocketStream(s) for s in trio.socket.socketpair())
     async with trio.open_nursery() as nursery:
         nursery.start_soon(fake.serve, b)
         async with open_client(a, "guest") as client:
