@@ -22,13 +22,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from functools import partial
 
 import trio
 
 from protocol import PAGE_SIZE, ok_reply, parse_request
-from transport import ConnectionClosed, open_connection, open_unix_client, serve_unix
+from transport import Client, ConnectionClosed, open_connection, open_unix_client, serve_unix
 
 
 def percentile(samples: Sequence[float], q: float) -> float:
@@ -79,8 +80,9 @@ def echo_server_main(path: str) -> None:
     trio.run(_serve_echo, path)
 
 
-async def measure_floor(n: int, read_len: int) -> dict[str, float]:
-    """Round trips of a guest `read` of `read_len` bytes against an echo in another process."""
+@asynccontextmanager
+async def open_echo() -> AsyncIterator[Client]:
+    """A client of the echo process (the floor's server), ready and said hello."""
     with tempfile.TemporaryDirectory(prefix="xpemu-floor-") as tmp:
         path = os.path.join(tmp, "echo.sock")
         proc = await trio.lowlevel.open_process(
@@ -90,20 +92,33 @@ async def measure_floor(n: int, read_len: int) -> dict[str, float]:
             with trio.fail_after(30):
                 assert proc.stdout is not None
                 assert (await proc.stdout.receive_some(16)).startswith(b"ready")
-                async with open_unix_client(path, "guest") as client:
+            async with open_unix_client(path, "guest") as client:
+                with trio.fail_after(30):
                     await client.hello(1)
-                    samples = []
-                    for i in range(n + n // 10):
-                        t0 = time.perf_counter()
-                        await client.call("read", vcpu=0, gfn=0, off=0, len=read_len)
-                        if i >= n // 10:  # the first tenth warms up
-                            samples.append(time.perf_counter() - t0)
+                yield client
         finally:
             proc.terminate()
             with trio.move_on_after(10):
                 await proc.wait()
             proc.kill()
-    return summarize_us(samples)
+
+
+async def round_trips(client: Client, n: int, read_len: int) -> list[float]:
+    """Seconds of each of `n` guest `read`s of `read_len` bytes against the echo."""
+    samples = []
+    with trio.fail_after(30 + n / 1000):
+        for _ in range(n):
+            t0 = time.perf_counter()
+            await client.call("read", vcpu=0, gfn=0, off=0, len=read_len)
+            samples.append(time.perf_counter() - t0)
+    return samples
+
+
+async def measure_floor(n: int, read_len: int) -> dict[str, float]:
+    """Round trips of a guest `read` of `read_len` bytes against an echo in another process."""
+    async with open_echo() as client:
+        samples = await round_trips(client, n + n // 10, read_len)
+    return summarize_us(samples[n // 10 :])  # the first tenth warms up
 
 
 # --- the disk floor ----------------------------------------------------------------------
