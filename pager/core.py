@@ -150,6 +150,8 @@ class PagerStats:
     checksum_errors: int = 0
     store_full: int = 0
     store_errors: int = 0
+    cached_reads: int = 0  # slots read from the page cache (no thread, no disk)
+    disk_reads: int = 0  # slots read through a worker thread (not all in the cache)
     detached: bool = False
 
     def as_dict(self) -> dict[str, Any]:
@@ -475,6 +477,7 @@ class Pager:
             if pages is None or not all(type(p) is bytes and p for p in pages):
                 self._pagein_slots.release()
                 return False  # on the disk, or a failed read: the worker's way handles it
+            self.stats.cached_reads += len(rows)
             self.faults.hit("after_read")
             sent, requests = self._prep_and_resume_requests(jobs, pages, [])
             sent.ids = self.client.send_requests_now(requests)
@@ -504,7 +507,9 @@ class Pager:
         # read); anything that would block on the disk goes to the thread as before.
         cached = self.store.read_slots_cached(rows)
         if cached is not None:
+            self.stats.cached_reads += len(rows)
             return cached
+        self.stats.disk_reads += len(rows)
         self.store.pin(rows)
         try:
             return await trio.to_thread.run_sync(self.store.read_slots, rows)

@@ -154,3 +154,35 @@ async def test_a_page_in_during_a_disk_phase_is_freed_by_the_next_one(tmp_path: 
             await run.finished.wait()
             assert run.error is None, repr(run.error)
             stack.assert_clean()
+
+
+class _CountedReadIO(DiskIO):
+    """Every read through `pread` (so none from the page cache path)."""
+
+    def pread(self, fd: int, size: int, offset: int) -> bytes:
+        return super().pread(fd, size, offset)
+
+
+@pytest.mark.parametrize("cache", [True, False])
+async def test_the_pager_counts_where_its_reads_came_from(tmp_path: Path, cache: bool) -> None:
+    """`cached_reads` (page cache, no thread) and `disk_reads` (a worker thread): what the
+    bench needs to tell a warm-cache populate from one that went to the disk."""
+    with trio.fail_after(30):
+        async with open_stack(tmp_path, nr_gfns=NR, vcpus=VCPUS) as stack, stack.guest() as guest:
+            await guest.fill(VCPUS)
+            io = DiskIO() if cache else _CountedReadIO()
+            run = stack.start_pager(PagerConfig(batch=32), io=io)
+            pager = await run.wait_started()
+            await stack.set_target(NR // 2)
+            await stack.until(pager, lambda: stack.domain_status()["tot_pages"] <= NR // 2)
+            await guest.verify_all(VCPUS)
+            stats = pager.stats
+            reads = stats.cached_reads + stats.disk_reads
+            assert reads >= stats.paged_in > 0
+            if cache:  # just written: in the page cache (a few may have left it meanwhile)
+                assert stats.cached_reads > 0
+            else:
+                assert stats.cached_reads == 0 and stats.disk_reads == reads
+            run.stop.set()
+            await run.finished.wait()
+            assert run.error is None, repr(run.error)
