@@ -76,6 +76,11 @@ PREFETCH_MAX: Final = 4096
 #: fault, so one is usually about to start). A delay here only delays a slot's reuse.
 FREE_WAIT: Final = 0.002
 
+# Plain ints for the flags tested per request: an IntFlag operation builds an enum member
+# (0.77 µs against 0.03 µs for two ints, measured here).
+_DROP_PAGE: Final = int(MemEventFlag.DROP_PAGE)
+_EVICT_FAIL: Final = int(MemEventFlag.EVICT_FAIL)
+
 _FRAMELESS_TYPES = b"[\x01\x02\x03]"  # paging_out, paged, paging_in_start: need a look
 
 
@@ -173,7 +178,7 @@ class _Job:
     @property
     def evict_fail(self) -> bool:
         # The gfn was populated while paging_out: it kept its frame, a resume is enough.
-        return any(r["flags"] & MemEventFlag.EVICT_FAIL for r in self.reqs)
+        return any(r["flags"] & _EVICT_FAIL for r in self.reqs)
 
 
 @dataclass(slots=True)
@@ -426,7 +431,7 @@ class Pager:
             return None  # delivered twice: already being served
         self._seqs.add(seq)
         self.stats.requests += 1
-        if req["flags"] & MemEventFlag.DROP_PAGE:
+        if req["flags"] & _DROP_PAGE:
             self._drops_send.send_nowait(req)
             return None
         job = self._jobs.get(req["gfn"])
