@@ -18,6 +18,7 @@ import structlog
 import trio
 
 from protocol import (
+    FLAG_VCPU_PAUSED,
     PAGE_SIZE,
     Errno,
     MemEventFlag,
@@ -36,9 +37,6 @@ from .rules import OK, PAUSE, WAIT, Rule, rules_for
 DONE: Final = "done"
 PAUSED: Final = "paused"
 WAITING: Final = "wait"
-
-# Plain ints for the populate path: an IntFlag operation builds an enum member (~1 µs).
-_VCPU_PAUSED: Final = int(MemEventFlag.VCPU_PAUSED)
 
 log = structlog.get_logger("hv.domain")
 
@@ -409,7 +407,7 @@ class Domain:
             assert rule.effect == "complete"
             self.ring.consume(req.seq)
             self._move(rule, req.gfn)
-            if req.flags & _VCPU_PAUSED and not req.drop:
+            if req.flags & FLAG_VCPU_PAUSED and not req.drop:
                 vcpu = self.vcpus[req.vcpu_id]
                 if vcpu.paused_seq == req.seq:
                     vcpu.unpause()
@@ -563,7 +561,7 @@ class Domain:
             return WAITING, None
         src = self.p2m.type(gfn)
         if rule.result == PAUSE:
-            flags = rule.flags | _VCPU_PAUSED
+            flags = rule.flags | FLAG_VCPU_PAUSED
             req = self._put(gfn, vcpu_id, flags, src)
             self._move(rule, gfn)
             self.counters["page.populated"] += 1

@@ -6,13 +6,9 @@ Sans-IO: the domain decides who waits for a slot and who is told about a put.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any
 
-from protocol import MemEventFlag, P2MType
-
-# Plain ints: an IntFlag operation builds an enum member (about 1 µs), and these run for
-# every request of the populate path.
-_DROP_PAGE: Final = int(MemEventFlag.DROP_PAGE)
+from protocol import FLAG_DROP_PAGE, P2MType
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +34,7 @@ class MemRequest:
     @property
     def drop(self) -> bool:
         """Whether this is a DROP_PAGE request (it populates nothing)."""
-        return bool(self.flags & _DROP_PAGE)
+        return bool(self.flags & FLAG_DROP_PAGE)
 
 
 class Ring:

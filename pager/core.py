@@ -29,11 +29,12 @@ import structlog
 import trio
 
 from protocol import (
+    FLAG_DROP_PAGE,
+    FLAG_EVICT_FAIL,
     MAX_AUDIT_COUNT,
     MAX_LIST,
     MAX_PAGES_PER_FRAME,
     Errno,
-    MemEventFlag,
     OpError,
     P2MType,
     bit,
@@ -75,11 +76,6 @@ PREFETCH_MAX: Final = 4096
 #: saves the freer's commit and its sync (a guest at its target pages one gfn out per
 #: fault, so one is usually about to start). A delay here only delays a slot's reuse.
 FREE_WAIT: Final = 0.002
-
-# Plain ints for the flags tested per request: an IntFlag operation builds an enum member
-# (0.77 µs against 0.03 µs for two ints, measured here).
-_DROP_PAGE: Final = int(MemEventFlag.DROP_PAGE)
-_EVICT_FAIL: Final = int(MemEventFlag.EVICT_FAIL)
 
 _FRAMELESS_TYPES = b"[\x01\x02\x03]"  # paging_out, paged, paging_in_start: need a look
 
@@ -178,7 +174,7 @@ class _Job:
     @property
     def evict_fail(self) -> bool:
         # The gfn was populated while paging_out: it kept its frame, a resume is enough.
-        return any(r["flags"] & _EVICT_FAIL for r in self.reqs)
+        return any(r["flags"] & FLAG_EVICT_FAIL for r in self.reqs)
 
 
 @dataclass(slots=True)
@@ -431,7 +427,7 @@ class Pager:
             return None  # delivered twice: already being served
         self._seqs.add(seq)
         self.stats.requests += 1
-        if req["flags"] & _DROP_PAGE:
+        if req["flags"] & FLAG_DROP_PAGE:
             self._drops_send.send_nowait(req)
             return None
         job = self._jobs.get(req["gfn"])

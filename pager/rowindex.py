@@ -42,13 +42,8 @@ class RowIndex(MutableMapping[int, Row]):
     __slots__ = ("_crc", "_dense", "_gen", "_has", "_other", "_slot")
 
     def __init__(self, rows: Iterable[Row] = ()) -> None:
-        self._gen = array("Q")
-        self._slot = array("I")
-        self._crc = array("I")
-        self._has = bytearray()  # 1 where the arrays hold a row: found by memchr, not a loop
-        self._dense = 0  # rows held by the arrays
         self._other: dict[int, Row] = {}
-        self._load(list(rows))
+        self._load(list(rows))  # the arrays, and `_dense`: the rows they hold
 
     # -- the mapping ------------------------------------------------------------------
 
@@ -148,7 +143,7 @@ class RowIndex(MutableMapping[int, Row]):
         limit = 2 * len(last) + _DENSE_SLACK
         dense = []
         for r in last.values():
-            if 0 <= r.gfn < limit and 0 < r.gen < _U64 and 0 <= r.slot < _U32 and 0 <= r.crc < _U32:
+            if r.gfn < limit and _storable(r):
                 dense.append(r)
             else:
                 self._other[r.gfn] = r
@@ -158,7 +153,7 @@ class RowIndex(MutableMapping[int, Row]):
             array("I", bytes(4 * n)),
             array("I", bytes(4 * n)),
         )
-        has = bytearray(n)
+        has = bytearray(n)  # 1 where the arrays hold a row: found by memchr, not a loop
         for gfn, gen, slot, crc in dense:
             gens[gfn] = gen
             slots[gfn] = slot
@@ -169,9 +164,9 @@ class RowIndex(MutableMapping[int, Row]):
 
     def _fits(self, row: Row) -> bool:
         gfn = row.gfn
-        if not (0 <= gfn and 0 < row.gen < _U64 and 0 <= row.slot < _U32 and 0 <= row.crc < _U32):
-            return False
-        return gfn < len(self._gen) or gfn < 2 * (self._dense + 1) + _DENSE_SLACK
+        return _storable(row) and (
+            gfn < len(self._gen) or gfn < 2 * (self._dense + 1) + _DENSE_SLACK
+        )
 
     def _drop_dense(self, gfn: int) -> bool:
         if 0 <= gfn < len(self._gen) and self._gen[gfn]:
@@ -181,18 +176,17 @@ class RowIndex(MutableMapping[int, Row]):
             return True
         return False
 
-    def _iter_items(self) -> Iterator[tuple[int, Row]]:
-        gens, slots, crcs = self._gen, self._slot, self._crc
-        for gfn in compress(range(len(self._has)), self._has):
-            yield gfn, Row(gfn, gens[gfn], slots[gfn], crcs[gfn])
-        yield from list(self._other.items())
+
+def _storable(row: Row) -> bool:
+    """Whether the arrays can hold the row's fields (a damaged index may hold anything)."""
+    return row.gfn >= 0 and 0 < row.gen < _U64 and 0 <= row.slot < _U32 and 0 <= row.crc < _U32
 
 
 class _Items(ItemsView[int, Row]):
     _mapping: RowIndex
 
     def __iter__(self) -> Iterator[tuple[int, Row]]:
-        return self._mapping._iter_items()
+        return self._mapping.items_from(0)
 
 
 __all__ = ["Row", "RowIndex"]

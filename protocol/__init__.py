@@ -7,6 +7,9 @@ contract; this package is where a reader finds every rule of the wire format in 
 from .bitmap import bit, pack_bits, set_bits, unpack_bits
 from .constants import (
     DEFAULT_RING_SIZE,
+    FLAG_DROP_PAGE,
+    FLAG_EVICT_FAIL,
+    FLAG_VCPU_PAUSED,
     LENGTH_PREFIX,
     MAX_AUDIT_COUNT,
     MAX_DEPTH,
@@ -52,6 +55,9 @@ __all__ = [
     "CLOSED",
     "DEFAULT_RING_SIZE",
     "EVENTS",
+    "FLAG_DROP_PAGE",
+    "FLAG_EVICT_FAIL",
+    "FLAG_VCPU_PAUSED",
     "LENGTH_PREFIX",
     "MAX_AUDIT_COUNT",
     "MAX_DEPTH",

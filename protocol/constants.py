@@ -85,6 +85,13 @@ class MemEventFlag(enum.IntFlag):
     FOREIGN = 8
 
 
+# The flags as plain ints, for code that tests them on every request: an IntFlag operation
+# builds an enum member (0.77 µs against 0.03 µs for two ints, measured with timeit).
+FLAG_VCPU_PAUSED: Final = int(MemEventFlag.VCPU_PAUSED)
+FLAG_DROP_PAGE: Final = int(MemEventFlag.DROP_PAGE)
+FLAG_EVICT_FAIL: Final = int(MemEventFlag.EVICT_FAIL)
+
+
 class Role(enum.StrEnum):
     """Who is on the other end of a connection (PROTOCOL.md §1)."""
 

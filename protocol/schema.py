@@ -166,10 +166,12 @@ class Fields:
                 out[name] = checker(msg[name])
             for name, (checker, default) in self.optional.items():
                 out[name] = checker(msg[name]) if name in msg else default
-            return out
         except (KeyError, Invalid):
-            pass  # look again, field by field, to say which one is wrong and why
-        out = {}
+            return self._check_each(msg)  # to say which field is wrong, and why
+        return out
+
+    def _check_each(self, msg: Mapping[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
         for name, checker in self.required.items():
             if name not in msg:
                 raise Invalid(f"missing field {name!r}")

@@ -383,13 +383,11 @@ async def measure_floor_parallel(n: int, vcpus: int) -> float:
             proc.kill()
 
 
-def _med_runs(runs: Sequence[dict[str, float]]) -> dict[str, Any]:
-    """The median over runs of each of p50/p99 (the runs kept for the JSON)."""
-    return {
-        "p50_us": median([r["p50_us"] for r in runs]),
-        "p99_us": median([r["p99_us"] for r in runs]),
-        "runs": list(runs),
-    }
+def _med_runs(
+    runs: Sequence[dict[str, float]], keys: Sequence[str] = ("p50_us", "p99_us")
+) -> dict[str, Any]:
+    """The median over runs of each of `keys` (the runs kept for the JSON)."""
+    return {**{k: median([r[k] for r in runs]) for k in keys}, "runs": list(runs)}
 
 
 # --- 2. populate ---------------------------------------------------------------------------
@@ -436,20 +434,14 @@ async def bench_populate(
             # moves by 20% and more within minutes; the floor section runs minutes away).
             async with open_echo() as echo:
                 await round_trips(echo, sizes.floor_n // 10, PAGE_SIZE)  # warm-up
+                block = -(-per_run // POP_BLOCKS)  # populates per block, rounded up
                 for r in range(sizes.repeats):
                     samples: list[float] = []
                     floor: list[float] = []
                     for i in range(per_run):
-                        if i % -(-per_run // POP_BLOCKS) == 0:
+                        if i % block == 0:
                             floor += await round_trips(echo, sizes.floor_n // POP_BLOCKS, PAGE_SIZE)
-                        gfn = paged.pop()
-                        t0 = time.perf_counter()
-                        reply = await guest.call("read", vcpu=0, gfn=gfn, off=0, len=PAGE_SIZE)
-                        dt = time.perf_counter() - t0
-                        if len(reply["data"]) != PAGE_SIZE:
-                            raise BenchError(
-                                f"read of gfn {gfn} returned {len(reply['data'])} bytes"
-                            )
+                        dt = await _timed_read(guest, paged.pop())
                         if i >= sizes.pop_warm:
                             samples.append(dt)
                         await settled()
@@ -465,9 +457,7 @@ async def bench_populate(
                         f" p99 {run['p99_us']:.0f} µs; echo beside it p50"
                         f" {run['floor_p50_us']:.0f} µs, p99 {run['floor_p99_us']:.0f} µs"
                     )
-            out["latency"] = _med_runs(lat_runs)
-            for key in ("floor_p50_us", "floor_p99_us"):
-                out["latency"][key] = median([r[key] for r in lat_runs])
+            out["latency"] = _med_runs(lat_runs, list(lat_runs[0]))  # the echo's too
             for v in sizes.vcpu_counts:
                 rates = []
                 for _ in range(sizes.repeats):
@@ -479,6 +469,16 @@ async def bench_populate(
                 say(f"  {v} vCPUs: {median(rates):.0f} page-ins/s")
         out["pager_log"] = str(pager.log_path)
     return out
+
+
+async def _timed_read(guest: Client, gfn: int) -> float:
+    """Seconds for one 4 KiB guest read of gfn (BenchError if the data is short)."""
+    t0 = time.perf_counter()
+    reply = await guest.call("read", vcpu=0, gfn=gfn, off=0, len=PAGE_SIZE)
+    dt = time.perf_counter() - t0
+    if len(reply["data"]) != PAGE_SIZE:
+        raise BenchError(f"read of gfn {gfn} returned {len(reply['data'])} bytes")
+    return dt
 
 
 async def _parallel_reads(guest: Client, gfns: Sequence[int], vcpus: int) -> float:

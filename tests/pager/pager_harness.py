@@ -53,6 +53,12 @@ class PagerRun:
     stats: PagerStats | None = None
     error: BaseException | None = None
 
+    async def stop_ok(self) -> None:
+        """Stop the pager, wait for it to end, and check it ended without an error."""
+        self.stop.set()
+        await self.finished.wait()
+        assert self.error is None, repr(self.error)
+
     def started_with(self, pager: Pager) -> None:
         """Record the pager once its recovery is done."""
         self.pager = pager

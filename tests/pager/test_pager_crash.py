@@ -54,9 +54,7 @@ async def workload(guest: Guest) -> None:
 
 async def finish(stack: Stack, guest: Guest, run: PagerRun) -> None:
     """Stop the last pager (page everything in, detach) and check every byte and invariant."""
-    run.stop.set()
-    await run.finished.wait()
-    assert run.error is None, repr(run.error)
+    await run.stop_ok()
     assert run.stats is not None
     assert run.stats.lost == 0
     assert run.stats.detached

@@ -34,9 +34,7 @@ async def test_page_out_to_target_touch_every_page_read_back(tmp_path: Path, pol
             assert pager.stats.paged_in > 0
             # The pager keeps following the target while the guest faults pages back in.
             await stack.until(pager, lambda: stack.domain_status()["tot_pages"] <= NR // 4)
-            run.stop.set()
-            await run.finished.wait()
-            assert run.error is None, repr(run.error)
+            await run.stop_ok()
             assert run.stats is not None and run.stats.detached
             st = stack.domain_status()
             assert st["paged_pages"] == 0
@@ -97,9 +95,7 @@ async def test_batches_ready_during_a_disk_phase_share_the_next_one(tmp_path: Pa
             assert io.syncs == len(phases) <= 2  # one per phase; the queued batches shared one
             assert len(pager.store.rows) >= 128
             await guest.verify_all(VCPUS)
-            run.stop.set()
-            await run.finished.wait()
-            assert run.error is None, repr(run.error)
+            await run.stop_ok()
             stack.assert_clean()
 
 
@@ -150,9 +146,7 @@ async def test_a_page_in_during_a_disk_phase_is_freed_by_the_next_one(tmp_path: 
             await stack.until(pager, lambda: gfn not in pager.store.rows)
             assert own_deletes == []
             await guest.verify_all(VCPUS)
-            run.stop.set()
-            await run.finished.wait()
-            assert run.error is None, repr(run.error)
+            await run.stop_ok()
             stack.assert_clean()
 
 
@@ -183,6 +177,4 @@ async def test_the_pager_counts_where_its_reads_came_from(tmp_path: Path, cache:
                 assert stats.cached_reads > 0
             else:
                 assert stats.cached_reads == 0 and stats.disk_reads == reads
-            run.stop.set()
-            await run.finished.wait()
-            assert run.error is None, repr(run.error)
+            await run.stop_ok()

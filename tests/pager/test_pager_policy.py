@@ -135,9 +135,7 @@ async def _faults_with_hv(tmp_path: Path, policy: str, trace: list[int]) -> int:
                 await guest.client.call("read", vcpu=0, gfn=g, off=0, len=8)
                 await stack.until(pager, settled)
             faults = pager.stats.requests
-            run.stop.set()
-            await run.finished.wait()
-            assert run.error is None
+            await run.stop_ok()
     return faults
 
 
@@ -350,9 +348,7 @@ async def test_pager_pages_with_car(tmp_path: Path) -> None:
                 await guest.write(1, 7, 2)
                 await stack.until(pager, settled)
                 assert pager.stats.paged_in > 0
-                run.stop.set()
-                await run.finished.wait()
-                assert run.error is None, repr(run.error)
+                await run.stop_ok()
                 stack.assert_clean()
                 await guest.verify_all(2)
 

@@ -45,9 +45,7 @@ async def paged_out(stack: Stack, guest: Guest, target: int, **kw: object) -> Pa
 
 async def stop_clean(stack: Stack, guest: Guest, run: PagerRun, *, lost: int = 0) -> None:
     """Stop the pager (page in, detach), check invariants and every byte."""
-    run.stop.set()
-    await run.finished.wait()
-    assert run.error is None, repr(run.error)
+    await run.stop_ok()
     assert run.stats is not None and run.stats.detached
     assert run.stats.lost == lost
     assert run.pager is not None and run.pager.store.rows == {}  # no stale row left behind
@@ -190,9 +188,7 @@ async def test_enospc_stops_paging_out_keeps_paging_in(tmp_path: Path) -> None:
             await guest.verify_all(2)  # every page-in is still served
             assert stack.domain_status()["paged_pages"] == 0  # all came back in
             # The nominated gfns of the failed batch are resident and adopted later.
-            run.stop.set()
-            await run.finished.wait()
-            assert run.error is None
+            await run.stop_ok()
             stack.assert_clean()
             await guest.verify_all(2)
 
@@ -271,9 +267,7 @@ async def test_corrupted_slot_gives_eio_never_wrong_bytes(tmp_path: Path) -> Non
             # Every other page is intact; the broken one stays an error, never wrong bytes.
             others = [g for g in range(NR) if g != gfn]
             await guest.on_vcpus(2, others, guest.read_check)
-            run.stop.set()
-            await run.finished.wait()
-            assert run.error is None
+            await run.stop_ok()
             assert stack.hv.check() == []
 
 
@@ -401,9 +395,7 @@ async def test_store_of_another_hv_instance_is_set_aside(tmp_path: Path) -> None
     with trio.fail_after(20):
         async with open_stack(tmp_path, nr_gfns=NR, vcpus=2) as stack, stack.guest() as guest:
             run = await paged_out(stack, guest, 16, on_exit="keep")
-            run.stop.set()
-            await run.finished.wait()
-            assert run.error is None
+            await run.stop_ok()
         async with open_stack(tmp_path, nr_gfns=NR, vcpus=2) as stack, stack.guest() as guest:
             run = await paged_out(stack, guest, 16)
             assert run.pager is not None and run.pager.stats.recovered_rows == 0
@@ -459,7 +451,5 @@ async def test_paged_gfn_without_a_row_is_reported_lost_at_recovery(tmp_path: Pa
             assert info.value.errno == Errno.EIO
             others = [g for g in range(NR) if g != gfn]
             await guest.on_vcpus(2, others, guest.read_check)
-            run.stop.set()
-            await run.finished.wait()
-            assert run.error is None
+            await run.stop_ok()
             stack.assert_clean()
