@@ -1,0 +1,113 @@
+"""The `Disk` interface: every durable byte and every sync of the pager's store goes through it.
+
+DESIGN.md ("pager") and SIM.md ("The simulated disk"): the store is written against this
+interface only, so the same store code runs over real files in production (blocking calls
+in worker threads) and over the simulator's in-memory disk (synchronous, with power loss,
+torn writes, latent sector errors, misdirected writes, ENOSPC, EIO and slow syncs).
+
+Names are paths relative to the disk's root (the state directory), with ``/`` as separator
+(``"pages.bin"``, ``"aside-1/pages.bin"``). Errors are `OSError` with an errno
+(``ENOENT``, ``ENOSPC``, ``EIO``, ...), as the real calls raise them.
+
+Durability model (what a power loss may do): a write is durable once a `DiskFile.sync` of
+its file returned after it; a rename, create or remove is durable once `Disk.sync_dir` of
+its directory returned after it. Until then a power loss may drop it, keep it, or (writes)
+keep only some whole 512-byte sectors of it. A process crash loses nothing that the call
+returned for: the OS keeps it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final, Protocol
+
+#: The unit a power loss tears writes at: a write survives as whole sectors of this size.
+SECTOR: Final = 512
+
+
+class DiskFile(Protocol):
+    """One open file of a `Disk`."""
+
+    name: str
+
+    async def pread(self, size: int, offset: int) -> bytes:
+        """`size` bytes at `offset`; short only past the end of the file."""
+        ...
+
+    def pread_cached(self, size: int, offset: int) -> bytes | None:
+        """The same bytes if they can be had without blocking (the page cache holds them all),
+        else None. Never blocks and never raises: a failure is None, and the caller then
+        reads with `pread`, which reports it."""
+        ...
+
+    async def preadv(self, reads: Sequence[tuple[int, int]]) -> list[bytes | OSError]:
+        """Several (size, offset) reads in one call (one worker thread round trip); each
+        result is the bytes or the error of that read alone."""
+        ...
+
+    async def pwritev(self, writes: Sequence[tuple[int, bytes]]) -> None:
+        """Write each (offset, data) in order, all of each; in one call (one worker thread
+        round trip). Not durable until `sync`."""
+        ...
+
+    async def sync(self) -> None:
+        """fdatasync: every write to this file that returned before the call is durable."""
+        ...
+
+    async def truncate(self, size: int) -> None:
+        """Set the file's size (durable at the next `sync`)."""
+        ...
+
+    async def size(self) -> int:
+        """The file's current size in bytes (unsynced writes included)."""
+        ...
+
+    async def close(self) -> None:
+        """Close the file; unsynced writes stay as unsynced as they were."""
+        ...
+
+
+class DiskLock(Protocol):
+    """The exclusive lock on a disk (one pager process per store)."""
+
+    async def release(self) -> None:
+        """Give the lock back."""
+        ...
+
+
+class Disk(Protocol):
+    """A directory of files the store owns: the state directory, or the simulator's."""
+
+    async def open(self, name: str, *, create: bool = False) -> DiskFile:
+        """Open `name` for reading and writing; create it empty if `create` and it is
+        missing (the creation is durable after `sync_dir`). ENOENT if missing otherwise."""
+        ...
+
+    async def exists(self, name: str) -> bool:
+        """True if a file or directory `name` exists."""
+        ...
+
+    async def listdir(self, name: str = "") -> list[str]:
+        """The entries of directory `name` (the root by default), sorted."""
+        ...
+
+    async def mkdir(self, name: str) -> None:
+        """Create directory `name` (no error if it exists)."""
+        ...
+
+    async def rename(self, src: str, dst: str) -> None:
+        """Rename a file or directory atomically, replacing a file `dst`."""
+        ...
+
+    async def remove(self, name: str) -> None:
+        """Remove file `name` (ENOENT if missing)."""
+        ...
+
+    async def sync_dir(self, name: str = "") -> None:
+        """fsync directory `name`: creates, renames and removes in it are durable."""
+        ...
+
+    async def lock(self, timeout: float) -> DiskLock:
+        """Take the disk's exclusive lock, waiting at most `timeout` seconds of trio time;
+        `BlockingIOError` (EWOULDBLOCK) when another holder kept it that long."""
+        ...
