@@ -107,7 +107,7 @@ class Disk(Protocol):
         """fsync directory `name`: creates, renames and removes in it are durable."""
         ...
 
-    async def lock(self, timeout: float) -> DiskLock:
-        """Take the disk's exclusive lock, waiting at most `timeout` seconds of trio time;
+    async def lock(self, wait: float) -> DiskLock:
+        """Take the disk's exclusive lock, waiting at most `wait` seconds of trio time;
         `BlockingIOError` (EWOULDBLOCK) when another holder kept it that long."""
         ...
