@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench image clean
+.PHONY: run test lint bench image clean xenpaging xenshim
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,26 @@ bench: $(STAMP)
 image: $(STAMP)
 	$(BIN)/pip wheel --quiet . -w build/wheelhouse
 	docker compose build || docker-compose build
+
+# Xen's own xenpaging against hv (issue 22): build the shim for its four libraries and
+# unpack the binary from Debian's package (downloaded, never installed; nothing of Xen's
+# is kept in this repository).
+XEN_PKG      := xen-utils-4.17
+XENPAGING    := build/xenpaging/usr/lib/xen-4.17/bin/xenpaging
+
+xenpaging: xenshim $(XENPAGING)
+
+xenshim:
+	$(MAKE) -C xenshim OUT=$(CURDIR)/build/xenshim
+
+$(XENPAGING):
+	rm -rf build/xenpaging && mkdir -p build/xenpaging/deb
+	cd build/xenpaging/deb && { apt-get download $(XEN_PKG) 2>/dev/null || \
+	    { apt-get update -qq >/dev/null 2>&1 || true; apt-get download $(XEN_PKG); } || \
+	    { echo "make xenpaging: cannot download $(XEN_PKG) with apt-get" >&2; exit 1; }; }
+	dpkg-deb --fsys-tarfile build/xenpaging/deb/$(XEN_PKG)_*.deb | \
+	    tar -x -C build/xenpaging ./usr/lib/xen-4.17/bin/xenpaging
+	test -x $@
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache

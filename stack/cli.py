@@ -26,6 +26,8 @@ from .argtypes import nonneg_int, positive_float, positive_int
 from .harness import StackError, StackOptions, prepare_run_dir, run_stack, summary_text
 from .schedule import DEFAULT_KINDS, make_schedule, parse_kinds
 from .status import status_lines, status_table
+from .xenpaging import XEN_RING_SLOTS
+from .xenpaging import missing as xenpaging_missing
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -72,7 +74,9 @@ def _add_stack_options(p: argparse.ArgumentParser, *, stress: bool) -> None:
     p.add_argument("--vcpus", type=positive_int, default=4, help="guest vCPUs (default: 4)")
     p.add_argument("--host-frames", type=positive_int, help="host frames (default: hv's)")
     p.add_argument(
-        "--ring-size", type=positive_int, default=64, help="mem_event slots (default: 64)"
+        "--ring-size",
+        type=positive_int,
+        help="mem_event slots (default: 64; 8, one Xen ring page, with --pager xenpaging)",
     )
     p.add_argument(
         "--ring-mode",
@@ -102,6 +106,12 @@ def _add_stack_options(p: argparse.ArgumentParser, *, stress: bool) -> None:
     )
     p.add_argument("--hv-cmd", type=_command, help="command that runs hv (default: python -m hv)")
     p.add_argument("--pager-cmd", type=_command, help="command that runs the pager")
+    p.add_argument(
+        "--pager",
+        choices=("xpemu", "xenpaging"),
+        default="xpemu",
+        help="xpemu's pager, or Xen 4.17's own xenpaging over xenshim (`make xenpaging`)",
+    )
     p.add_argument("--guest-cmd", type=_command, help="command that runs the guest")
 
 
@@ -159,7 +169,7 @@ def _options(args: argparse.Namespace) -> StackOptions:
         target=args.target,
         vcpus=args.vcpus,
         host_frames=args.host_frames,
-        ring_size=args.ring_size,
+        ring_size=args.ring_size or (XEN_RING_SLOTS if args.pager == "xenpaging" else 64),
         ring_mode=args.ring_mode,
         pattern=args.pattern,
         write_ratio=args.write_ratio,
@@ -177,11 +187,26 @@ def _options(args: argparse.Namespace) -> StackOptions:
         opts.pager_cmd = args.pager_cmd
     if args.guest_cmd:
         opts.guest_cmd = args.guest_cmd
+    if args.pager == "xenpaging":
+        _use_xenpaging(args, opts)
     if not 0.0 <= args.write_ratio <= 1.0:
         raise StackError("--write-ratio must be within [0, 1]")
     if opts.effective_target > opts.nr_gfns:
         raise StackError("--target cannot exceed --nr-gfns")
     return opts
+
+
+def _use_xenpaging(args: argparse.Namespace, opts: StackOptions) -> None:
+    """Run Xen's xenpaging (over xenshim) as the pager; StackError if it cannot run here."""
+    if args.pager_cmd:
+        raise StackError("--pager xenpaging and --pager-cmd exclude each other")
+    if args.policy:
+        raise StackError("--policy is xpemu's pager's; xenpaging has its own")
+    why = xenpaging_missing()
+    if why is not None:
+        raise StackError(why)
+    opts.pager_cmd = [sys.executable, "-m", "stack.xenpaging"]
+    opts.pager_kind = "xenpaging"
 
 
 def _schedule(args: argparse.Namespace, opts: StackOptions) -> None:

@@ -109,6 +109,7 @@ class StackOptions:
     start_timeout: float = 15.0  # hv ready, pager attached
     end_timeout: float = 60.0  # page everything in at the end
     use_proxy: bool = False  # route the pager through the fault proxy
+    pager_kind: str = "xpemu"  # or "xenpaging": Xen's binary, no store to check (issue 22)
 
     @property
     def effective_target(self) -> int:
@@ -194,6 +195,7 @@ class Stack:
         self.stop_requested = trio.Event()
         self.phase = "starting"
         self.report: dict[str, Any] = {}
+        self.lost_by_pager = 0  # gfns a pager lost for good (xenpaging after a restart)
 
     # ---- paths ----------------------------------------------------------------------
 
@@ -559,6 +561,8 @@ class Stack:
             await self.pager.stop(grace=3.0)
         elif self.pager_stop and not self.pager.running:
             self.violations.append("the pager kept failing to start; nothing paged in")
+        elif o.pager_kind == "xenpaging":
+            paged_in, final = await self._end_xenpaging()
         else:
             # 1. Kill the pager once more and hold its store against the audit (invariant 4).
             await self._settle_pager()
@@ -596,6 +600,30 @@ class Stack:
         self._build_report(
             guest_report, guest_rc, store_mid, store_end, final, check, status, paged_in
         )
+
+    async def _end_xenpaging(self) -> tuple[bool, dict[str, Any] | None]:
+        """Xen's xenpaging keeps no durable index: no store to check, only SIGTERM's page-in.
+
+        Gfns still paged out after it exits were lost by a restart (xenpaging truncates its
+        paging file at start): counted as lost, and not read back (no pager would answer).
+        """
+        await self._settle_pager()
+        self.pager_stop = True
+        self.final_n = len(self.lives)
+        assert self.pager is not None
+        rc = await self.pager.stop(grace=self.o.end_timeout)
+        if rc != 0:
+            self.violations.append(f"xenpaging did not page everything in and exit (status {rc})")
+        dom = await self._fresh_dom()
+        lost = dom["paged_pages"] + dom["counts"].get("paging_in_start", 0)
+        if lost:
+            self.lost_by_pager = lost
+            self.violations.append(
+                f"{lost} gfns lost: still paged out after xenpaging's page-in (a restarted "
+                "xenpaging truncates its paging file)"
+            )
+            return False, None
+        return rc == 0, await self._final_verify()
 
     def _dom_orphaned(self) -> bool:
         dom = self._dom()
@@ -703,7 +731,7 @@ class Stack:
         integrity = (guest["integrity_errors"] if guest else 0) + (
             final["integrity_errors"] if final else 0
         )
-        lost = len(guest["lost_gfns"]) if guest else 0
+        lost = max(len(guest["lost_gfns"]) if guest else 0, self.lost_by_pager)
         if guest is not None and not guest["ok"] and not stuck and not guest["integrity_errors"]:
             self.violations.append(
                 f"guest failed: {guest.get('unexpected_errors') or guest.get('aborted')}"
@@ -734,6 +762,7 @@ class Stack:
                 "guest_duration": o.guest_duration,
                 "stuck_after": o.stuck_after,
                 "policy": o.policy,
+                "pager": o.pager_kind,
             },
             "schedule": schedule_to_list(o.schedule),
             "faults_injected": dict(self.injected),
