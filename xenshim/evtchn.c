@@ -7,6 +7,8 @@
 #include <string.h>
 #include <unistd.h>
 
+static int version_warned;
+
 typedef struct xenevtchn_handle {
     int bound;
 } xenevtchn_handle;
@@ -86,9 +88,15 @@ int xenevtchn_notify(xenevtchn_handle *xce, uint32_t port)
     for (; shim.rsp_cons != rsp_prod; shim.rsp_cons++) {
         const uint8_t *e = shim.ring + RING_HDR + (shim.rsp_cons % RING_SLOTS) * RING_ENTRY;
         uint64_t gfn;
-        uint32_t vcpu;
+        uint32_t vcpu, version;
         memcpy(&gfn, e + 24, 8);
         memcpy(&vcpu, e + 12, 4);
+        memcpy(&version, e + 0, 4);
+        if (version != VM_EVENT_VERSION && !version_warned) {
+            version_warned = 1;
+            shim_log("a response carries vm_event version %u, not %d: Xen 4.17 would drop it "
+                     "(vm_event_resume); the shim accepts it", version, VM_EVENT_VERSION);
+        }
         struct shim_req **p = &shim.reqs;
         while (*p != NULL) {
             struct shim_req *r = *p;
