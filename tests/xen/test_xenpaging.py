@@ -18,6 +18,13 @@ from protocol import P2MType
 
 pytestmark = pytest.mark.timeout(180)
 
+
+@pytest.fixture(params=["plain", "asan"])
+def any_shim(request: pytest.FixtureRequest) -> Shim:
+    """Each corner case through the plain shim and the AddressSanitizer build."""
+    return request.getfixturevalue("asan_shim" if request.param == "asan" else "shim")
+
+
 NR = 1024
 
 
@@ -97,11 +104,13 @@ async def test_target_moved_up_and_down(tmp_path: Path, shim: Shim) -> None:
             assert r.hv.check() == []
 
 
-async def test_evict_fail_a_write_between_nominate_and_evict(tmp_path: Path, shim: Shim) -> None:
+async def test_evict_fail_a_write_between_nominate_and_evict(
+    tmp_path: Path, any_shim: Shim
+) -> None:
     tap = Tap()
     raced: list[int] = []
     with trio.fail_after(120):
-        async with rig(tmp_path, shim, tap=tap, nr_gfns=NR, vcpus=4) as r, guest(r) as g:
+        async with rig(tmp_path, any_shim, tap=tap, nr_gfns=NR, vcpus=4) as r, guest(r) as g:
             await fill(g, range(NR), 4)
 
             async def write_first(gfns: list[int]) -> None:
@@ -133,10 +142,10 @@ async def _write(g: object, gfn: int) -> None:
     await g.call("write", vcpu=0, gfn=gfn, off=0, data=page(gfn, 2))  # type: ignore[attr-defined]
 
 
-async def test_duplicate_requests_from_several_vcpus(tmp_path: Path, shim: Shim) -> None:
+async def test_duplicate_requests_from_several_vcpus(tmp_path: Path, any_shim: Shim) -> None:
     tap = Tap()
     with trio.fail_after(120):
-        async with rig(tmp_path, shim, tap=tap, nr_gfns=NR, vcpus=4) as r, guest(r) as g:
+        async with rig(tmp_path, any_shim, tap=tap, nr_gfns=NR, vcpus=4) as r, guest(r) as g:
             await fill(g, range(NR), 4)
             proc = await r.start_pager()
             await _page_down_up_down(r, 256)
@@ -160,9 +169,9 @@ async def test_duplicate_requests_from_several_vcpus(tmp_path: Path, shim: Shim)
             assert r.hv.check() == []
 
 
-async def test_drop_page_by_ballooning(tmp_path: Path, shim: Shim) -> None:
+async def test_drop_page_by_ballooning(tmp_path: Path, any_shim: Shim) -> None:
     with trio.fail_after(120):
-        async with rig(tmp_path, shim, nr_gfns=NR, vcpus=4) as r, guest(r) as g:
+        async with rig(tmp_path, any_shim, nr_gfns=NR, vcpus=4) as r, guest(r) as g:
             await fill(g, range(NR), 4)
             proc = await r.start_pager()
             await _page_down_up_down(r, 256)
@@ -181,11 +190,11 @@ async def test_drop_page_by_ballooning(tmp_path: Path, shim: Shim) -> None:
             assert r.hv.check() == []
 
 
-async def test_full_ring_of_eight(tmp_path: Path, shim: Shim) -> None:
+async def test_full_ring_of_eight(tmp_path: Path, any_shim: Shim) -> None:
     tap = Tap()
     vcpus = 12
     with trio.fail_after(120):
-        async with rig(tmp_path, shim, tap=tap, nr_gfns=NR, vcpus=vcpus) as r, guest(r) as g:
+        async with rig(tmp_path, any_shim, tap=tap, nr_gfns=NR, vcpus=vcpus) as r, guest(r) as g:
             await fill(g, range(NR), 4)
             proc = await r.start_pager()
             await _page_down_up_down(r, 256)
@@ -211,12 +220,14 @@ async def test_full_ring_of_eight(tmp_path: Path, shim: Shim) -> None:
             assert r.hv.check() == []
 
 
-async def test_sigkilled_xenpaging_restarted_loses_its_pages(tmp_path: Path, shim: Shim) -> None:
+async def test_sigkilled_xenpaging_restarted_loses_its_pages(
+    tmp_path: Path, any_shim: Shim
+) -> None:
     """What Xen's design loses: a new xenpaging truncates the paging file. A vCPU touching a
     lost gfn is answered (xenpaging does not know the gfn), resumed to nothing, populates
     again: it never gets its data."""
     with trio.fail_after(120):
-        async with rig(tmp_path, shim, nr_gfns=NR, vcpus=4) as r, guest(r) as g:
+        async with rig(tmp_path, any_shim, nr_gfns=NR, vcpus=4) as r, guest(r) as g:
             await fill(g, range(NR), 4)
             first = await r.start_pager()
             await _page_down_up_down(r, 256)

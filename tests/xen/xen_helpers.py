@@ -130,12 +130,15 @@ async def rig(
             try:
                 yield r
             finally:
-                for proc in r.pagers:
+                for proc in r.pagers:  # reaped even when the test was cancelled
                     if proc.returncode is None:
                         proc.kill()
-                    with trio.move_on_after(10):
+                    with trio.CancelScope(shield=True), trio.move_on_after(10):
                         await proc.wait()
                 nursery.cancel_scope.cancel()
+            for log in r.logs:  # the sanitized build must have found nothing
+                text = log.read_text(errors="replace")
+                assert "AddressSanitizer" not in text, text[-3000:]
     finally:
         hv.close()
 
