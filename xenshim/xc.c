@@ -152,18 +152,29 @@ int xc_domain_decrease_reservation_exact(xc_interface *xch, uint32_t domid,
     return -1;
 }
 
-/* One type code from `audit`, or -1 with errno. */
-static int p2m_type(int64_t gfn)
+/* The p2m types of gfns [lo, hi] from one `audit`; malloc'd, or NULL with errno. */
+static uint8_t *p2m_types(int64_t lo, int64_t hi)
 {
     struct mp_doc reply;
-    if (audit(gfn, 1, &reply) < 0)
-        return -1;
+    if (audit(lo, hi - lo + 1, &reply) < 0)
+        return NULL;
     const struct mp_obj *types = mp_get(&reply.root, "types");
-    int t = (types != NULL && types->type == MP_BIN && types->n == 1) ? types->p[0] : -1;
+    uint8_t *out = NULL;
+    if (types != NULL && types->type == MP_BIN && (int64_t)types->n == hi - lo + 1) {
+        out = malloc(types->n);
+        if (out != NULL)
+            memcpy(out, types->p, types->n);
+    }
     mp_doc_free(&reply);
-    if (t < 0)
+    if (out == NULL)
         errno = EIO;
-    return t;
+    return out;
+}
+
+/* Whether a gfn hv answered ENOENT for is in a paging state (retry), per Linux's privcmd. */
+static int still_paging(uint8_t t)
+{
+    return t == P2M_PAGED || t == P2M_PAGING_IN_START || t == P2M_PAGING_IN || t == P2M_PAGING_OUT;
 }
 
 /* `map` the still-missing gfns (at most 255): 0 when each is copied or still paging, else -1. */
@@ -190,8 +201,9 @@ static int map_batch(const xen_pfn_t *arr, uint8_t *mem, uint8_t *missing, int n
         errno = EIO;
         return -1;
     }
-    int rc = 0;
-    for (int k = 0; k < n && rc == 0; k++) {
+    int rc = 0, absent = 0;
+    int64_t lo = INT64_MAX, hi = -1;
+    for (int k = 0; k < n; k++) {
         const struct mp_obj *p = &pages->items[k];
         if (p->type == MP_BIN && p->n == SHIM_PAGE) {
             memcpy(mem + (size_t)idx[k] * SHIM_PAGE, p->p, SHIM_PAGE);
@@ -204,14 +216,33 @@ static int map_batch(const xen_pfn_t *arr, uint8_t *mem, uint8_t *missing, int n
             rc = -1;
             break;
         }
-        /* Linux retries a gfn in a paging state until present; any other frameless gfn fails. */
-        int t = p2m_type((int64_t)arr[idx[k]]);
-        if (t == P2M_PAGED || t == P2M_PAGING_IN_START || t == P2M_PAGING_IN || t == P2M_PAGING_OUT)
-            continue;
-        errno = t < 0 ? errno : (t == P2M_BROKEN ? EIO : EINVAL);
-        rc = -1;
+        int64_t g = (int64_t)arr[idx[k]];
+        lo = g < lo ? g : lo;
+        hi = g > hi ? g : hi;
+        absent++;
     }
     mp_doc_free(&reply);
+    if (rc < 0 || absent == 0)
+        return rc;
+    /* hv answers ENOENT for every frameless gfn; Linux retries only those in a paging
+       state and fails the others: one `audit` over the span tells them apart */
+    if (hi - lo + 1 > 524288) {
+        errno = EINVAL;
+        return -1;
+    }
+    uint8_t *types = p2m_types(lo, hi);
+    if (types == NULL)
+        return -1;
+    for (int k = 0; k < n && rc == 0; k++) {
+        if (!missing[idx[k]])
+            continue;
+        uint8_t t = types[(int64_t)arr[idx[k]] - lo];
+        if (!still_paging(t)) {
+            errno = t == P2M_BROKEN ? EIO : EINVAL;
+            rc = -1;
+        }
+    }
+    free(types);
     return rc;
 }
 
