@@ -73,7 +73,7 @@ def test_policy_is_not_xenpagings(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_up_with_xenpaging_passes(tmp_path: Path) -> None:
     _need_build()
-    rc, report, out = _xpemu(tmp_path, "up", "--pager", "xenpaging", "--duration", "20")
+    rc, report, out = _xpemu(tmp_path, "up", "--pager", "xenpaging", "--duration", "12")
     assert rc == 0, out
     assert report["config"]["pager"] == "xenpaging" and report["config"]["ring_size"] == 8
     assert report["pages"]["out"] > 1000 and report["guest"]["ops"] > 0
@@ -86,7 +86,7 @@ def test_stress_kill_restart_reports_lost_gfns_and_exits_1(tmp_path: Path) -> No
     _need_build()
     rc, report, out = _xpemu(
         tmp_path, "stress", "--pager", "xenpaging", "--kinds", "kill=1", "--faults", "1",
-        "--seed", "3", "--duration", "20", "--nr-gfns", "1024",
+        "--seed", "3", "--duration", "14", "--nr-gfns", "1024", "--stuck-after", "3",
     )  # fmt: skip
     assert rc == 1, out
     assert report["pager"]["kills"] == 1 and report["pager"]["attaches"] >= 2
@@ -100,7 +100,8 @@ def test_stress_kill_in_xen_ring_mode_orphans_and_exits_1(tmp_path: Path) -> Non
     _need_build()
     rc, report, out = _xpemu(
         tmp_path, "stress", "--pager", "xenpaging", "--kinds", "kill=1", "--faults", "1",
-        "--seed", "3", "--duration", "20", "--nr-gfns", "1024", "--ring-mode", "xen",
+        "--seed", "3", "--duration", "14", "--nr-gfns", "1024", "--stuck-after", "3",
+        "--ring-mode", "xen",
     )  # fmt: skip
     assert rc == 1, out
     assert report["ring_orphaned"] is True
