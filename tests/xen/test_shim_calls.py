@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ import trio
 from xen_helpers import Shim, fill, guest, page, rig
 
 from protocol import P2MType
+from stack import xenpaging
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -117,3 +120,31 @@ async def test_domain_info_target_and_maps(
             assert got == [(page(8, 3), 0)]
             await trio.to_thread.run_sync(lib.xc_interface_close, xch)
             lib.xs_close(xsh)
+
+
+def test_every_symbol_xenpaging_imports_is_exported_at_its_version(shim: Shim) -> None:
+    """The binary's Xen imports (name@version, from its dynamic symbol table) are exactly
+    what the shim defines; the four sonames it needs all resolve to the shim."""
+    nm = shutil.which("nm")
+    readelf = shutil.which("readelf")
+    if nm is None or readelf is None:
+        pytest.skip("binutils (nm, readelf) not installed")
+
+    def symbols(*args: str) -> set[str]:
+        out = subprocess.run([nm, "-D", *args], capture_output=True, text=True, check=True)
+        return {line.split()[-1] for line in out.stdout.splitlines() if line.strip()}
+
+    wanted = {
+        s for s in symbols("--undefined-only", str(shim.binary)) if "@VERS_" in s
+    }  # fmt: skip
+    defined = {
+        s.replace("@@", "@") for s in symbols("--defined-only", str(shim.lib_dir / "libxenshim.so"))
+    }
+    assert len(wanted) == 33  # 12 xc_, 8 xenevtchn_, 10 xs_, 3 xtl_
+    assert wanted <= defined, sorted(wanted - defined)
+    needed = subprocess.run(
+        [readelf, "-d", str(shim.binary)], capture_output=True, text=True, check=True
+    ).stdout
+    for soname in xenpaging.SONAMES:
+        assert f"[{soname}]" in needed
+        assert (shim.lib_dir / soname).resolve() == (shim.lib_dir / "libxenshim.so").resolve()
