@@ -431,9 +431,12 @@ int shim_attach(int domid)
         errno = EBUSY;
         return -1;
     }
+    pthread_mutex_lock(&shim.mu);
     if (shim.evfd < 0)
         shim.evfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (shim.evfd < 0)
+    int evfd = shim.evfd;
+    pthread_mutex_unlock(&shim.mu);
+    if (evfd < 0)
         return -1;
     int fd = connect_sock();
     if (fd < 0)

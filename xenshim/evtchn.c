@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <unistd.h>
 
 static int version_warned;
@@ -17,7 +18,12 @@ xenevtchn_handle *xenevtchn_open(void *logger, unsigned int flags)
 {
     (void)logger;
     (void)flags;
-    return calloc(1, sizeof(xenevtchn_handle));
+    pthread_mutex_lock(&shim.mu);
+    if (shim.evfd < 0) /* a pager may poll the fd before it enables paging */
+        shim.evfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    int fd = shim.evfd;
+    pthread_mutex_unlock(&shim.mu);
+    return fd < 0 ? NULL : calloc(1, sizeof(xenevtchn_handle));
 }
 
 int xenevtchn_close(xenevtchn_handle *xce)
