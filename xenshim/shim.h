@@ -91,6 +91,9 @@ int shim_errno(const struct mp_obj *name);
 /* Per-element result of a batch answer: 0 or -1 with errno set. */
 int shim_result(const struct mp_doc *reply, uint32_t k);
 void shim_detach_conn(void);
+int64_t shim_int_field(const struct mp_obj *map, const char *key, int64_t dflt);
+/* A `mem_event` from hv: its requests queued, and put on the ring while it has room. */
+void shim_on_mem_event_locked(const struct mp_obj *ev);
 /* Put queued requests on the ring while it has room; signal the event channel. */
 void shim_ring_flush_locked(void);
 void shim_xs_event_locked(const char *path, const char *token);
