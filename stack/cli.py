@@ -24,6 +24,7 @@ from transport import ConnectionClosed, configure_logging, open_unix_client
 
 from .argtypes import nonneg_int, positive_float, positive_int
 from .harness import StackError, StackOptions, prepare_run_dir, run_stack, summary_text
+from .power import POWER_KINDS, fuse_problem
 from .schedule import DEFAULT_KINDS, make_schedule, parse_kinds
 from .status import status_lines, status_table
 
@@ -207,6 +208,10 @@ def _cmd_stack(args: argparse.Namespace) -> int:
                     )
                 )
                 return EXIT_OK
+            if any(parse_kinds(args.kinds).get(k) for k in POWER_KINDS):
+                problem = fuse_problem()  # power.py: say so before starting anything
+                if problem is not None:
+                    return _fail(problem)
         opts.run_dir = prepare_run_dir(opts.run_dir, use_proxy=opts.use_proxy)
     except (StackError, ValueError) as exc:
         return _fail(str(exc))

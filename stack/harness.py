@@ -30,6 +30,7 @@ from guest import Shadow, verify_all
 from protocol import MAX_AUDIT_COUNT, OpError, ProtocolError, RingMode
 from transport import Client, ConnectionClosed, open_unix_client
 
+from .power import POWER_KINDS, PowerControl, open_power, power_lines
 from .procs import Child, ChildSet, StartError, last_line, open_children
 from .proxy import FaultProxy
 from .schedule import Fault, schedule_to_list
@@ -189,6 +190,7 @@ class Stack:
         self.injected: Counter[str] = Counter()
         self.fault_log: list[dict[str, Any]] = []
         self.proxy: FaultProxy | None = None
+        self.power: PowerControl | None = None  # power.py: the lazy FS, for power/lie faults
         self.guest_progress: dict[str, Any] = {}
         self._guest_log_pos = 0
         self.stop_requested = trio.Event()
@@ -208,7 +210,12 @@ class Stack:
         self.run_dir = prepare_run_dir(self.o.run_dir, use_proxy=self.o.use_proxy)
         started = time.monotonic()
         self.t0 = trio.current_time()
-        async with open_children(self.run_dir) as children, trio.open_nursery() as nursery:
+        async with (
+            # power.py: mounted before any child starts, unmounted after all are reaped.
+            open_power(self.run_dir, self.o.schedule, self.o.start_timeout) as self.power,
+            open_children(self.run_dir) as children,
+            trio.open_nursery() as nursery,
+        ):
             nursery.start_soon(self._signals, nursery.cancel_scope)
             await self._start_hv(children)
             async with open_unix_client(str(self.run_dir / "privcmd.sock"), "control") as ctl:
@@ -515,6 +522,9 @@ class Stack:
                 self.arm_next = fault
                 killed = self._kill_pager(f"arm_{fault.kind}")
                 entry["outcome"] = f"restart armed {fault.spec}" + ("" if killed else " (was down)")
+            elif fault.kind in POWER_KINDS:  # power.py: power cuts and a lying disk
+                assert self.power is not None
+                entry["outcome"] = await self.power.inject(fault, self, round(self.elapsed(), 3))
             elif fault.kind == "cut":
                 assert self.proxy is not None
                 self.proxy.arm_cut(fault.params["direction"], fault.params["fraction"])
@@ -777,6 +787,8 @@ class Stack:
             "final_status": dom,
             "violations": self.violations,
         }
+        if self.power is not None:  # power.py
+            self.report["power"] = self.power.report()
 
     # ---- live view ------------------------------------------------------------------------
 
@@ -901,6 +913,7 @@ def summary_text(report: dict[str, Any]) -> str:
             f"unreachable: {report['final_status']['paged_pages']}; stuck vCPUs "
             f"{report['stuck_vcpus']}"
         )
+    lines += power_lines(report)  # power.py: power cuts, lies, lost gfns
     for v in report["violations"][:10]:
         lines.append(f"  violation: {v}")
     return "\n".join(lines)
