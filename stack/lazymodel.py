@@ -368,6 +368,7 @@ class LazyDisk:
             "writes_torn": 1 if tear is not None else 0,
             "meta_ops_unsynced": meta,
             "meta_ops_lost": meta - kept_meta,
+            "lied_syncs": self.counts["lied_syncs"],  # over this mount's life
         }
 
     def _all_nodes(self) -> list[Node]:

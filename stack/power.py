@@ -38,6 +38,12 @@ log = structlog.get_logger("stack.power")
 #: The fault kinds this module plays (and the ones that need FUSE).
 POWER_KINDS: Final = ("power", "lie")
 
+#: Default seconds between two scheduled faults when the kinds include `power`: a cut
+#: (pager down, file system killed, unmounted, mounted again) and the new pager's start
+#: take seconds, not the instant of a SIGKILL; closer faults would keep the pager down
+#: for good and leave every vCPU stuck.
+POWER_SPACING: Final = 3.0
+
 #: Seconds a stopped file system gets to unmount itself before it is SIGKILLed.
 STOP_GRACE: Final = 3.0
 

@@ -142,7 +142,7 @@ def _params(kind: str, rng: random.Random) -> dict[str, Any]:
     if kind == "power":
         return {"harsh": rng.random() < 0.5, "seed": rng.randrange(2**32)}
     if kind == "lie":
-        return {"for": round(rng.uniform(2.0, 5.0), 2)}
+        return {"for": round(rng.uniform(3.0, 8.0), 2)}
     return {}
 
 
