@@ -69,7 +69,7 @@ from .procs import Child, ChildSet, open_children
 log = structlog.get_logger("stack.bench")
 
 #: The sections of the benchmark, in the order they run (`--only` picks some).
-SECTIONS: Final = ("floor", "populate", "throughput", "recovery", "memory", "policy")
+SECTIONS: Final = ("floor", "populate", "throughput", "recovery", "memory", "policy", "lazyfs")
 
 #: Blocks of echo round trips interleaved with each run of populates (the floor beside it).
 POP_BLOCKS: Final = 5
@@ -837,6 +837,10 @@ async def run_bench(opts: BenchOptions, say: Callable[[str], None]) -> dict[str,
                 res["memory"] = await bench_memory(recovery_store, say)
             elif section == "policy":
                 res["policy"] = await bench_policy(sizes, opts.policies, say)
+            elif section == "lazyfs":  # bench_power.py: what power faults' FS costs
+                from .bench_power import bench_lazyfs
+
+                res["lazyfs"] = await bench_lazyfs(sizes, work, say)
             res.setdefault("section_s", {})[section] = time.perf_counter() - t0
         res["total_s"] = time.perf_counter() - t_start
         res["machine"]["loadavg_end"] = os.getloadavg()
@@ -984,7 +988,9 @@ def table_rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                             f"{row[p + '_ratio']:.2f}x",
                         )
                     )
-    return rows
+    from .bench_power import lazyfs_rows  # bench_power.py
+
+    return rows + lazyfs_rows(res)
 
 
 def render_table(res: dict[str, Any]) -> str:
