@@ -15,7 +15,7 @@ from typing import Any, Final
 
 import trio
 
-from .bench import POLL_LONG, Sizes, median, open_stack
+from .bench import POLL_LONG, BenchStack, Sizes, median, open_stack
 from .power import PowerControl, fuse_problem
 
 #: The batch size of the figure (the pager's default, the issue's).
@@ -29,46 +29,49 @@ async def bench_lazyfs(sizes: Sizes, work: Path, say: Callable[[str], None]) -> 
         say(f"  skipped: {problem}")
         return {"skipped": problem}
     pages = sizes.tput_pages[BATCH]
+    nr = pages + 1024
+    runs: dict[str, list[float]] = {"plain": [], "lazy": []}
+    async with (
+        open_stack(work, "lazyfs-plain", nr, 2) as plain,
+        open_stack(work, "lazyfs-lazy", nr, 2) as lazy,
+        trio.open_nursery() as nursery,
+    ):
+        lazy.state_dir.mkdir()
+        power = PowerControl(lazy.run_dir, 30.0, nursery)
+        try:
+            await power.open()
+            stacks = {"plain": plain, "lazy": lazy}
+            pagers = {
+                m: await st.start_pager(st.pager_argv(batch=BATCH)) for m, st in stacks.items()
+            }
+            for m, st in stacks.items():
+                await st.wait_attached(pagers[m])
+            # Interleaved, so that both see the same machine (load comes and goes).
+            for _ in range(sizes.repeats):
+                for m, st in stacks.items():
+                    runs[m].append(await _pageout(st, nr, pages))
+            for pager in pagers.values():
+                await pager.stop()
+        finally:
+            with trio.CancelScope(shield=True):
+                await power.close()
+            nursery.cancel_scope.cancel()
     out: dict[str, Any] = {"batch": BATCH, "pages": pages}
-    for mode in ("plain", "lazy"):
-        runs = await _pageouts(sizes.repeats, pages, work, mode)
-        out[f"{mode}_pps"] = median(runs)
-        out[f"{mode}_runs"] = runs
-        say(f"  batch {BATCH}, {mode}: out {out[f'{mode}_pps']:.0f} pages/s")
+    for m, r in runs.items():
+        out[f"{m}_pps"], out[f"{m}_runs"] = median(r), r
+        say(f"  batch {BATCH}, {m}: out {out[f'{m}_pps']:.0f} pages/s")
     return out
 
 
-async def _pageouts(repeats: int, pages: int, work: Path, mode: str) -> list[float]:
-    """Pages/s of `repeats` page-outs of `pages` pages by one pager process."""
-    nr = pages + 1024
-    runs = []
-    async with open_stack(work, f"lazyfs-{mode}", nr, 2) as stack, trio.open_nursery() as nursery:
-        power = None
-        if mode == "lazy":
-            stack.state_dir.mkdir()
-            power = PowerControl(stack.run_dir, 30.0, nursery)
-            await power.open()
-        try:
-            pager = await stack.start_pager(stack.pager_argv(batch=BATCH))
-            await stack.wait_attached(pager)
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                await stack.set_target(nr - pages)
-                await stack.wait_counters(
-                    lambda c: c["paged_pages"] >= pages, "page-out", every=POLL_LONG
-                )
-                runs.append(pages / (time.perf_counter() - t0))
-                await stack.set_target(nr)
-                await stack.wait_counters(
-                    lambda c: c["paged_pages"] == 0, "page-in", every=POLL_LONG
-                )
-            await pager.stop()
-        finally:
-            if power is not None:
-                with trio.CancelScope(shield=True):
-                    await power.close()
-            nursery.cancel_scope.cancel()
-    return runs
+async def _pageout(stack: BenchStack, nr: int, pages: int) -> float:
+    """Pages/s of one page-out of `pages` pages (then everything is paged back in)."""
+    t0 = time.perf_counter()
+    await stack.set_target(nr - pages)
+    await stack.wait_counters(lambda c: c["paged_pages"] >= pages, "page-out", every=POLL_LONG)
+    pps = pages / (time.perf_counter() - t0)
+    await stack.set_target(nr)
+    await stack.wait_counters(lambda c: c["paged_pages"] == 0, "page-in", every=POLL_LONG)
+    return pps
 
 
 def lazyfs_rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
