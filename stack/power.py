@@ -175,8 +175,14 @@ class LazyFs:
         """One control command and its answer."""
         assert self.proc is not None and self.proc.stdin is not None
         async with self._lock:
-            await self.proc.stdin.send_all(json.dumps(cmd).encode() + b"\n")
-            reply = await self._readline()
+            try:
+                await self.proc.stdin.send_all(json.dumps(cmd).encode() + b"\n")
+                reply = await self._readline()
+            except (EOFError, trio.BrokenResourceError, trio.ClosedResourceError):
+                said = last_line(self.log_path) or "no output"
+                raise StartError(
+                    f"the lazy file system died (log: {self.log_path}): {said}"
+                ) from None
         if not reply.get("ok"):
             raise RuntimeError(f"lazyfs refused {cmd}: {reply.get('error')}")
         return reply
@@ -223,6 +229,7 @@ class PowerControl:
 
     async def open(self) -> None:
         """Move the store to `state.disk` (the durable bytes) and mount over `state`."""
+        await unmount(self.mount)  # left behind by a run that was SIGKILLed, if any
         if not self.backing.exists():
             self.mount.rename(self.backing)
             self.mount.mkdir()
@@ -246,7 +253,11 @@ class PowerControl:
             self.fs = None
             self._report["lied_syncs"] = self.lied_syncs  # the report dict, built before
         if self.backing.exists() and not is_mounted(self.mount):
-            self.mount.rmdir()
+            try:
+                self.mount.rmdir()
+            except OSError as exc:  # written to while unmounted: keep both, say so
+                log.error("lazyfs.store_not_put_back", error=str(exc), store=str(self.backing))
+                return
             self.backing.rename(self.mount)
 
     async def inject(self, fault: Fault, stack: PagerHost, at: float) -> str:

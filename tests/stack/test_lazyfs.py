@@ -13,6 +13,7 @@ import trio
 from stack_helpers import processes_mentioning
 
 from stack.power import LazyFs, PowerControl, fuse_problem, is_mounted, mount_points
+from stack.procs import StartError
 from stack.schedule import Fault
 
 pytestmark = pytest.mark.skipif(fuse_problem() is not None, reason=str(fuse_problem()))
@@ -131,7 +132,7 @@ async def test_a_mount_that_fails_is_one_line_and_leaves_nothing(tmp_path: Path)
     backing = tmp_path / "disk"
     backing.mkdir()
     fs = LazyFs(backing, tmp_path / "no-such-dir", tmp_path / "lazyfs.log")
-    with trio.fail_after(30), pytest.raises(Exception, match="did not mount") as exc:
+    with trio.fail_after(30), pytest.raises(StartError, match="did not mount") as exc:
         await fs.start(20)
     assert "\n" not in str(exc.value)
     assert processes_mentioning(str(backing)) == []

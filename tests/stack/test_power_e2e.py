@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import trio
-from stack_helpers import XPEMU, one_line_error, processes_mentioning, run_xpemu
+from stack_helpers import PY, XPEMU, one_line_error, processes_mentioning, run_xpemu
 
 from stack.power import fuse_problem, mount_points
 
@@ -52,8 +52,10 @@ def _no_loss(rc: int, out: str, report: dict[str, Any], cuts: int) -> None:
 
 @needs_fuse
 async def test_three_power_cuts_lose_nothing(tmp_path: Path) -> None:
-    # Seed 2: one harsh cut (a subset of the unsynced writes kept), two gentle ones.
+    # Seed 2: one harsh cut (a subset of the unsynced writes kept), two gentle ones. Any
+    # pager: the cut needs nothing but its state directory (here named by --pager-cmd).
     args = ["--seed", "2", "--duration", "24", "--faults", "3", "--kinds", "power=1"]
+    args += ["--pager-cmd", f"{PY} -m pager"]
     rc, out, report = await _stress(tmp_path, args, bound=110)
     _no_loss(rc, out, report, cuts=3)
     assert report["power"]["harsh"] == 1
