@@ -35,8 +35,26 @@ import trio.testing
 from protocol import PAGE_SIZE
 from transport import open_client, open_unix_client
 
-from .core import Pager, PagerConfig, run_pager
-from .faults import parse_faults, raise_simulated_crash
+from .commit import open_store
+from .core import Pager, PagerConfig, PagerStats, run_pager
+from .faults import NO_FAULTS, Faults, parse_faults, raise_simulated_crash
+
+
+async def _open_and_run(
+    stream: trio.abc.Stream,
+    state_dir: Path,
+    config: PagerConfig,
+    *,
+    faults: Faults = NO_FAULTS,
+    **kw: Any,
+) -> PagerStats:
+    """Open the store in `state_dir` (as `python -m pager` does), then run a pager on it."""
+    try:
+        store = await open_store(state_dir, faults=faults, lock_timeout=config.lock_timeout)
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+    return await run_pager(stream, store, config, faults=faults, **kw)
 
 
 class _Started:
@@ -49,7 +67,7 @@ class _Started:
     async def run(self, *args: Any, **kw: Any) -> None:
         """run_pager, recording start and end (stop it with `self.stop`, then wait)."""
         try:
-            await run_pager(*args, stop=self.stop, task_status=self, **kw)  # type: ignore[arg-type]
+            await _open_and_run(*args, stop=self.stop, task_status=self, **kw)
         finally:
             self.finished.set()
 
@@ -147,7 +165,7 @@ async def _recovery(pages: int, state_dir: Path) -> dict[str, Any]:
 
             async def first() -> None:
                 try:
-                    await run_pager(
+                    await _open_and_run(
                         connect("privcmd.sock"),
                         state_dir,
                         PagerConfig(batch=256, target=nr - pages, recheck_interval=0.01),

@@ -26,6 +26,7 @@ from pager import (
     Pager,
     PagerConfig,
     PagerStats,
+    open_store,
     parse_faults,
     raise_simulated_crash,
     run_pager,
@@ -184,15 +185,26 @@ class Stack:
             else parse_faults(faults, crash=raise_simulated_crash)
         )
 
+        config = config or PagerConfig()
+
         async def runner() -> None:
             try:
+                try:
+                    store = await open_store(
+                        state_dir or self.state_dir,
+                        faults=spec,
+                        io=io,
+                        lock_timeout=config.lock_timeout,
+                    )
+                except BaseException:
+                    await trio.aclose_forcefully(stream)
+                    raise
                 run.stats = await run_pager(
                     stream,
-                    state_dir or self.state_dir,
-                    config or PagerConfig(),
+                    store,
+                    config,
                     faults=spec,
                     stop=run.stop,
-                    io=io,
                     task_status=RunStatus(run),  # type: ignore[arg-type]
                 )
             except BaseException as exc:
