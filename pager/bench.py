@@ -110,18 +110,18 @@ async def _throughput(batch: int, nr: int, vcpus: int, state_dir: Path) -> dict[
             # page-out
             t0 = time.perf_counter()
             config.target = 0
-            pager._wake()
+            pager.state.wake()
             await _until(pager, lambda: paged() == nr)
             out["pageout_pps"] = nr / (time.perf_counter() - t0)
             # proactive page-in
             t0 = time.perf_counter()
             config.target = nr
-            pager._wake()
+            pager.state.wake()
             await _until(pager, lambda: paged() == 0)
             out["pagein_proactive_pps"] = nr / (time.perf_counter() - t0)
             # request-driven page-in: every gfn out again, then the guest touches them all
             config.target = 0
-            pager._wake()
+            pager.state.wake()
             await _until(pager, lambda: paged() == nr)
             config.balance = False  # faults alone bring pages in: no page-out, no proactive
             async with open_client(connect("guest.sock"), "guest") as guest:

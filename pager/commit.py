@@ -24,8 +24,9 @@ import trio
 
 from .config import PagerError, PagerStats
 from .faults import NO_FAULTS, CrashPoint, Faults
+from .rowindex import Row
 from .state import PagerState
-from .store import DiskIO, PageStore, Row, StoreError, disk_io_for
+from .store import DiskIO, PageStore, StoreError, disk_io_for
 
 log = structlog.get_logger("pager")
 

@@ -61,21 +61,30 @@ log = structlog.get_logger("pager.faults")
 
 
 class CrashPoint(StrEnum):
-    """The named crash points, in pipeline order (see the module docstring). The pager
-    passes only these to `Faults.hit`; a spec may arm only these."""
+    """The named crash points, in pipeline order (see the module docstring), each with the
+    `phase` it belongs to (``pageout``, ``pagein`` or ``recovery``). The pager passes only
+    these to `Faults.hit`; a spec may arm only these."""
 
-    after_nominate = "after_nominate"
-    after_map = "after_map"
-    after_write = "after_write"
-    after_fsync = "after_fsync"
-    after_index_commit = "after_index_commit"
-    after_evict = "after_evict"
-    after_read = "after_read"
-    after_prep = "after_prep"
-    before_resume = "before_resume"
-    after_resume = "after_resume"
-    after_audit = "after_audit"
-    after_reconcile = "after_reconcile"
+    phase: str
+
+    def __new__(cls, value: str, phase: str) -> CrashPoint:
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.phase = phase
+        return member
+
+    after_nominate = ("after_nominate", "pageout")
+    after_map = ("after_map", "pageout")
+    after_write = ("after_write", "pageout")
+    after_fsync = ("after_fsync", "pageout")
+    after_index_commit = ("after_index_commit", "pageout")
+    after_evict = ("after_evict", "pageout")
+    after_read = ("after_read", "pagein")
+    after_prep = ("after_prep", "pagein")
+    before_resume = ("before_resume", "pagein")
+    after_resume = ("after_resume", "pagein")
+    after_audit = ("after_audit", "recovery")
+    after_reconcile = ("after_reconcile", "recovery")
 
 
 #: The crash points' names, in pipeline order (derived from `CrashPoint`).
@@ -224,7 +233,7 @@ def parse_faults(
                     f"fault spec item {item!r}: unknown crash point; one of "
                     + ", ".join(CRASH_POINTS)
                 )
-            faults._points.setdefault(CrashPoint(m["point"]), []).append(trigger)
+            faults._points.setdefault(CrashPoint[m["point"]], []).append(trigger)
             continue
         op, action = m["op"], m["action"]
         if op not in STORE_OPS:

@@ -8,6 +8,9 @@ from typing import Any
 from protocol import MAX_LIST, MAX_PAGES_PER_FRAME, bit
 from transport import Client
 
+#: One element of a batched op's `results`: 0, or the errno name (PROTOCOL.md §3).
+Result = int | str
+
 
 def chunks(seq: Sequence[Any], n: int) -> Iterable[Sequence[Any]]:
     """`seq` in slices of at most `n`."""
@@ -60,9 +63,9 @@ class HvCalls:
             out += (await self.client.call("map", gfns=list(chunk)))["pages"]
         return out
 
-    async def prep(self, gfns: Sequence[int], pages: Sequence[bytes | None]) -> list[int]:
+    async def prep(self, gfns: Sequence[int], pages: Sequence[bytes | None]) -> list[Result]:
         """`prep` (load `pages` into `gfns`; None: no data): each gfn's result, in order."""
-        out: list[int] = []
+        out: list[Result] = []
         for i in range(0, len(gfns), MAX_PAGES_PER_FRAME):
             reply = await self.client.call(
                 "prep",
@@ -72,9 +75,9 @@ class HvCalls:
             out += reply["results"]
         return out
 
-    async def resume(self, rsps: Sequence[dict[str, Any]]) -> list[int]:
+    async def resume(self, rsps: Sequence[dict[str, Any]]) -> list[Result]:
         """`resume` with these responses: each one's result, in order."""
-        out: list[int] = []
+        out: list[Result] = []
         for chunk in chunks(rsps, MAX_LIST):
             out += (await self.client.call("resume", rsps=list(chunk)))["results"]
         return out
@@ -96,4 +99,4 @@ class HvCalls:
         return results, pages
 
 
-__all__ = ["HvCalls", "chunks"]
+__all__ = ["HvCalls", "Result", "chunks"]

@@ -9,7 +9,7 @@ frames, the connection's writer idle) starts at once in the connection's reader
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import structlog
 import trio
@@ -20,10 +20,11 @@ from .commit import Committer
 from .config import PagerConfig, PagerStats
 from .drops import Drops, rsp
 from .faults import CrashPoint, Faults
-from .hvcalls import HvCalls
+from .hvcalls import HvCalls, Result
 from .policy import Policy
+from .rowindex import Row
 from .state import Job, PagerState
-from .store import ChecksumError, Row, StoreError
+from .store import ChecksumError, StoreError
 
 log = structlog.get_logger("pager")
 
@@ -117,7 +118,8 @@ class PageIn:
                 return False  # on the disk, or a failed read: the worker's way handles it
             self.stats.cached_reads += len(rows)
             self.faults.hit(CrashPoint.after_read)
-            sent, requests = self._requests(jobs, pages, [])
+            # Every entry is bytes (checked above): the prep's pages.
+            sent, requests = self._requests(jobs, cast("list[bytes | None]", pages), [])
             sent.ids = self.client.send_requests_now(requests)
         except BaseException:
             self.slots.release()  # nothing sent: nothing to wait for
@@ -203,21 +205,23 @@ class PageIn:
             await self._prep_and_resume(prep_jobs, prep_rows, prep_pages, done)
             return
         if prep_gfns:
-            results = await self.hv.prep(prep_gfns, prep_pages)
+            answers = await self.hv.prep(prep_gfns, prep_pages)
             self.faults.hit(CrashPoint.after_prep)
-            for job, row, data, res in zip(prep_jobs, prep_rows, prep_pages, results, strict=True):
-                if res == 0:
+            for job, row, data, answer in zip(
+                prep_jobs, prep_rows, prep_pages, answers, strict=True
+            ):
+                if answer == 0:
                     self._loaded(job, row, done, freed)
-                elif res == Errno.ENOMEM:
+                elif answer == Errno.ENOMEM:
                     job.attempts += 1
                     self._note_enomem(job)
                     self._retry_later(job, min(0.005 * 2**job.attempts, PREP_BACKOFF_MAX))
-                elif res == Errno.EINVAL and data is None:
+                elif answer == Errno.EINVAL and data is None:
                     lost.append(job)  # frameless, and we hold no copy
                 else:
                     # ENOENT: already done (resident again, ballooned, broken): just answer.
-                    if res != Errno.ENOENT:
-                        log.error("prep.failed", gfn=job.gfn, err=res)
+                    if answer != Errno.ENOENT:
+                        log.error("prep.failed", gfn=job.gfn, err=answer)
                     done.append(job)
         if lost:
             marked = set(await self.drops.mark_lost([j.gfn for j in lost], reason="no good copy"))
@@ -229,9 +233,9 @@ class PageIn:
             return
         self.faults.hit(CrashPoint.before_resume)
         rsps = self._close_jobs(done)
-        results = await self.hv.resume(rsps)
+        resumed = await self.hv.resume(rsps)
         self.faults.hit(CrashPoint.after_resume)
-        self._resumed(rsps, results)
+        self._resumed(rsps, resumed)
         self._paged_in(done, freed)
 
     async def _prep_and_resume(
@@ -259,7 +263,7 @@ class PageIn:
         jobs = prep_jobs + done
         sent = _Sent([len(job.reqs) for job in jobs], [rsp(r) for job in jobs for r in job.reqs])
         self.faults.hit(CrashPoint.before_resume)
-        requests = [
+        requests: list[tuple[str, dict[str, Any]]] = [
             ("prep", {"gfns": [j.gfn for j in prep_jobs], "pages": list(pages)}),
             ("resume", {"rsps": sent.rsps}),
         ]
@@ -329,7 +333,7 @@ class PageIn:
             rsps += [rsp(r) for r in job.reqs]
         return rsps
 
-    def _resumed(self, rsps: list[dict[str, Any]], results: list[int]) -> None:
+    def _resumed(self, rsps: list[dict[str, Any]], results: list[Result]) -> None:
         seqs = self.state.seqs
         for r, res in zip(rsps, results, strict=True):
             seqs.discard(r["seq"])

@@ -20,8 +20,9 @@ from .config import PagerConfig, PagerStats
 from .faults import CrashPoint, Faults
 from .hvcalls import HvCalls
 from .policy import Policy
+from .rowindex import Row
 from .state import PagerState
-from .store import Row, StoreError, checksum
+from .store import StoreError, checksum
 
 log = structlog.get_logger("pager")
 

@@ -17,8 +17,9 @@ from .commit import Committer
 from .config import PagerStats
 from .hvcalls import HvCalls
 from .policy import Policy
+from .rowindex import Row
 from .state import PagerState
-from .store import ChecksumError, Row
+from .store import ChecksumError
 
 log = structlog.get_logger("pager")
 
@@ -96,11 +97,11 @@ class Proactive:
         prepped = await self.hv.prep([r.gfn for r in good], pages)
         freed: list[tuple[int, int]] = []
         other: list[Row] = []
-        for row, res in zip(good, prepped, strict=True):
-            if res == 0:
+        for row, answer in zip(good, prepped, strict=True):
+            if answer == 0:
                 freed.append((row.gfn, row.gen))
                 self.policy.paged_in(row.gfn, mru=False)
-            elif res == Errno.ENOMEM:
+            elif answer == Errno.ENOMEM:
                 self.stats.prep_enomem += 1
             else:
                 other.append(row)

@@ -46,7 +46,7 @@ class Reconciled(NamedTuple):
     adopt: list[int]  # leftover paging_out gfns: copy and evict them (no un-nominate)
 
 
-def reconcile(types: bytes, frames: bytes, rows: Rows) -> Reconciled:
+def reconcile(types: bytes | bytearray, frames: bytes | bytearray, rows: Rows) -> Reconciled:
     """Decide recovery from hv's audit of every gfn (`types`: one p2m code per gfn;
     `frames`: the has-frame bitmap, LSB first) and the store's rows.
 

@@ -75,7 +75,8 @@ class Connection:
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 self._closed = True
                 raise ConnectionClosed(f"receive failed: {exc!r}") from None
-            self._decoder.receive_data(data)
+            # bytes or bytearray (trio's type); the decoder only appends it to its buffer.
+            self._decoder.receive_data(data)  # type: ignore[arg-type]
 
     def receive_buffered(self) -> dict[str, Any] | None:
         """The next message if it is already complete in what was read, else None: never
