@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 
 import pytest
 import trio
@@ -350,10 +351,15 @@ async def test_a_peer_that_does_not_read_is_dropped(harness: Harness) -> None:
         ended.set()
 
     async def flood() -> None:
-        frames = [encode_frame({"op": "hello", "id": 0, "v": 1, "role": "control"})]
-        frames += [encode_frame({"op": "status", "id": i}) for i in range(1, 1200)]
+        # Requests keep coming, in bursts, as from a real peer: the replies to one burst go
+        # out as one write (cork), and once that write is stuck the next bursts' replies
+        # queue one by one until the queue's bound drops the peer (over any stream).
+        await ours.send_all(encode_frame({"op": "hello", "id": 0, "v": 1, "role": "control"}))
+        ids = itertools.count(1)
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await ours.send_all(b"".join(frames))
+            while True:
+                burst = [encode_frame({"op": "status", "id": next(ids)}) for _ in range(50)]
+                await ours.send_all(b"".join(burst))
 
     with trio.fail_after(10):
         harness.nursery.start_soon(serve)
