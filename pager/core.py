@@ -69,24 +69,45 @@ class Pager:
         self.state = PagerState(self.stats)
         self.commit = Committer(store, self.state, self.stats, faults)
         self.drops = Drops(self.hv, self.state, self.commit, self.policy, self.stats)
-        parts: dict[str, Any] = dict(
-            hv=self.hv, state=self.state, commit=self.commit, policy=self.policy, stats=self.stats
-        )
+        hv, state, commit, policy, stats = self.hv, self.state, self.commit, self.policy, self.stats
         self.pagein = PageIn(
-            **parts, drops=self.drops, config=config, faults=faults, nr_gfns=self.nr_gfns
+            hv=hv,
+            state=state,
+            commit=commit,
+            drops=self.drops,
+            policy=policy,
+            stats=stats,
+            config=config,
+            faults=faults,
+            nr_gfns=self.nr_gfns,
         )
-        self.proactive = Proactive(**parts)
-        self.pageout = PageOut(**parts, config=config, faults=faults)
-        jobs: dict[str, Any] = dict(
-            hv=self.hv,
-            state=self.state,
-            commit=self.commit,
+        self.proactive = Proactive(hv=hv, state=state, commit=commit, policy=policy, stats=stats)
+        self.pageout = PageOut(
+            hv=hv,
+            state=state,
+            commit=commit,
+            policy=policy,
+            stats=stats,
+            config=config,
+            faults=faults,
+        )
+        self.balancer = Balancer(
+            hv=hv,
+            state=state,
+            commit=commit,
             pageout=self.pageout,
             proactive=self.proactive,
             config=config,
         )
-        self.balancer = Balancer(**jobs)
-        self.drain = Drain(**jobs, stats=self.stats)
+        self.drain = Drain(
+            hv=hv,
+            state=state,
+            commit=commit,
+            pageout=self.pageout,
+            proactive=self.proactive,
+            stats=stats,
+            config=config,
+        )
 
     async def wait_progress(self) -> None:
         """Return after the pager's next step (a batch, a page-in, a request received)."""

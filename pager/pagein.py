@@ -94,7 +94,7 @@ class PageIn:
         """Start the common page-in at once, in the connection's reader, if nothing in it
         can block: every slot in the page cache and good, `prep` not starved, the
         connection's writer idle. Then only the wait for the replies goes to a task: the
-        task switch to a page-in worker (30-50 µs) leaves the populate path. The steps
+        task switch to a page-in worker leaves the populate path. The steps
         and their order are `serve`'s; False (nothing done) sends jobs the usual way."""
         store_rows = self.commit.store.rows
         rows = [row for job in jobs if (row := store_rows.get(job.gfn)) is not None]
