@@ -21,8 +21,8 @@ Public API:
 ``python -m pager --run-dir DIR --state-dir DIR [--domid D] [--policy xenpaging|clock|car]
 [--on-exit pagein|keep] [--faults SPEC] [--batch N] [--concurrency N] [--target T]
 [--prefetch N] [...]`` runs it as a process (``--help``; exit 75 means hv
-went away: restart it, it recovers from the state directory); ``python -m pager.bench``
-measures it.
+went away: restart it, it recovers from the state directory); ``xpemu bench`` and
+``python -m stack.bench.inproc`` measure it.
 
 Connection loss is not retried in-process: the pager exits (75) and the stack restarts it,
 which exercises the same recovery path as a crash.
