@@ -41,7 +41,8 @@ from .faults import (
 )
 from .net import connect_privcmd
 from .policy import POLICIES, CarPolicy, ClockPolicy, XenpagingPolicy, make_policy
-from .store import ChecksumError, DiskIO, PageStore, Row, StoreError, StoreLocked, checksum
+from .rowindex import Row
+from .store import ChecksumError, DiskIO, PageStore, StoreError, StoreLocked, checksum
 
 __all__ = [
     "CRASH_POINTS",

@@ -64,7 +64,7 @@ class Connection:
             if msg is CLOSED:
                 raise ConnectionClosed("peer closed the connection")
             if msg is not NEED_DATA:
-                return msg  # type: ignore[return-value]
+                return msg  # type: ignore[return-value]  # not a sentinel: a message
             try:
                 data = await self.stream.receive_some(RECEIVE_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
@@ -79,7 +79,7 @@ class Connection:
         msg = self._decoder.next_message()
         if msg is NEED_DATA or msg is CLOSED:
             return None
-        return msg  # type: ignore[return-value]
+        return msg  # type: ignore[return-value]  # not a sentinel: a message
 
     def cork(self) -> None:
         """Hold outgoing frames until `uncork`, which sends them as one write: the replies

@@ -52,11 +52,12 @@ class _Started:
     async def run(self, *args: Any, **kw: Any) -> None:
         """run_pager, recording start and end (stop it with `self.stop`, then wait)."""
         try:
-            await run_pager(*args, stop=self.stop, task_status=self, **kw)  # type: ignore[arg-type]
+            await run_pager(*args, stop=self.stop, task_status=self, **kw)
         finally:
             self.finished.set()
 
-    def started(self, value: Pager) -> None:
+    def started(self, value: Pager | None = None) -> None:
+        """What trio.TaskStatus.started does: record the started pager."""
         self.pager = value
         self.event.set()
 
@@ -151,7 +152,7 @@ async def _recovery(pages: int, state_dir: Path) -> dict[str, Any]:
                         state_dir,
                         PagerConfig(batch=256, target=nr - pages, recheck_interval=0.01),
                         faults=parse_faults("after_resume@1", crash=raise_simulated_crash),
-                        task_status=status,  # type: ignore[arg-type]
+                        task_status=status,
                     )
                 except BaseException as exc:
                     if type(exc).__name__ != "SimulatedCrash":

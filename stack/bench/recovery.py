@@ -23,9 +23,9 @@ from .options import Sizes
 from .procs import STEP_TIMEOUT, open_stack
 
 
-async def bench_recovery(sizes: Sizes, work: Path, say: Callable[[str], None]) -> dict[str, Any]:
+async def bench_recovery(sizes: Sizes, work: Path, say: Callable[[str], None]) -> dict[int, Any]:
     """Pager process start → first served request, per number of pages out."""
-    out: dict[str, Any] = {}
+    out: dict[int, Any] = {}
     floor = await start_floor(sizes.repeats)
     say(f"  floor: a Python process importing the pager takes {floor:.3f} s")
     for pages in sizes.recovery_pages:

@@ -18,6 +18,11 @@ from .procs import POLL_LONG, open_stack
 BATCHES: Final = (1, 16, 64, 256)
 
 
+def _paged_at_least(n: int) -> Callable[[dict[str, Any]], bool]:
+    """A wait condition: at least `n` gfns paged out."""
+    return lambda c: c["paged_pages"] >= n
+
+
 async def bench_throughput(
     sizes: Sizes, work: Path, say: Callable[[str], None], profile: Path | None = None
 ) -> dict[str, Any]:
@@ -35,9 +40,7 @@ async def bench_throughput(
                 floor.append(measure_disk_floor(str(stack.run_dir), batch, pages))
                 t0 = time.perf_counter()
                 await stack.set_target(nr - pages)
-                await stack.wait_counters(
-                    lambda c, n=pages: c["paged_pages"] >= n, "page-out", every=POLL_LONG
-                )
+                await stack.wait_counters(_paged_at_least(pages), "page-out", every=POLL_LONG)
                 pageout.append(pages / (time.perf_counter() - t0))
                 t0 = time.perf_counter()
                 await stack.set_target(nr)
