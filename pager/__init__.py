@@ -24,8 +24,8 @@ Public API:
 ``python -m pager --run-dir DIR --state-dir DIR [--domid D] [--policy xenpaging|clock|car]
 [--on-exit pagein|keep] [--faults SPEC] [--batch N] [--concurrency N] [--target T]
 [--prefetch N] [...]`` runs it as a process (``--help``; exit 75 means hv
-went away: restart it, it recovers from the state directory); ``python -m pager.bench``
-measures it.
+went away: restart it, it recovers from the state directory); ``xpemu bench`` and
+``python -m stack.bench.inproc`` measure it.
 
 Connection loss is not retried in-process: the pager exits (75) and the stack restarts it,
 which exercises the same recovery path as a crash.
@@ -47,7 +47,8 @@ from .faults import (
 )
 from .net import connect_privcmd
 from .policy import POLICIES, CarPolicy, ClockPolicy, XenpagingPolicy, make_policy
-from .store import ChecksumError, DiskIO, PageStore, Row, StoreError, StoreLocked, checksum
+from .rowindex import Row
+from .store import ChecksumError, DiskIO, PageStore, StoreError, StoreLocked, checksum
 
 __all__ = [
     "CRASH_POINTS",

@@ -30,8 +30,6 @@ FORBIDDEN = frozenset(
 #: Files left as they are, each with the reason (remove an entry when its reason goes).
 EXEMPT = {
     "pager/store.py": "the store's lock wait and aside name: the store rewrite replaces them",
-    "pager/bench.py": "a benchmark measures wall time (moving to stack/)",
-    "hv/bench_memory.py": "a benchmark measures wall time (moving to stack/)",
 }
 
 

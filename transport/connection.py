@@ -69,14 +69,14 @@ class Connection:
             if msg is CLOSED:
                 raise ConnectionClosed("peer closed the connection")
             if msg is not NEED_DATA:
-                return msg  # type: ignore[return-value]
+                return msg  # type: ignore[return-value]  # not a sentinel: a message
             try:
                 data = await self.stream.receive_some(RECEIVE_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 self._closed = True
                 raise ConnectionClosed(f"receive failed: {exc!r}") from None
             # bytes or bytearray (trio's type); the decoder only appends it to its buffer.
-            self._decoder.receive_data(data)  # type: ignore[arg-type]
+            self._decoder.receive_data(data)
 
     def receive_buffered(self) -> dict[str, Any] | None:
         """The next message if it is already complete in what was read, else None: never
@@ -85,7 +85,7 @@ class Connection:
         msg = self._decoder.next_message()
         if msg is NEED_DATA or msg is CLOSED:
             return None
-        return msg  # type: ignore[return-value]
+        return msg  # type: ignore[return-value]  # not a sentinel: a message
 
     def cork(self) -> None:
         """Hold outgoing frames until `uncork`, which sends them as one write: the replies
@@ -211,7 +211,7 @@ def nowait_sender(stream: trio.abc.Stream) -> Callable[[bytes], int]:
         return lambda data: _write_some(sock, data)
     try_send_some = getattr(stream, "try_send_some", None)
     if callable(try_send_some):
-        return try_send_some  # type: ignore[no-any-return]  # duck-typed: see docstring
+        return try_send_some  # duck-typed: see docstring
     return _take_nothing
 
 

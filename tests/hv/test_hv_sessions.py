@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+from collections.abc import Awaitable
 
 import pytest
 import trio
@@ -16,7 +17,7 @@ from protocol import PAGE_SIZE, MemEventFlag, OpError, encode_frame, unpack_bits
 from transport import ConnectionClosed
 
 
-async def _errno(coro) -> str:  # type: ignore[no-untyped-def]
+async def _errno(coro: Awaitable[object]) -> str:
     with pytest.raises(OpError) as exc:
         await coro
     return str(exc.value.errno)
