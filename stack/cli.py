@@ -23,8 +23,12 @@ from protocol import ProtocolError, RingMode
 from transport import ConnectionClosed, configure_logging, open_unix_client
 
 from .argtypes import nonneg_int, positive_float, positive_int
-from .harness import StackError, StackOptions, prepare_run_dir, run_stack, summary_text
+from .errors import StackError
+from .harness import run_stack
+from .options import StackOptions
 from .power import POWER_KINDS, POWER_SPACING, fuse_problem
+from .report import summary_text
+from .rundir import prepare_run_dir
 from .schedule import DEFAULT_KINDS, make_schedule, parse_kinds
 from .status import status_lines, status_table
 

@@ -30,8 +30,9 @@ from typing import Any, Final, Protocol
 import structlog
 import trio
 
-from .procs import Child, StartError, last_line
+from .procs import StartError, last_line
 from .schedule import Fault
+from .supervisor import PagerLife, Spawner
 
 log = structlog.get_logger("stack.power")
 
@@ -90,18 +91,19 @@ async def unmount(path: Path) -> None:
 
 
 class PagerHost(Protocol):
-    """What a power cut needs from the stack (harness.Stack): kill the pager, hold its
-    restart (the supervisor waits for `restart_gate` before each start)."""
+    """What a power cut needs from the pager's supervisor (supervisor.PagerSupervisor):
+    kill the pager, hold its restart (the supervisor waits for `restart_gate` before each
+    start)."""
 
     restart_gate: trio.Event
-    pager: Child | None
-    lives: list[Any]  # harness.PagerLife: pid, rc
-    pager_stop: bool
+    pager: Spawner
+    lives: list[PagerLife]
+    stopped: bool
 
-    def _kill_pager(self, why: str) -> bool: ...
+    def kill(self, why: str) -> bool: ...
 
 
-async def hold_pager_down(stack: PagerHost, gate: trio.Event) -> bool:
+async def hold_pager_down(sup: PagerHost, gate: trio.Event) -> bool:
     """SIGKILL the pager and wait until its supervisor waits at `gate` (closed) or has
     stopped for good; True if a pager was killed.
 
@@ -111,12 +113,13 @@ async def hold_pager_down(stack: PagerHost, gate: trio.Event) -> bool:
     """
     killed = False
     while True:
-        pager = stack.pager
-        if pager is not None and pager.running:
-            life = stack.lives[-1] if stack.lives else None
+        pager = sup.pager
+        if pager.running:
+            # Only once the supervisor has recorded this life: `kill` marks the latest one.
+            life = sup.lives[-1] if sup.lives else None
             if life is not None and life.pid == pager.pid and life.rc is None:
-                killed = stack._kill_pager("power") or killed
-        elif gate.statistics().tasks_waiting or stack.pager_stop:
+                killed = sup.kill("power") or killed
+        elif gate.statistics().tasks_waiting or sup.stopped:
             return killed
         await trio.sleep(0.01)
 
@@ -260,7 +263,7 @@ class PowerControl:
                 return
             self.backing.rename(self.mount)
 
-    async def inject(self, fault: Fault, stack: PagerHost, at: float) -> str:
+    async def inject(self, fault: Fault, sup: PagerHost, at: float) -> str:
         """Play one `power` or `lie` fault; the fault log's outcome."""
         assert self.fs is not None
         if fault.kind == "lie":
@@ -270,9 +273,9 @@ class PowerControl:
             return f"syncs lie for {fault.params['for']:g} s"
         # Once the pager is down it must stay down until the disk is back: shielded.
         with trio.CancelScope(shield=True), trio.fail_after(3 * self.start_timeout):
-            stack.restart_gate = gate = trio.Event()
+            sup.restart_gate = gate = trio.Event()
             try:
-                await hold_pager_down(stack, gate)
+                await hold_pager_down(sup, gate)
                 cut = await self.fs.request(
                     op="cut", harsh=fault.params["harsh"], seed=fault.params["seed"]
                 )
@@ -332,20 +335,3 @@ async def open_power(
             nursery.cancel_scope.cancel()
             with trio.CancelScope(shield=True):
                 await power.close()
-
-
-def power_lines(report: dict[str, Any]) -> list[str]:
-    """Summary lines of the power faults and of the gfns lost, if any."""
-    lines = []
-    p = report.get("power")
-    if p:
-        lines.append(
-            f"  power cuts {p['power_faults']} ({p['harsh']} harsh): unsynced writes "
-            f"{p['unsynced_writes']}, lost {p['writes_lost']}, torn {p['writes_torn']}, "
-            f"name ops lost {p['meta_ops_lost']}; lies {p['lies']} ({p['lied_syncs']} syncs lied)"
-        )
-    lost = (report.get("guest") or {}).get("lost_gfns") or []
-    if lost:
-        shown = ", ".join(str(g) for g in sorted(lost)[:20])
-        lines.append(f"  lost gfns ({len(lost)}): {shown}{', ...' if len(lost) > 20 else ''}")
-    return lines

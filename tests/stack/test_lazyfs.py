@@ -97,13 +97,18 @@ async def test_sqlite_in_wal_mode_keeps_every_commit_across_cuts(tmp_path: Path)
     run_dir = tmp_path / "run"
     (run_dir / "state").mkdir(parents=True)
 
-    class NoPager:
-        restart_gate = trio.Event()
-        pager = None
-        lives: list[object] = []
-        pager_stop = True
+    class NoProcess:
+        log_path = run_dir / "pager.log"
+        pid = None
+        running = False
 
-        def _kill_pager(self, why: str) -> bool:
+    class NoPager:  # a supervisor that has stopped for good (power.PagerHost)
+        restart_gate = trio.Event()
+        pager = NoProcess()
+        lives: list[object] = []
+        stopped = True
+
+        def kill(self, why: str) -> bool:
             return False
 
     with trio.fail_after(90):

@@ -1,4 +1,4 @@
-"""The bench's `lazyfs` section: what the lazy file system of power faults costs.
+"""Bench section 7: page-out through the lazy file system of power faults, beside the plain disk.
 
 Page-out throughput at batch 64 of the same pager process, once on the plain disk and once
 through the lazy file system (stack/lazyfs.py) mounted under its state directory, in the
@@ -15,8 +15,10 @@ from typing import Any, Final
 
 import trio
 
-from .bench import POLL_LONG, BenchStack, Sizes, median, open_stack
-from .power import PowerControl, fuse_problem
+from ..benchlib import median
+from ..power import PowerControl, fuse_problem
+from .options import Sizes
+from .procs import POLL_LONG, BenchStack, open_stack
 
 #: The batch size of the figure (the pager's default, the issue's).
 BATCH: Final = 64
