@@ -108,3 +108,25 @@ def test_an_orphaned_ring_fails_and_its_paused_vcpus_count_as_stuck() -> None:
 def test_no_guest_report_is_a_failure() -> None:
     r = build_report(_facts(guest=None))
     assert not r["ok"] and r["faults_seen_by_guest"] is None and r["lost_gfns"] == 0
+
+
+def test_power_faults_and_lost_gfns_are_reported_and_summarised() -> None:
+    power = {
+        "power_faults": 2,
+        "harsh": 1,
+        "unsynced_writes": 9,
+        "writes_lost": 7,
+        "writes_torn": 1,
+        "meta_ops_lost": 2,
+        "lies": 1,
+        "lied_syncs": 4,
+        "cuts": [],
+    }
+    r = build_report(_facts(guest=_guest(ok=False, lost_gfns=[9, 3]), power=power))
+    assert not r["ok"] and r["lost_gfns"] == 2 and r["power"] is power
+    text = summary_text(r)
+    assert "power cuts 2 (1 harsh): unsynced writes 9, lost 7, torn 1" in text
+    assert "lies 1 (4 syncs lied)" in text and "lost gfns (2): 3, 9" in text
+    assert "power" not in build_report(_facts()) and "power cuts" not in summary_text(
+        build_report(_facts())
+    )
