@@ -130,3 +130,15 @@ def test_power_faults_and_lost_gfns_are_reported_and_summarised() -> None:
     assert "power" not in build_report(_facts()) and "power cuts" not in summary_text(
         build_report(_facts())
     )
+
+
+def test_gfns_xenpaging_lost_count_as_lost_and_its_kind_is_in_the_config() -> None:
+    lost_msg = "5 gfns lost: still paged out after xenpaging's page-in"
+    opts = StackOptions(command="stress", nr_gfns=256, pager_kind="xenpaging", ring_size=8)
+    r = build_report(_facts(opts=opts, lost_by_pager=5, final=None, violations=[lost_msg]))
+    assert not r["ok"] and r["lost_gfns"] == 5 and r["violations"] == [lost_msg]
+    assert r["config"]["pager"] == "xenpaging" and r["config"]["ring_size"] == 8
+    assert "lost gfns 5" in summary_text(r)
+    # The larger of the two counts: the guest's own list when it saw more.
+    r = build_report(_facts(guest=_guest(ok=False, lost_gfns=[1, 2, 3]), lost_by_pager=2))
+    assert r["lost_gfns"] == 3 and r["config"]["pager"] == "xpemu"
