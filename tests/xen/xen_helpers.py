@@ -221,27 +221,31 @@ class Tap:
             await trio.serve_listeners(handle, listeners, handler_nursery=n)
 
     async def _to_hv(self, src: trio.SocketStream, dst: trio.SocketStream) -> None:
-        async for body in _frames(src):
-            msg = msgpack.unpackb(body)
-            if msg.get("op") == "evict" and self.on_evict is not None:
-                await self.on_evict(list(msg["gfns"]))
-            await dst.send_all(struct.pack(">I", len(body)) + body)
+        # aclosing: a relay cancelled mid-stream must not leave its generator to the GC
+        # (trio's ResourceWarning would then fail whichever test collects it).
+        async with contextlib.aclosing(_frames(src)) as frames:
+            async for body in frames:
+                msg = msgpack.unpackb(body)
+                if msg.get("op") == "evict" and self.on_evict is not None:
+                    await self.on_evict(list(msg["gfns"]))
+                await dst.send_all(struct.pack(">I", len(body)) + body)
         await dst.send_eof()
 
     async def _to_pager(self, src: trio.SocketStream, dst: trio.SocketStream) -> None:
-        async for body in _frames(src):
-            msg = msgpack.unpackb(body)
-            frame = struct.pack(">I", len(body)) + body
-            if msg.get("ev") == "mem_event":
-                self.events_seen += 1
-                if self.holding:
-                    self.held.append(frame)
-                    await self.release_event.wait()
-                    for f in self.held:
-                        await dst.send_all(f)
-                    self.held.clear()
-                    continue
-            await dst.send_all(frame)
+        async with contextlib.aclosing(_frames(src)) as frames:
+            async for body in frames:
+                msg = msgpack.unpackb(body)
+                frame = struct.pack(">I", len(body)) + body
+                if msg.get("ev") == "mem_event":
+                    self.events_seen += 1
+                    if self.holding:
+                        self.held.append(frame)
+                        await self.release_event.wait()
+                        for f in self.held:
+                            await dst.send_all(f)
+                        self.held.clear()
+                        continue
+                await dst.send_all(frame)
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await dst.aclose()
 
