@@ -223,15 +223,23 @@ class Tap:
     async def _to_hv(self, src: trio.SocketStream, dst: trio.SocketStream) -> None:
         # aclosing: a relay cancelled mid-stream must not leave its generator to the GC
         # (trio's ResourceWarning would then fail whichever test collects it).
-        async with contextlib.aclosing(_frames(src)) as frames:
-            async for body in frames:
-                msg = msgpack.unpackb(body)
-                if msg.get("op") == "evict" and self.on_evict is not None:
-                    await self.on_evict(list(msg["gfns"]))
-                await dst.send_all(struct.pack(">I", len(body)) + body)
-        await dst.send_eof()
+        # A peer that has gone ends this direction, as a closed socket would.
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            async with contextlib.aclosing(_frames(src)) as frames:
+                async for body in frames:
+                    msg = msgpack.unpackb(body)
+                    if msg.get("op") == "evict" and self.on_evict is not None:
+                        await self.on_evict(list(msg["gfns"]))
+                    await dst.send_all(struct.pack(">I", len(body)) + body)
+            await dst.send_eof()
 
     async def _to_pager(self, src: trio.SocketStream, dst: trio.SocketStream) -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await self._relay_to_pager(src, dst)  # an exited pager drops what hv still sent
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await dst.aclose()
+
+    async def _relay_to_pager(self, src: trio.SocketStream, dst: trio.SocketStream) -> None:
         async with contextlib.aclosing(_frames(src)) as frames:
             async for body in frames:
                 msg = msgpack.unpackb(body)
@@ -246,8 +254,6 @@ class Tap:
                         self.held.clear()
                         continue
                 await dst.send_all(frame)
-        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await dst.aclose()
 
 
 async def _unix_listener(path: str) -> trio.SocketListener:
