@@ -54,8 +54,8 @@ TOGGLES: Final = ("balloon", "race", "ring_full")
 #: Probability that a seed switches a kind (or a toggle) on.
 KIND_ON: Final = 0.5
 
-#: Faults per second of fault window a switched-on kind fires at: one of these per seed.
-RATES: Final = (2.0, 5.0, 12.0)
+#: Mean faults per fault window of a switched-on kind (its rate): one of these per seed.
+RATES: Final = (1.0, 3.0, 8.0)
 
 #: Disk faults a `disk` window can carry, and the per-operation rate range of each.
 DISK_FAULTS: Final = (
@@ -155,7 +155,7 @@ def make_plan(
     for kind in KINDS:
         n = 0
         if rng.random() < KIND_ON:
-            n = _poisson(rng, rng.choice(RATES) * window)
+            n = _poisson(rng, rng.choice(RATES))
         n = max(n, (base or {}).get(kind, 0))
         for _ in range(n):
             at = round(rng.uniform(0.0, window), 6)

@@ -134,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_float,
         help="refresh every N seconds (default 1) until Ctrl-C",
     )
+    sim = sub.add_parser("sim", help="the whole stack in one process under one seed (SIM.md)")
+    from . import sim_cmd as _sim_cmd
+
+    _sim_cmd.add_arguments(sim)
     bench = sub.add_parser("bench", help="performance figures, each next to its floor")
     from . import bench as _bench
 
@@ -320,6 +324,10 @@ def main(argv: list[str] | None = None) -> int:
         from . import bench
 
         return bench.main(args)
+    if args.command == "sim":
+        from . import sim_cmd
+
+        return sim_cmd.main(args)
     return _cmd_stack(args)
 
 
