@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, TypeVar
 
-from .plan import Plan, SimFault
+from .plan import Plan
 
 T = TypeVar("T")
 
@@ -59,11 +59,11 @@ def shrink(
 ) -> ShrinkResult:
     """The smallest plan for which `run(plan)` (the failures of one run) is not empty."""
     runs = 0
-    last: dict[tuple[frozenset[str], tuple[SimFault, ...]], list[str]] = {}
+    last: dict[str, list[str]] = {}
 
     def fails_plan(candidate: Plan) -> bool:
         nonlocal runs
-        key = (candidate.toggles, candidate.faults)
+        key = candidate.to_json()
         if key not in last:
             if runs >= max_runs:
                 return False
@@ -80,7 +80,7 @@ def shrink(
         candidate = Plan(best.toggles - {toggle}, best.faults)
         if fails_plan(candidate):
             best = candidate
-    return ShrinkResult(best, runs, last.get((best.toggles, best.faults), []))
+    return ShrinkResult(best, runs, last.get(best.to_json(), []))
 
 
 __all__ = ["MAX_RUNS", "ShrinkResult", "ddmin", "shrink"]

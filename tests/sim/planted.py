@@ -1,0 +1,103 @@
+"""Known bugs, planted in the real pager for one test each, that the sim must catch.
+
+Each `plant_*` patches production code through pytest's `monkeypatch` (undone after the
+test). Bodies copied from `pager.core` keep their original shape with the one change
+marked `# BUG`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import pager.store
+from pager.core import Pager, StoreError, _rsp
+from protocol import P2MType
+
+
+def plant_evict_before_durable(mp: pytest.MonkeyPatch) -> None:
+    """Page-out evicts its batch before the slots are synced and the rows committed."""
+    finish, batched = Pager._pageout_finish, Pager._batched
+
+    async def early_finish(self: Any, batch: Any) -> int:
+        early = await batched(self, "evict", batch.gfns)  # BUG: before the copy is durable
+        self.__dict__.setdefault("_planted_early", {})[tuple(batch.gfns)] = early
+        return await finish(self, batch)
+
+    async def planted_batched(self: Any, op: str, gfns: Any, *args: Any) -> Any:
+        early = self.__dict__.get("_planted_early", {})
+        if op == "evict" and tuple(gfns) in early:
+            return early.pop(tuple(gfns))  # the evict the real code makes, already made
+        return await batched(self, op, gfns, *args)
+
+    mp.setattr(Pager, "_pageout_finish", early_finish)
+    mp.setattr(Pager, "_batched", planted_batched)
+
+
+def plant_free_before_prep(mp: pytest.MonkeyPatch) -> None:
+    """Page-in frees a copy's row before its prep answered."""
+    original = Pager._prep_and_resume
+
+    async def prep_and_resume(self: Any, jobs: Any, rows: Any, pages: Any, done: Any) -> None:
+        early = [(j.gfn, r.gen) for j, r in zip(jobs, rows, strict=True) if r is not None]
+        await self._free_rows(early)  # BUG: the copy goes before the prep answered 0
+        await original(self, jobs, rows, pages, done)
+
+    mp.setattr(Pager, "_prep_and_resume", prep_and_resume)
+
+
+def plant_stale_drop(mp: pytest.MonkeyPatch) -> None:
+    """DROP_PAGE frees the copy without checking the gfn is still ballooned out."""
+
+    async def serve_drops(self: Any, reqs: list[dict[str, Any]]) -> None:
+        keys = []
+        for r in reqs:  # BUG: no audit: a stale request frees a live copy
+            row = self.store.rows.get(r["gfn"])
+            if row is not None:
+                keys.append((row.gfn, row.gen))
+            self.policy.dropped(r["gfn"])
+        await self._free_rows(keys)
+        results = await self.client.call("resume", rsps=[_rsp(r) for r in reqs])
+        for r, _ in zip(reqs, results["results"], strict=True):
+            self._seqs.discard(r["seq"])
+        self._notify()
+
+    mp.setattr(Pager, "_serve_drops", serve_drops)
+    assert P2MType.invalid  # the check the real code makes
+
+
+def plant_resume_without_prep(mp: pytest.MonkeyPatch) -> None:
+    """Page-in answers the requests without loading the page (no prep)."""
+
+    async def prep_and_resume(self: Any, jobs: Any, rows: Any, pages: Any, done: Any) -> None:
+        sent, requests = self._prep_and_resume_requests(jobs, pages, done)
+        resume_id = (await self.client.send_requests(requests[1:]))[0]  # BUG: prep not sent
+        try:
+            results = (await self.client.call_reply(resume_id))["results"]
+        finally:
+            self.client.forget(resume_id)
+        self._resumed(sent.rsps, results)
+        self._close_jobs(jobs + done)
+        self._paged_in(jobs + done, [])
+
+    mp.setattr(Pager, "_prep_and_resume", prep_and_resume)
+
+
+def plant_skip_checksum(mp: pytest.MonkeyPatch) -> None:
+    """Slot reads are served without verifying their checksum."""
+
+    def verified(r: Any, data: bytes) -> bytes | StoreError:
+        return data  # BUG: no checksum
+
+    mp.setattr(pager.store, "_verified", verified)
+
+
+PLANTED: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
+    "evict_before_durable": plant_evict_before_durable,
+    "free_before_prep": plant_free_before_prep,
+    "stale_drop": plant_stale_drop,
+    "resume_without_prep": plant_resume_without_prep,
+    "skip_checksum": plant_skip_checksum,
+}
