@@ -181,7 +181,7 @@ def _poisson(rng: random.Random, mean: float) -> int:
 
 def _params(kind: str, rng: random.Random, window: float, nr_gfns: int) -> dict[str, Any]:
     if kind == "crash":
-        return {"point": rng.choice(CRASH_POINTS), "nth": rng.randint(1, 3)}
+        return {"point": rng.choice(CRASH_POINTS), "nth": rng.choice((1, 1, 2, 3))}
     if kind == "power":
         return {"mode": rng.choice(("drop", "subset"))}
     if kind == "disk":

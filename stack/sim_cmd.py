@@ -61,7 +61,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     which.add_argument("--seeds", type=_seed_range, help="run seeds A-B (inclusive)")
     p.add_argument("--jobs", type=_jobs, default=1, help="worker processes for --seeds (1)")
     p.add_argument(
-        "--scenario", choices=sorted(SCENARIOS), default="small", help="world shape (small)"
+        "--scenario",
+        choices=sorted(SCENARIOS),
+        help="world shape (small, or the one a --schedule file names)",
     )
     p.add_argument(
         "--ring-mode",
@@ -103,19 +105,28 @@ def main(args: argparse.Namespace) -> int:
 
     plan = None
     seed = args.seed
+    scenario = args.scenario
     if args.schedule is not None:
         if args.seeds is not None:
             return _fail("--schedule runs one seed: give --seed (or none), not --seeds")
         try:
             text = args.schedule.read_text()
-        except OSError as exc:
-            return _fail(f"cannot read the schedule {args.schedule}: {exc.strerror or exc}")
+        except (OSError, UnicodeDecodeError) as exc:
+            return _fail(f"cannot read the schedule {args.schedule}: {exc}")
         try:
-            plan, meta = plan_from_json(text, window=SCENARIOS[args.scenario].window)
+            doc = json.loads(text)
+            named = doc.get("scenario") if isinstance(doc, dict) else None
+        except ValueError:
+            named = None
+        if scenario is None and named in SCENARIOS:
+            scenario = named
+        try:
+            plan, meta = plan_from_json(text, window=SCENARIOS[scenario or "small"].window)
         except PlanError as exc:
             return _fail(f"schedule {args.schedule}: {exc}")
         if seed is None:
             seed = meta.get("seed", 0) if isinstance(meta.get("seed", 0), int) else 0
+    args.scenario = scenario or "small"
     if args.seeds is not None:
         if args.trace is not None:
             return _fail("--trace writes one run: use it with --seed")
