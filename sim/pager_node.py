@@ -1,44 +1,29 @@
 """The pager inside the sim: its lives (start, crash, power loss), its disk, its store check.
 
-The world (`sim.world`) talks to the pager only through `PagerNode`, so the store that is
-being rebuilt over `pager.disk.Disk` drops in here without touching the runner.
-
-What runs today, `LegacyPagerNode`, is the REAL current pager (`pager.run_pager` over a
-state directory: a pages file and a SQLite index, its disk work in worker threads),
-made to run on the event loop: while a run lasts, `trio.to_thread.run_sync` calls its
-function inline (`inline_threads`), so nothing waits on a thread and the run stays a
-function of its seed. Its limits, until the store speaks `Disk`:
-
-- its state directory is a real temporary directory (tmpfs when there is one), so a
-  power loss cannot be simulated: `power_loss` answers False and the world counts the
-  fault as a plain crash (`power.unsupported` in the trace);
-- disk faults reach it through its `DiskIO` seam (EIO on write, sync and read, ENOSPC on
-  write, corrupted reads for latent sectors); misdirected writes and slow syncs cannot
-  (the seam sees no offsets worth moving and cannot await).
+The world (`sim.world`) talks to the pager only through `PagerNode`. `make_pager_node`
+picks `DiskPagerNode` (the rebuilt store over a `SimDisk`, issue 14) as soon as the store
+speaks `pager.disk.Disk`; until then `sim.legacy_pager.LegacyPagerNode` runs the current
+pager over a temporary directory (see its module for what that cannot simulate). Both run
+the REAL pager: `inline_threads` makes the worker-thread calls that remain run on the
+event loop, so nothing waits on a thread and the run stays a function of its seed.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno as _errno
-import os
+import inspect
 import random
-import shutil
-import sqlite3
-import tempfile
 import types
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any, Protocol
 
 import trio
 
-from pager import DiskIO, PagerConfig, parse_faults, raise_simulated_crash, run_pager
+from pager import PagerConfig, PageStore, parse_faults, raise_simulated_crash, run_pager
 from pager import core as pager_core
-from pager.store import SLOT_SIZE, checksum
 from protocol import P2MType, bit
 
-from .disk import DiskFaults
+from .disk import DiskFaults, SimDisk
 
 Emit = Callable[..., None]
 
@@ -65,7 +50,7 @@ class PagerNode(Protocol):
         """The disk misbehaves this way from now on."""
         ...
 
-    def check_store(self, types: bytes, frames: bytes) -> list[str]:
+    async def check_store(self, types: bytes, frames: bytes) -> list[str]:
         """Invariant 4: exactly one valid copy per frameless paging gfn; violations."""
         ...
 
@@ -97,108 +82,107 @@ def inline_threads() -> Iterator[None]:
             pager_core.time = clock  # type: ignore[attr-defined]
 
 
-class _FaultyIO(DiskIO):
-    """The store's `DiskIO` seam failing at the sim's rates, drawn from the sim's rng."""
+class DiskPagerNode:
+    """The rebuilt pager: its store opened over a `SimDisk` (power loss and every disk
+    fault of `sim.disk` reach it), one `run_pager` per life.
 
-    def __init__(self, rng: random.Random, emit: Emit) -> None:
-        self.rng = rng
-        self.emit = emit
-        self.faults = DiskFaults()
+    Written against the shape the pager rebuild (issue 14) gives: `PageStore.open(disk,
+    lock_wait=...)`, then `run_pager(stream, store, config, faults=, stop=)`; or, with
+    only the store's half landed, `run_pager(stream, state_dir, ..., disk=disk)`. Store
+    faults of a `store` fault go through `pager.store_faults.faulty_disk` when it exists.
+    """
 
-    def _fires(self, rate: float, kind: str) -> bool:
-        if rate and self.rng.random() < rate:
-            self.emit("disk.fault", kind=kind)
-            return True
-        return False
-
-    def pwrite(self, fd: int, data: bytes, offset: int) -> None:
-        if self._fires(self.faults.eio_write, "eio_write"):
-            raise OSError(_errno.EIO, "simulated EIO on write")
-        if self._fires(self.faults.enospc, "enospc"):
-            raise OSError(_errno.ENOSPC, "simulated ENOSPC on write")
-        super().pwrite(fd, data, offset)
-
-    def pread(self, fd: int, size: int, offset: int) -> bytes:
-        if self._fires(self.faults.eio_read, "eio_read"):
-            raise OSError(_errno.EIO, "simulated EIO on read")
-        data = super().pread(fd, size, offset)
-        if data and self._fires(self.faults.latent, "latent"):
-            buf = bytearray(data)
-            buf[self.rng.randrange(len(buf))] ^= 0xA5
-            data = bytes(buf)
-        return data
-
-    def fdatasync(self, fd: int) -> None:
-        if self._fires(self.faults.eio_sync, "eio_sync"):
-            raise OSError(_errno.EIO, "simulated EIO on fdatasync")
-        super().fdatasync(fd)
-
-
-class LegacyPagerNode:
-    """The current pager (SQLite store in a real temporary directory), threads inlined."""
-
-    simulates_power = False
+    simulates_power = True
 
     def __init__(self, config: PagerConfig, rng: random.Random, emit: Emit) -> None:
         self.config = config
-        self.emit = emit
-        base = "/dev/shm" if os.path.isdir("/dev/shm") else None
-        self.state_dir = Path(tempfile.mkdtemp(prefix="xpemu-sim-", dir=base))
-        self.io = _FaultyIO(rng, emit)
+        self.disk = SimDisk(rng, emit=emit)
+
+    def _disk_for(self, faults: Any) -> Any:
+        if not faults._store:
+            return self.disk
+        from pager.store_faults import faulty_disk  # type: ignore[import-not-found]
+
+        return faulty_disk(self.disk, faults)
 
     async def life(self, stream: trio.abc.Stream, spec: str, stop: trio.Event) -> Any:
-        """One pager process; SimulatedCrash when an armed crash point fires."""
+        """One pager process over the sim disk; SimulatedCrash at an armed crash point."""
         faults = parse_faults(spec, crash=raise_simulated_crash)
+        disk = self._disk_for(faults)
         with inline_threads():
-            return await run_pager(
-                stream, self.state_dir, self.config, faults=faults, stop=stop, io=self.io
+            if _takes_store():
+                try:
+                    store = await PageStore.open(disk, lock_wait=self.config.lock_timeout)  # type: ignore[call-arg,arg-type]
+                except BaseException:
+                    await trio.aclose_forcefully(stream)
+                    raise
+                return await run_pager(stream, store, self.config, faults=faults, stop=stop)
+            return await run_pager(  # type: ignore[call-arg]
+                stream, "", self.config, faults=faults, stop=stop, disk=disk
             )
 
     def crashed(self) -> None:
-        """Nothing to do: the cancelled run_pager closed its descriptors, as the kernel
-        would, and everything it wrote is in the (real) page cache."""
+        """The process died: its handles and its lock go, its writes stay (the OS has them)."""
+        self.disk.crash()
 
     def power_loss(self, mode: str) -> bool:
-        """Not possible over a real directory: see the module docstring."""
-        return False
+        """Unsynced writes and metadata changes are lost (or a seeded subset kept, torn)."""
+        self.disk.power_loss(mode)
+        return True
 
     def set_disk_faults(self, faults: DiskFaults) -> None:
-        """From now on the store's seam fails at these rates."""
-        self.io.faults = faults
+        """The sim disk misbehaves this way from now on."""
+        self.disk.faults = faults
 
-    def check_store(self, types: bytes, frames: bytes) -> list[str]:
-        """Each frameless paging gfn has exactly one row whose slot verifies."""
-        index = self.state_dir / "index.sqlite"
-        if not index.exists():
-            rows: list[tuple[int, int, int, int]] = []
-        else:
-            db = sqlite3.connect(f"file:{index}?mode=ro", uri=True)
-            try:
-                rows = db.execute("SELECT gfn, gen, slot, crc FROM pages").fetchall()
-            finally:
-                db.close()
-        by_gfn: dict[int, list[tuple[int, int, int]]] = {}
-        for gfn, gen, slot, crc in rows:
-            by_gfn.setdefault(gfn, []).append((gen, slot, crc))
+    async def check_store(self, types: bytes, frames: bytes) -> list[str]:
+        """Open the store as the next pager would and read every frameless gfn's copy."""
+        store = await PageStore.open(self.disk, lock_wait=0.0)  # type: ignore[call-arg,arg-type]
         out: list[str] = []
-        frameless = (int(P2MType.paged), int(P2MType.paging_in_start))
-        with open(self.state_dir / "pages.bin", "rb") as f:
-            for gfn, t in enumerate(types):
-                if t not in frameless or bit(frames, gfn):
-                    continue
-                copies = by_gfn.get(gfn, [])
-                good = 0
-                for gen, slot, crc in copies:
-                    f.seek(slot * SLOT_SIZE)
-                    if checksum(gfn, gen, f.read(SLOT_SIZE)) == crc:
-                        good += 1
-                if good != 1 or len(copies) != 1:
-                    out.append(f"gfn {gfn}: {len(copies)} store rows, {good} valid (want 1, 1)")
+        try:
+            frameless = (int(P2MType.paged), int(P2MType.paging_in_start))
+            wanted = [g for g, t in enumerate(types) if t in frameless and not bit(frames, g)]
+            rows = {g: store.rows.get(g) for g in wanted}
+            missing = [g for g, r in rows.items() if r is None]
+            out += [f"gfn {g}: no store row for a frameless gfn" for g in missing]
+            present = [r for r in rows.values() if r is not None]
+            for row, data in zip(present, await store.read_slots(present), strict=True):
+                if not isinstance(data, bytes):
+                    out.append(f"gfn {row.gfn}: its copy does not verify ({data})")
+        finally:
+            await store.abandon()  # type: ignore[misc]
+            self.disk.crash()  # and the lock goes with the checker
         return out
 
     def close(self) -> None:
-        """Remove the state directory."""
-        shutil.rmtree(self.state_dir, ignore_errors=True)
+        """Nothing outside memory."""
 
 
-__all__ = ["LegacyPagerNode", "PagerNode", "inline_threads"]
+def _takes_store() -> bool:
+    """Whether `run_pager` takes an open store (the rebuilt entry point) after the stream."""
+    params = list(inspect.signature(run_pager).parameters)
+    return len(params) > 1 and params[1] == "store"
+
+
+def disk_store_ready() -> bool:
+    """Whether the pager's store speaks `pager.disk.Disk` (so `DiskPagerNode` can run)."""
+    params = list(inspect.signature(PageStore.open).parameters)
+    return "disk" in params[:2]
+
+
+def make_pager_node(config: PagerConfig, rng: random.Random, emit: Emit) -> PagerNode:
+    """The pager node the code base allows: over the sim disk once the store speaks
+    `Disk`, else the current pager over a temporary directory."""
+    if disk_store_ready():
+        return DiskPagerNode(config, rng, emit)
+    from .legacy_pager import LegacyPagerNode  # imports what only the current store has
+
+    return LegacyPagerNode(config, rng, emit)
+
+
+__all__ = [
+    "DiskPagerNode",
+    "PagerNode",
+    "disk_store_ready",
+    "inline_threads",
+    "make_pager_node",
+]

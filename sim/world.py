@@ -32,7 +32,7 @@ from transport import Client, open_client
 
 from .disk import DiskFaults
 from .net import Link
-from .pager_node import LegacyPagerNode, PagerNode
+from .pager_node import PagerNode, make_pager_node
 from .plan import Plan, SimFault, make_plan
 from .trace import Trace, capture_logs
 
@@ -218,7 +218,7 @@ class _World:
             hello_timeout=sc.liveness_s,
             lock_timeout=1.0,
         )
-        self.node: PagerNode = LegacyPagerNode(pager_config, self.rng, self.emit)
+        self.node: PagerNode = make_pager_node(pager_config, self.rng, self.emit)
         self.disk_windows: list[tuple[float, DiskFaults]] = []
         self.armed = ""  # the fault spec the next pager life starts with
         self.life_scope: trio.CancelScope | None = None
@@ -471,7 +471,7 @@ class _World:
         await self._settle()
         domain = self.hv.domains[1]
         audit = domain.audit(0, domain.nr_gfns)
-        problems = self.node.check_store(audit["types"], audit["frames"])
+        problems = await self.node.check_store(audit["types"], audit["frames"])
         self.emit("check.store", violations=len(problems))
         if problems:
             self.result.failures.append(f"store: {problems[0]} ({len(problems)} in all)")
