@@ -89,4 +89,10 @@ def capture_logs(trace: Trace, level: str = "info") -> Iterator[None]:
         structlog.configure(**old)
 
 
-__all__ = ["Trace", "capture_logs"]
+async def as_proc(proc: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run `fn` with structlog's `proc` bound (this task's context only)."""
+    structlog.contextvars.bind_contextvars(proc=proc)
+    return await fn(*args, **kwargs)
+
+
+__all__ = ["Trace", "as_proc", "capture_logs"]

@@ -15,7 +15,7 @@ import random
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -23,18 +23,19 @@ import structlog
 import trio
 import trio.testing
 
-from guest import GuestConfig, Shadow, run_workload, verify_all
+from guest import GuestConfig, Shadow, run_workload
 from hv import HvConfig, Hypervisor
 from pager import PagerConfig, SimulatedCrash
 from pager.core import ConnectionLost, PagerError
-from protocol import Errno
 from transport import Client, open_client
 
+from .checks import MEDIA_FAULTS, Checks, guest_problems, watch
 from .disk import DiskFaults
 from .net import Link
 from .pager_node import PagerNode, make_pager_node
-from .plan import Plan, SimFault, make_plan
-from .trace import Trace, capture_logs
+from .plan import Plan, make_plan
+from .player import FaultPlayer
+from .trace import Trace, as_proc, capture_logs
 
 log = structlog.get_logger("sim")
 
@@ -172,7 +173,7 @@ def run_seed(
     t0 = time.perf_counter()
     with seeded_scheduler(seed), seeded_identities(seed), capture_logs(trace):
         # Built inside the capture: hv's domain binds its logger at construction.
-        world = _World(seed, sc, plan, trace, result)
+        world = World(seed, sc, plan, trace, result)
         try:
             trio.run(world.run, clock=trio.testing.MockClock(autojump_threshold=0))
         finally:
@@ -191,7 +192,7 @@ def _fields(sc: Scenario) -> dict[str, Any]:
 # ---------------------------------------------------------------------- the world
 
 
-class _World:
+class World:
     """The components of one run and the fault player."""
 
     def __init__(self, seed: int, sc: Scenario, plan: Plan, trace: Trace, result: SimResult):
@@ -219,13 +220,15 @@ class _World:
             lock_timeout=1.0,
         )
         self.node: PagerNode = make_pager_node(pager_config, self.rng, self.emit)
-        self.disk_windows: list[tuple[float, DiskFaults]] = []
         self.armed = ""  # the fault spec the next pager life starts with
         self.life_scope: trio.CancelScope | None = None
         self.link: Link | None = None
         self.pager_wanted = True
         self.pager_up = trio.Event()
         self.control: Client | None = None
+        self.losses_allowed = False
+        self.player = FaultPlayer(self)
+        self.checks = Checks(self)
 
     def emit(self, event: str, **fields: Any) -> None:
         """A sim event into the trace."""
@@ -242,7 +245,7 @@ class _World:
     def connect(self, nursery: trio.Nursery, socket: str, name: str) -> Link:
         """A link whose server end hv serves as `socket`."""
         link = Link(name, self.emit, latency=self.sc.latency)
-        nursery.start_soon(_as, "hv", self.hv.serve_stream, link.ends[1], socket)
+        nursery.start_soon(as_proc, "hv", self.hv.serve_stream, link.ends[1], socket)
         return link
 
     async def run(self) -> None:
@@ -256,7 +259,7 @@ class _World:
             ) as control:
                 await control.hello(None)
                 self.control = control
-                nursery.start_soon(_as, "pager", self.supervise)
+                nursery.start_soon(as_proc, "pager", self.supervise)
                 async with open_client(
                     self.connect(nursery, "guest.sock", "guest").ends[0], "guest"
                 ) as guest:
@@ -289,12 +292,12 @@ class _World:
 
         async def player() -> None:
             try:
-                await self.play(t0)
+                await self.player.play(t0)
             finally:
                 player_done.set()
 
-        nursery.start_soon(_as, "sim", player)
-        report = await _as("guest", run_workload, guest, config, shadow=shadow)
+        nursery.start_soon(as_proc, "sim", player)
+        report = await as_proc("guest", run_workload, guest, config, shadow=shadow)
         res.guest = report.to_dict()
         self.losses_allowed = any(
             f.kind == "disk" and f.params.get("fault") in MEDIA_FAULTS for f in self.plan.faults
@@ -306,8 +309,8 @@ class _World:
         # Faults stop here: the disk behaves, a pager is (re)started; liveness from now on.
         self.node.set_disk_faults(DiskFaults())
         self.emit("sim.faults_stopped")
-        await self.check_store()
-        await self.check_liveness(guest, shadow)
+        await self.checks.check_store()
+        await self.checks.check_liveness(guest, shadow)
         violations = self.hv.check()
         if violations:
             res.failures.append(f"hv check: {violations[0]} ({len(violations)} in all)")
@@ -357,7 +360,7 @@ class _World:
 
     async def _mark_up(self, stop: trio.Event) -> None:
         # The first life's hello is what the workload waits for (hv has a pager).
-        await _watch(lambda: stop.is_set() or self.hv.domains[1].pager is not None, 0.001)
+        await watch(lambda: stop.is_set() or self.hv.domains[1].pager is not None, 0.001)
         if self.hv.domains[1].pager is not None:
             self.pager_up.set()
 
@@ -367,182 +370,6 @@ class _World:
             self.life_scope.cancel()
 
     # ------------------------------------------------------------------ faults
-
-    async def play(self, t0: float) -> None:
-        """Fire each fault of the plan at its instant."""
-        # Faults that last (a mapping, a frame hog) run here: the window ends with them.
-        async with trio.open_nursery() as self.effects:
-            for fault in self.plan.faults:
-                await trio.sleep_until(t0 + fault.at)
-                self.emit("sim.fault", kind=fault.kind, **dict(fault.params))
-                self.result.fired[fault.kind] += 1
-                await self.fire(fault)
-        while self.disk_windows:
-            await trio.sleep_until(self.disk_windows[0][0])
-            self._expire_disk_windows()
-
-    async def fire(self, fault: SimFault) -> None:
-        """Apply one fault."""
-        p = fault.params
-        kind = fault.kind
-        self._expire_disk_windows()
-        if kind == "kill":
-            self.kill()
-        elif kind == "crash":
-            self.armed = f"{p['point']}@{p['nth']}"
-            self.kill()
-        elif kind == "store":
-            persist = "" if p["op"] == "read" else "+"
-            self.armed = f"store.{p['op']}={p['action']}@{p['nth']}{persist}"
-            self.kill()
-        elif kind == "power":
-            self.kill()
-            if not self.node.power_loss(p.get("mode", "drop")):
-                self.emit("power.unsupported", reason="the pager's store is not on a sim Disk")
-        elif kind == "disk":
-            until = trio.current_time() + float(p["for_s"])
-            self.disk_windows.append((until, DiskFaults(**{p["fault"]: float(p["rate"])})))
-            self.disk_windows.sort(key=lambda w: w[0])
-            self._apply_disk_windows()
-        elif kind == "cut":
-            if self.link is not None:
-                self.link.cut_next(p["direction"], float(p["fraction"]))
-        elif kind == "target":
-            assert self.control is not None
-            await self.control.call("set_target", domid=1, tot_pages=int(p["tot_pages"]))
-        elif kind == "foreign":
-            self.effects.start_soon(_as, "mapper", self.foreign, int(p["count"]), float(p["for_s"]))
-        elif kind == "enomem":
-            self.effects.start_soon(_as, "sim", self.enomem, float(p["for_s"]))
-
-    def _expire_disk_windows(self) -> None:
-        now = trio.current_time()
-        if self.disk_windows and self.disk_windows[0][0] <= now:
-            self.disk_windows = [w for w in self.disk_windows if w[0] > now]
-            self._apply_disk_windows()
-
-    def _apply_disk_windows(self) -> None:
-        merged: dict[str, float] = {}
-        for _, faults in self.disk_windows:
-            for name in DiskFaults.__dataclass_fields__:
-                value = getattr(faults, name)
-                if isinstance(value, float) and value and name != "slow_sync_s":
-                    merged[name] = max(merged.get(name, 0.0), value)
-        self.node.set_disk_faults(DiskFaults(**merged))
-
-    async def foreign(self, count: int, hold_s: float) -> None:
-        """A foreign mapper holds `count` gfns for `hold_s` seconds (paged ones populate)."""
-        link = self.connect(self.nursery, "privcmd.sock", "mapper")
-        gfns = sorted({self.rng.randrange(self.sc.nr_gfns) for _ in range(count)})
-        async with open_client(link.ends[0], "mapper") as mapper:
-            await mapper.hello(1)
-            deadline = trio.current_time() + hold_s
-            held: list[int] = []
-            while gfns and trio.current_time() < deadline:
-                reply = await mapper.call("map", gfns=gfns, hold=True)
-                held += [
-                    g for g, r in zip(gfns, reply["pages"], strict=True) if isinstance(r, bytes)
-                ]
-                gfns = [g for g, r in zip(gfns, reply["pages"], strict=True) if r == Errno.ENOENT]
-                if gfns:
-                    await trio.sleep(hold_s / 10)
-            await trio.sleep_until(deadline)
-            if held:
-                await mapper.call("unmap", gfns=held)
-
-    async def enomem(self, hold_s: float) -> None:
-        """A second domain takes every free host frame for `hold_s` seconds."""
-        assert self.control is not None
-        free = self.hv.pool.free
-        if free < 1:
-            return
-        reply = await self.control.request("domain_create", nr_gfns=free, vcpus=1, mmio_gfns=[])
-        if not reply["ok"]:  # frames moved while the request travelled: no hog this time
-            self.emit("sim.enomem_skipped", err=reply["err"])
-            return
-        await trio.sleep(hold_s)
-        await self.control.call("domain_destroy", domid=reply["domid"])
-
-    # ------------------------------------------------------------------ checks
-
-    async def check_store(self) -> None:
-        """Invariant 4 with the pager stopped (a dead pager's store must hold)."""
-        self.kill()
-        await self._settle()
-        domain = self.hv.domains[1]
-        audit = domain.audit(0, domain.nr_gfns)
-        problems = await self.node.check_store(audit["types"], audit["frames"])
-        self.emit("check.store", violations=len(problems))
-        if problems:
-            self.result.failures.append(f"store: {problems[0]} ({len(problems)} in all)")
-
-    async def _settle(self) -> None:
-        # Let the killed life end and the next one attach (or give up trying).
-        with trio.move_on_after(self.sc.liveness_s):
-            await _watch(lambda: self.hv.domains[1].pager is None, 0.001)
-
-    async def check_liveness(self, guest: Client, shadow: Shadow) -> None:
-        """Raising the target pages everything in, and every gfn reads back right."""
-        assert self.control is not None
-        domain = self.hv.domains[1]
-        await self.control.call("set_target", domid=1, tot_pages=domain.nr_gfns)
-        t0 = trio.current_time()
-        with trio.move_on_after(self.sc.liveness_s):
-            await _watch(
-                lambda: not (domain.p2m.paged_pages or domain.ring.used or domain.pager is None),
-                0.01,
-            )
-        waited = trio.current_time() - t0
-        self.emit("check.pagein", waited=round(waited, 6), paged=domain.p2m.paged_pages)
-        if domain.p2m.paged_pages or domain.ring.used:
-            self.result.failures.append(
-                f"liveness: {domain.p2m.paged_pages} gfns still paged, {domain.ring.used} "
-                f"requests unanswered {self.sc.liveness_s:g} s after the faults stopped"
-            )
-        report = await _as("guest", verify_all, guest, shadow, stuck_after=self.sc.liveness_s)
-        self.emit("check.verify", ok=report.ok, verified=report.verified)
-        problems = guest_problems(report.to_dict(), losses_allowed=self.losses_allowed)
-        self.result.failures += [f"final verify: {p}" for p in problems]
-
-
-async def _watch(done: Callable[[], bool], every: float) -> None:
-    """Look at in-process state every `every` simulated seconds until `done()`: the sim
-    observes hv from outside, as a monitor samples a machine (hv has no event for it)."""
-    while True:
-        if done():
-            return
-        await trio.sleep(every)
-
-
-async def _as(proc: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Run `fn` with structlog's `proc` bound (this task's context only)."""
-    structlog.contextvars.bind_contextvars(proc=proc)
-    return await fn(*args, **kwargs)
-
-
-#: Disk faults that destroy a copy for good: a page lost to them (EIO) is an honest outcome.
-MEDIA_FAULTS: Final = ("latent", "misdirect", "eio_read")
-
-
-def guest_problems(r: dict[str, Any], *, losses_allowed: bool) -> list[str]:
-    """What is wrong in a guest report: wrong bytes always; lost pages (EIO) unless the
-    plan destroyed copies on the media; stuck vCPUs; unexpected errors."""
-    out = []
-    wrong = r["integrity_errors"] - len(r["lost_gfns"])
-    if wrong > 0:
-        details = [d for d in r.get("error_details", []) if "EIO" not in str(d.get("what"))]
-        out.append(f"{wrong} wrong reads" + (f" (first: {details[0]})" if details else ""))
-    if r["lost_gfns"] and not losses_allowed:
-        out.append(f"lost gfns {r['lost_gfns'][:5]} ({len(r['lost_gfns'])} in all)")
-    if r["stuck_vcpus"]:
-        out.append(f"stuck vCPUs {r['stuck_vcpus']}")
-    if r["unexpected_errors"]:
-        out.append(f"unexpected errors {r['unexpected_errors']}")
-    if r["unverified"]:
-        out.append(f"{r['unverified']} gfns unverified")
-    if r["aborted"]:
-        out.append(f"aborted: {r['aborted']}")
-    return out
 
 
 __all__ = ["SCENARIOS", "Scenario", "SimResult", "run_seed", "seeded_scheduler"]
