@@ -15,7 +15,8 @@ Every figure is printed next to a floor measured in the same run, as the median 
 5. memory: hv bytes per gfn of a 1,048,576-gfn domain, pager index bytes per paged gfn;
 6. policy quality: faults per 1,000 accesses of the pager's own policy objects on a Zipf
    and a shifting hot-set trace, next to Belady's optimal on the same trace and memory,
-   exact LRU, and on Zipf the best online policy (A0, knowing each gfn's probability).
+   exact LRU, and on Zipf the best online policy (A0, knowing each gfn's probability);
+7. sim (`stack.bench_sim`): seeds per minute of `xpemu sim` and its speed-up over stress.
 
 Benchmarks are not tests: nothing here asserts a time. `run_bench` returns every figure
 (also written by `--json`); `render_table` formats them.
@@ -69,7 +70,7 @@ from .procs import Child, ChildSet, open_children
 log = structlog.get_logger("stack.bench")
 
 #: The sections of the benchmark, in the order they run (`--only` picks some).
-SECTIONS: Final = ("floor", "populate", "throughput", "recovery", "memory", "policy")
+SECTIONS: Final = ("floor", "populate", "throughput", "recovery", "memory", "policy", "sim")
 
 #: Blocks of echo round trips interleaved with each run of populates (the floor beside it).
 POP_BLOCKS: Final = 5
@@ -837,6 +838,10 @@ async def run_bench(opts: BenchOptions, say: Callable[[str], None]) -> dict[str,
                 res["memory"] = await bench_memory(recovery_store, say)
             elif section == "policy":
                 res["policy"] = await bench_policy(sizes, opts.policies, say)
+            elif section == "sim":  # its own trio runs, under MockClock: in a thread
+                from .bench_sim import bench_sim
+
+                res["sim"] = await trio.to_thread.run_sync(lambda: bench_sim(say, full=opts.full))
             res.setdefault("section_s", {})[section] = time.perf_counter() - t0
         res["total_s"] = time.perf_counter() - t_start
         res["machine"]["loadavg_end"] = os.getloadavg()
@@ -997,7 +1002,9 @@ def render_table(res: dict[str, Any]) -> str:
         f" {' '.join(f'{x:.2f}' for x in m.get('loadavg_end', m['loadavg_start']))} at end;"
         f" {res.get('total_s', 0):.0f} s"
     )
-    rows = [("figure", "value", "floor (same run)", "ratio"), *table_rows(res)]
+    from .bench_sim import sim_rows
+
+    rows = [("figure", "value", "floor (same run)", "ratio"), *table_rows(res), *sim_rows(res)]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = [head]
     for j, r in enumerate(rows):
