@@ -61,20 +61,22 @@ class Checks:
         self.w = world
 
     async def check_store(self) -> None:
-        """Invariant 4 with the pager stopped (a dead pager's store must hold)."""
+        """Invariant 4 with the pager dead (its store must hold as it left it) and no
+        next pager started until the check is done."""
+        self.w.restart_hold = hold = trio.Event()
         self.w.kill()
-        await self._settle()
-        domain = self.w.hv.domains[1]
-        audit = domain.audit(0, domain.nr_gfns)
-        problems = await self.w.node.check_store(audit["types"], audit["frames"])
+        with trio.move_on_after(self.w.sc.liveness_s):
+            await watch(lambda: self.w.life_scope is None, 0.001)
+        try:
+            domain = self.w.hv.domains[1]
+            audit = domain.audit(0, domain.nr_gfns)
+            problems = await self.w.node.check_store(audit["types"], audit["frames"])
+        finally:
+            self.w.restart_hold = None
+            hold.set()
         self.w.emit("check.store", violations=len(problems))
         if problems:
             self.w.result.failures.append(f"store: {problems[0]} ({len(problems)} in all)")
-
-    async def _settle(self) -> None:
-        # Let the killed life end and the next one attach (or give up trying).
-        with trio.move_on_after(self.w.sc.liveness_s):
-            await watch(lambda: self.w.hv.domains[1].pager is None, 0.001)
 
     async def check_liveness(self, guest: Client, shadow: Shadow) -> None:
         """Raising the target pages everything in, and every gfn reads back right."""

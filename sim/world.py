@@ -56,6 +56,7 @@ class Scenario:
     restart_delay: float = 0.01
     liveness_s: float = 5.0  # paused vCPUs resume, and pages come in, within this
     batch: int = 16
+    hot_shifts: int = 4  # times the guest's hot set moves over the fault window
     base: tuple[tuple[str, int], ...] = ()  # kinds that fire at least this often per seed
 
     @property
@@ -75,6 +76,8 @@ SCENARIOS: Final = {
         vcpus=4,
         ops=5000,
         window=1.0,
+        target=0.3,
+        hot_shifts=24,
         base=(("kill", 10), ("power", 2)),
     ),
 }
@@ -227,6 +230,7 @@ class World:
         self.pager_up = trio.Event()
         self.control: Client | None = None
         self.losses_allowed = False
+        self.restart_hold: trio.Event | None = None
         self.player = FaultPlayer(self)
         self.checks = Checks(self)
 
@@ -279,7 +283,7 @@ class World:
             seed=self.seed,
             pattern="hotset",
             hot_fraction=max(2 / sc.nr_gfns, 0.001) if "race" in self.plan.toggles else 0.1,
-            hot_shift_s=sc.window / 4,
+            hot_shift_s=sc.window / sc.hot_shifts,
             duration=None,
             ops=sc.ops,
             balloon_every=sc.window / 8 if "balloon" in self.plan.toggles else 0.0,
@@ -326,6 +330,8 @@ class World:
     async def supervise(self) -> None:
         """Run pager lives one after the other, as a restarting supervisor does."""
         while self.pager_wanted:
+            if self.restart_hold is not None:  # a check reads the dead pager's store
+                await self.restart_hold.wait()
             spec, self.armed = self.armed, ""
             link = self.link = self.connect(
                 self.nursery, "privcmd.sock", f"pager{self.result.lives}"
