@@ -94,6 +94,9 @@ class LegacyPagerNode:
                 stream, self.state_dir, self.config, faults=faults, stop=stop, io=self.io
             )
 
+    def dying(self) -> None:
+        """Nothing to do: the current store's close only closes descriptors."""
+
     def crashed(self) -> None:
         """Nothing to do: the cancelled run_pager closed its descriptors, as the kernel
         would, and everything it wrote is in the (real) page cache."""

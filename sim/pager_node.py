@@ -38,6 +38,10 @@ class PagerNode(Protocol):
         """Run one pager process over `stream`, armed with fault `spec`, until `stop`."""
         ...
 
+    def dying(self) -> None:
+        """The process dies this instant: nothing its tasks do from now reaches the disk."""
+        ...
+
     def crashed(self) -> None:
         """The pager process died (its tasks are gone): what the OS does at its death."""
         ...
@@ -107,7 +111,7 @@ class DiskPagerNode:
 
     async def life(self, stream: trio.abc.Stream, spec: str, stop: trio.Event) -> Any:
         """One pager process over the sim disk; SimulatedCrash at an armed crash point."""
-        faults = parse_faults(spec, crash=raise_simulated_crash)
+        faults = parse_faults(spec, crash=self._crash_point)
         disk = self._disk_for(faults)
         with inline_threads():
             if _takes_store():
@@ -120,6 +124,16 @@ class DiskPagerNode:
             return await run_pager(  # type: ignore[call-arg]
                 stream, "", self.config, faults=faults, stop=stop, disk=disk
             )
+
+    def _crash_point(self, point: str) -> None:
+        # SIGKILL semantics: the handles die before any task unwinds, so no cleanup on
+        # the way out (a finally, a close) can write.
+        self.dying()
+        raise_simulated_crash(point)
+
+    def dying(self) -> None:
+        """Every handle of the process dies now (EBADF from here on)."""
+        self.disk.crash()
 
     def crashed(self) -> None:
         """The process died: its handles and its lock go, its writes stay (the OS has them)."""

@@ -27,7 +27,7 @@ from guest import GuestConfig, Shadow, run_workload
 from hv import HvConfig, Hypervisor
 from pager import PagerConfig, SimulatedCrash
 from pager.core import ConnectionLost, PagerError
-from transport import Client, open_client
+from transport import Client, ConnectionClosed, open_client
 
 from .checks import MEDIA_FAULTS, Checks, guest_problems, watch
 from .disk import DiskFaults
@@ -188,6 +188,17 @@ def run_seed(
     return result
 
 
+def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """`exc` itself or the first `kind` inside (nested) exception groups."""
+    if isinstance(exc, kind):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            if (found := _find(inner, kind)) is not None:
+                return found
+    return None
+
+
 def _fields(sc: Scenario) -> dict[str, Any]:
     return {f: getattr(sc, f) for f in sc.__dataclass_fields__}
 
@@ -346,16 +357,8 @@ class World:
                 watcher(self._mark_up, stop)
                 try:
                     await self.node.life(link.ends[0], spec, stop)
-                except SimulatedCrash as crash:
-                    outcome = f"crash:{crash.point}"
-                    self.result.crash_points[crash.point] += 1
-                except ConnectionLost:
-                    outcome = "connection_lost"
-                except PagerError as exc:
-                    outcome = f"error:{exc}"
-                except Exception as exc:  # a bug in the pager: a failed run
-                    outcome = f"bug:{exc!r}"
-                    self.result.failures.append(f"pager raised {exc!r}")
+                except BaseException as exc:  # the pager may hand it over in a group
+                    outcome = self._ended(exc)
             stop.set()
             self.life_scope = None
             if scope.cancelled_caught:
@@ -363,6 +366,32 @@ class World:
             self.node.crashed()
             self.emit("pager.end", life=self.result.lives, outcome=outcome)
             await trio.sleep(self.sc.restart_delay)
+
+    def _ended(self, exc: BaseException) -> str:
+        """How a pager life ended, from what it raised (re-raised when not the pager's:
+        a cancellation, ours or the world's, or an interrupt)."""
+        crash = _find(exc, SimulatedCrash)
+        if isinstance(crash, SimulatedCrash):
+            self.result.crash_points[crash.point] += 1
+            return f"crash:{crash.point}"
+        if isinstance(exc, BaseExceptionGroup):
+            cancelled, rest = exc.split(trio.Cancelled)
+            if rest is None:
+                raise exc
+            if cancelled is not None and self.life_scope is not None:
+                if self.life_scope.cancel_called:  # killed while it was failing anyway
+                    return "killed"
+                raise exc
+            exc = rest
+        elif not isinstance(exc, Exception):  # Cancelled, KeyboardInterrupt: not ours
+            raise exc
+        if _find(exc, ConnectionLost) or _find(exc, ConnectionClosed):
+            return "connection_lost"
+        error = _find(exc, PagerError)
+        if error is not None:
+            return f"error:{error}"
+        self.result.failures.append(f"pager raised {exc!r}")  # a bug in the pager
+        return f"bug:{exc!r}"
 
     async def _mark_up(self, stop: trio.Event) -> None:
         # The first life's hello is what the workload waits for (hv has a pager).
@@ -373,6 +402,7 @@ class World:
     def kill(self) -> None:
         """The pager process dies now."""
         if self.life_scope is not None:
+            self.node.dying()
             self.life_scope.cancel()
 
     # ------------------------------------------------------------------ faults

@@ -94,10 +94,43 @@ def plant_skip_checksum(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(pager.store, "_verified", verified)
 
 
+def plant_skip_pageout_sync(mp: pytest.MonkeyPatch) -> None:
+    """The rebuilt store's disk phase (page-out batch, or frees) skips its sync: pages are
+    evicted before their copy is durable. Only a power loss shows it (the sim disk)."""
+    from pager.store import PageStore
+
+    persist = PageStore.persist
+
+    class _NoSync:
+        def __init__(self, file: Any) -> None:
+            self._file = file
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._file, name)
+
+        async def sync(self) -> None:
+            """BUG: returns without making anything durable."""
+
+    async def planted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        real = self._file
+        self._file = _NoSync(real) if real is not None else None
+        try:
+            return await persist(self, *args, **kwargs)
+        finally:
+            self._file = real
+
+    mp.setattr(PageStore, "persist", planted)
+
+
+#: Plants that need the pager's store on `pager.disk.Disk` (power loss is simulated).
+NEEDS_DISK_STORE = {"skip_pageout_sync"}
+
+
 PLANTED: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
     "evict_before_durable": plant_evict_before_durable,
     "free_before_prep": plant_free_before_prep,
     "stale_drop": plant_stale_drop,
     "resume_without_prep": plant_resume_without_prep,
     "skip_checksum": plant_skip_checksum,
+    "skip_pageout_sync": plant_skip_pageout_sync,
 }
