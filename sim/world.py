@@ -325,7 +325,7 @@ class World:
         self.node.set_disk_faults(DiskFaults())
         self.emit("sim.faults_stopped")
         await self.checks.check_store()
-        await self.checks.check_liveness(guest, shadow)
+        await self.checks.check_liveness(shadow)
         violations = self.hv.check()
         if violations:
             res.failures.append(f"hv check: {violations[0]} ({len(violations)} in all)")

@@ -111,3 +111,26 @@ def test_regression_a_slot_freed_before_the_waiting_task_starts_wakes_it() -> No
     )
     r = run_seed(249, scenario="tiny", plan=plan)
     assert r.ok, r.failures
+
+
+def test_the_memory_check_sees_a_wrong_byte_and_a_lost_page() -> None:
+    from guest import Shadow, page_bytes
+    from hv import HvConfig, Hypervisor
+    from sim.checks import memory_problems
+
+    hv = Hypervisor(HvConfig(nr_gfns=8, vcpus=1))
+    try:
+        domain = hv.domains[1]
+        shadow = Shadow(8, seed=1)
+        shadow.wrote(3, 1)
+        domain.pool.write(domain.p2m.frames[3], 0, page_bytes(1, 3, 1))
+        assert memory_problems(domain, shadow, losses_allowed=False) == []
+        domain.pool.write(domain.p2m.frames[3], 100, b"\xff")
+        assert memory_problems(domain, shadow, losses_allowed=False) == [
+            "gfn 3 holds wrong bytes (ram_rw)"
+        ]
+        shadow.lost(5)
+        assert len(memory_problems(domain, shadow, losses_allowed=False)) == 2
+        assert len(memory_problems(domain, shadow, losses_allowed=True)) == 1
+    finally:
+        hv.close()
