@@ -1,4 +1,4 @@
-"""`xpemu`: run the stack (`up`), break it on purpose (`stress`), look at it (`status`).
+"""`xpemu`: run the stack (`up`), break it (`stress`), simulate it (`sim`), look at it (`status`).
 
 Exit status: 0 when every check passed, 1 when a check failed (lost or wrong bytes, stuck
 vCPUs, invariant violations), 2 on bad input or a stack that cannot start, 130 when

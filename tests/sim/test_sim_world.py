@@ -134,3 +134,10 @@ def test_the_memory_check_sees_a_wrong_byte_and_a_lost_page() -> None:
         assert len(memory_problems(domain, shadow, losses_allowed=True)) == 1
     finally:
         hv.close()
+
+
+def test_worker_processes_give_the_same_runs() -> None:
+    one = run_seeds(range(4), scenario="tiny")
+    two = run_seeds(range(4), scenario="tiny", jobs=2)
+    assert one.to_dict()["fired"] == two.to_dict()["fired"]
+    assert (one.passed, one.lives, one.ops) == (two.passed, two.lives, two.ops)
