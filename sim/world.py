@@ -179,6 +179,9 @@ def run_seed(
         world = World(seed, sc, plan, trace, result)
         try:
             trio.run(world.run, clock=trio.testing.MockClock(autojump_threshold=0))
+        except Exception as exc:  # a component blew up: that is a finding too
+            result.failures.append(f"the world crashed: {_leaf(exc)!r}")
+            trace.add("sim", "crashed", error=repr(_leaf(exc)))
         finally:
             world.close()
     result.wall_s = time.perf_counter() - t0
@@ -186,6 +189,12 @@ def run_seed(
     result.trace_events = trace.count
     result.ok = not result.failures
     return result
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
@@ -279,8 +288,12 @@ class World:
                     self.connect(nursery, "guest.sock", "guest").ends[0], "guest"
                 ) as guest:
                     await guest.hello(1)
-                    with trio.fail_after(sc.stuck_after * 4 + 60):
+                    with trio.move_on_after(sc.stuck_after * 4 + 60) as bound:
                         await self._phases(nursery, guest)
+                    if bound.cancelled_caught:
+                        self.result.failures.append(
+                            f"hang: the run had not ended at t={bound.deadline:g} s (simulated)"
+                        )
                 self.pager_wanted = False
                 if self.life_scope is not None:
                     self.life_scope.cancel()

@@ -141,3 +141,17 @@ def test_worker_processes_give_the_same_runs() -> None:
     two = run_seeds(range(4), scenario="tiny", jobs=2)
     assert one.to_dict()["fired"] == two.to_dict()["fired"]
     assert (one.passed, one.lives, one.ops) == (two.passed, two.lives, two.ops)
+
+
+def test_a_component_that_blows_up_is_a_failed_run_not_a_crash(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from hv import Hypervisor
+
+    def broken(self: Hypervisor) -> list[str]:
+        raise RuntimeError("planted")
+
+    monkeypatch.setattr(Hypervisor, "check", broken)
+    r = run_seed(0, scenario="tiny", plan=Plan())
+    assert not r.ok
+    assert r.failures == ["the world crashed: RuntimeError('planted')"]
