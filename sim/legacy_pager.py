@@ -34,7 +34,7 @@ from pager.store import SLOT_SIZE, checksum
 from protocol import P2MType, bit
 
 from .disk import DiskFaults
-from .pager_node import Emit, inline_threads
+from .pager_node import Emit, _takes_store, inline_threads
 
 
 class _FaultyIO(DiskIO):
@@ -90,9 +90,21 @@ class LegacyPagerNode:
         """One pager process; SimulatedCrash when an armed crash point fires."""
         faults = parse_faults(spec, crash=raise_simulated_crash)
         with inline_threads():
-            return await run_pager(
-                stream, self.state_dir, self.config, faults=faults, stop=stop, io=self.io
-            )
+            if not _takes_store():
+                return await run_pager(  # type: ignore[call-arg]
+                    stream, self.state_dir, self.config, faults=faults, stop=stop, io=self.io
+                )
+            # The split core (issue 14): the entry point takes an open store.
+            from pager import open_store  # type: ignore[attr-defined]
+
+            try:
+                store = await open_store(
+                    self.state_dir, faults=faults, io=self.io, lock_timeout=self.config.lock_timeout
+                )
+            except BaseException:
+                await trio.aclose_forcefully(stream)
+                raise
+            return await run_pager(stream, store, self.config, faults=faults, stop=stop)
 
     def dying(self) -> None:
         """Nothing to do: the current store's close only closes descriptors."""

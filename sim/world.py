@@ -11,6 +11,7 @@ carries the verdict, what fired, and the hash of the trace.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import random
 import time
 import uuid
@@ -25,8 +26,7 @@ import trio.testing
 
 from guest import GuestConfig, Shadow, run_workload
 from hv import HvConfig, Hypervisor
-from pager import PagerConfig, SimulatedCrash
-from pager.core import ConnectionLost, PagerError
+from pager import ConnectionLost, PagerConfig, PagerError, SimulatedCrash
 from transport import Client, ConnectionClosed, open_client
 
 from .checks import MEDIA_FAULTS, Checks, guest_problems, watch
@@ -226,15 +226,17 @@ class World:
         self.result = result
         self.rng = random.Random(f"xpemu-sim/{seed}")
         ring = 2 if "ring_full" in plan.toggles else sc.ring_size
-        self.hv = Hypervisor(
-            HvConfig(
-                nr_gfns=sc.nr_gfns,
-                vcpus=sc.vcpus,
-                ring_size=ring,
-                ring_mode=sc.ring_mode,
-                target=int(sc.nr_gfns * sc.target),
-            )
+        config = HvConfig(
+            nr_gfns=sc.nr_gfns,
+            vcpus=sc.vcpus,
+            ring_size=ring,
+            ring_mode=sc.ring_mode,
+            target=int(sc.nr_gfns * sc.target),
         )
+        if "rng" in inspect.signature(Hypervisor).parameters:  # instance ids from a seed
+            self.hv = Hypervisor(config, rng=random.Random(f"xpemu-sim-hv/{seed}"))  # type: ignore[call-arg]
+        else:  # hv draws them with uuid4, which seeded_identities replaced
+            self.hv = Hypervisor(config)
         pager_config = PagerConfig(
             batch=sc.batch,
             concurrency=2,
