@@ -19,6 +19,7 @@ store lands.
 from __future__ import annotations
 
 import errno as _errno
+import importlib
 import os
 import random
 import shutil
@@ -90,12 +91,13 @@ class LegacyPagerNode:
         """One pager process; SimulatedCrash when an armed crash point fires."""
         faults = parse_faults(spec, crash=raise_simulated_crash)
         with inline_threads():
+            run: Any = run_pager  # either shape of the entry point
             if not _takes_store():
-                return await run_pager(  # type: ignore[call-arg]
+                return await run(
                     stream, self.state_dir, self.config, faults=faults, stop=stop, io=self.io
                 )
             # The split core (issue 14): the entry point takes an open store.
-            from pager import open_store  # type: ignore[attr-defined]
+            open_store: Any = getattr(importlib.import_module("pager"), "open_store")  # noqa: B009
 
             try:
                 store = await open_store(
@@ -104,7 +106,7 @@ class LegacyPagerNode:
             except BaseException:
                 await trio.aclose_forcefully(stream)
                 raise
-            return await run_pager(stream, store, self.config, faults=faults, stop=stop)
+            return await run(stream, store, self.config, faults=faults, stop=stop)
 
     def dying(self) -> None:
         """Nothing to do: the current store's close only closes descriptors."""

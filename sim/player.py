@@ -6,7 +6,7 @@ run in the player's own nursery, so the fault window ends only when they do.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -62,7 +62,8 @@ class FaultPlayer:
                 self.w.emit("power.unsupported", reason="the pager's store is not on a sim Disk")
         elif kind == "disk":
             until = trio.current_time() + float(p["for_s"])
-            self.disk_windows.append((until, DiskFaults(**{p["fault"]: float(p["rate"])})))
+            rates: dict[str, Any] = {p["fault"]: float(p["rate"])}
+            self.disk_windows.append((until, DiskFaults(**rates)))
             self.disk_windows.sort(key=lambda w: w[0])
             self._apply_disk_windows()
         elif kind == "cut":
@@ -85,7 +86,7 @@ class FaultPlayer:
             self._apply_disk_windows()
 
     def _apply_disk_windows(self) -> None:
-        merged: dict[str, float] = {}
+        merged: dict[str, Any] = {}
         for _, faults in self.disk_windows:
             for name in DiskFaults.__dataclass_fields__:
                 value = getattr(faults, name)

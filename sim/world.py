@@ -234,7 +234,7 @@ class World:
             target=int(sc.nr_gfns * sc.target),
         )
         if "rng" in inspect.signature(Hypervisor).parameters:  # instance ids from a seed
-            self.hv = Hypervisor(config, rng=random.Random(f"xpemu-sim-hv/{seed}"))  # type: ignore[call-arg]
+            self.hv = Hypervisor(config, rng=random.Random(f"xpemu-sim-hv/{seed}"))
         else:  # hv draws them with uuid4, which seeded_identities replaced
             self.hv = Hypervisor(config)
         pager_config = PagerConfig(

@@ -148,9 +148,9 @@ def _single(args: argparse.Namespace, seed: int, plan: Any) -> int:
     )
     if args.trace is not None:
         try:
-            with open(args.trace, "w") as out:
+            with open(args.trace, "w") as lines:
                 assert result.trace is not None
-                result.trace.write(out)
+                result.trace.write(lines)
         except OSError as exc:
             return _fail(f"cannot write the trace to {args.trace}: {exc.strerror or exc}")
     _print_result(result)

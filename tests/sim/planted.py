@@ -1,9 +1,9 @@
 """Known bugs, planted in the real pager for one test each, that the sim must catch.
 
 Each `plant_*` patches production code through pytest's `monkeypatch` (undone after the
-test). Bodies copied from `pager.core` keep their original shape with the one change
-marked `# BUG`. They name the pager's private methods as they are before the split of
-issue 14: when those move, `monkeypatch.setattr` fails loudly and the plant is ported.
+test). Bodies copied from the pager keep their original shape with the one change marked
+`# BUG`. They name the pager's private methods: when those move, `monkeypatch.setattr`
+fails loudly and the plant is ported.
 """
 
 from __future__ import annotations
@@ -14,60 +14,63 @@ from typing import Any
 import pytest
 
 import pager.store
-from pager import Pager, StoreError
+from pager import StoreError
+from pager.drops import Drops, rsp
+from pager.hvcalls import HvCalls
+from pager.pagein import PageIn
+from pager.pageout import PageOut
 from protocol import P2MType
 
 
 def plant_evict_before_durable(mp: pytest.MonkeyPatch) -> None:
     """Page-out evicts its batch before the slots are synced and the rows committed."""
-    finish, batched = Pager._pageout_finish, Pager._batched
+    finish, batched = PageOut._finish, HvCalls.batched
+    early: dict[tuple[int, ...], Any] = {}
 
     async def early_finish(self: Any, batch: Any) -> int:
-        early = await batched(self, "evict", batch.gfns)  # BUG: before the copy is durable
-        self.__dict__.setdefault("_planted_early", {})[tuple(batch.gfns)] = early
+        key = tuple(batch.gfns)
+        early[key] = await batched(self.hv, "evict", batch.gfns)  # BUG: before it is durable
         return await finish(self, batch)
 
-    async def planted_batched(self: Any, op: str, gfns: Any, *args: Any) -> Any:
-        early = self.__dict__.get("_planted_early", {})
+    async def planted_batched(self: Any, op: str, gfns: Any) -> Any:
         if op == "evict" and tuple(gfns) in early:
             return early.pop(tuple(gfns))  # the evict the real code makes, already made
-        return await batched(self, op, gfns, *args)
+        return await batched(self, op, gfns)
 
-    mp.setattr(Pager, "_pageout_finish", early_finish)
-    mp.setattr(Pager, "_batched", planted_batched)
+    mp.setattr(PageOut, "_finish", early_finish)
+    mp.setattr(HvCalls, "batched", planted_batched)
 
 
 def plant_free_before_prep(mp: pytest.MonkeyPatch) -> None:
     """Page-in frees a copy's row before its prep answered."""
-    original = Pager._prep_and_resume
+    original = PageIn._prep_and_resume
 
     async def prep_and_resume(self: Any, jobs: Any, rows: Any, pages: Any, done: Any) -> None:
         early = [(j.gfn, r.gen) for j, r in zip(jobs, rows, strict=True) if r is not None]
-        await self._free_rows(early)  # BUG: the copy goes before the prep answered 0
+        await self.commit.free_rows(early)  # BUG: the copy goes before the prep answered 0
         await original(self, jobs, rows, pages, done)
 
-    mp.setattr(Pager, "_prep_and_resume", prep_and_resume)
+    mp.setattr(PageIn, "_prep_and_resume", prep_and_resume)
 
 
 def plant_stale_drop(mp: pytest.MonkeyPatch) -> None:
     """DROP_PAGE frees the copy without checking the gfn is still ballooned out."""
 
-    from pager.core import _rsp  # (the split pager moves it: port the plant with it)
-
-    async def serve_drops(self: Any, reqs: list[dict[str, Any]]) -> None:
+    async def serve(self: Any, reqs: list[dict[str, Any]]) -> None:
+        rows = self.commit.store.rows
         keys = []
         for r in reqs:  # BUG: no audit: a stale request frees a live copy
-            row = self.store.rows.get(r["gfn"])
+            row = rows.get(r["gfn"])
             if row is not None:
                 keys.append((row.gfn, row.gen))
             self.policy.dropped(r["gfn"])
-        await self._free_rows(keys)
-        results = await self.client.call("resume", rsps=[_rsp(r) for r in reqs])
-        for r, _ in zip(reqs, results["results"], strict=True):
-            self._seqs.discard(r["seq"])
-        self._notify()
+        await self.commit.free_rows(keys)
+        await self.hv.resume([rsp(r) for r in reqs])
+        for r in reqs:
+            self.state.seqs.discard(r["seq"])
+        self.state.notify()
 
-    mp.setattr(Pager, "_serve_drops", serve_drops)
+    mp.setattr(Drops, "serve", serve)
     assert P2MType.invalid  # the check the real code makes
 
 
@@ -75,7 +78,7 @@ def plant_resume_without_prep(mp: pytest.MonkeyPatch) -> None:
     """Page-in answers the requests without loading the page (no prep)."""
 
     async def prep_and_resume(self: Any, jobs: Any, rows: Any, pages: Any, done: Any) -> None:
-        sent, requests = self._prep_and_resume_requests(jobs, pages, done)
+        sent, requests = self._requests(jobs, pages, done)
         resume_id = (await self.client.send_requests(requests[1:]))[0]  # BUG: prep not sent
         try:
             results = (await self.client.call_reply(resume_id))["results"]
@@ -85,7 +88,7 @@ def plant_resume_without_prep(mp: pytest.MonkeyPatch) -> None:
         self._close_jobs(jobs + done)
         self._paged_in(jobs + done, [])
 
-    mp.setattr(Pager, "_prep_and_resume", prep_and_resume)
+    mp.setattr(PageIn, "_prep_and_resume", prep_and_resume)
 
 
 def plant_skip_checksum(mp: pytest.MonkeyPatch) -> None:

@@ -1,4 +1,4 @@
-"""`xpemu bench`'s `sim` section: seeds per minute of `xpemu sim`, and its speed-up over stress.
+"""The `sim` section: seeds per minute of `xpemu sim`, and its speed-up over stress.
 
 Figures, each next to a floor measured in the same run:
 
