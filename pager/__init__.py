@@ -15,7 +15,8 @@ Public API:
   ``run_dir/privcmd.sock`` and connect to it.
 - `parse_faults(spec, crash=...)` / `Faults`, `SimulatedCrash`, `raise_simulated_crash`,
   `CRASH_POINTS`: fault injection (grammar in `pager.faults`).
-- `PageStore`, `Row`, `DiskIO`, `checksum`: the store, for tests and tools.
+- `PageStore`, `Row`, `checksum`, `RealDisk`: the store and the production `Disk`, for
+  tests and tools.
 - `XenpagingPolicy`, `ClockPolicy`, `CarPolicy`, `make_policy`: replacement policies.
 
 ``python -m pager --run-dir DIR --state-dir DIR [--domid D] [--policy xenpaging|clock|car]
@@ -41,7 +42,8 @@ from .faults import (
 )
 from .net import connect_privcmd
 from .policy import POLICIES, CarPolicy, ClockPolicy, XenpagingPolicy, make_policy
-from .store import ChecksumError, DiskIO, PageStore, Row, StoreError, StoreLocked, checksum
+from .realdisk import RealDisk
+from .store import ChecksumError, PageStore, Row, StoreError, StoreLocked, checksum
 
 __all__ = [
     "CRASH_POINTS",
@@ -51,7 +53,6 @@ __all__ = [
     "ChecksumError",
     "ClockPolicy",
     "ConnectionLost",
-    "DiskIO",
     "FaultSpecError",
     "Faults",
     "PageStore",
@@ -59,6 +60,7 @@ __all__ = [
     "PagerConfig",
     "PagerError",
     "PagerStats",
+    "RealDisk",
     "Row",
     "SimulatedCrash",
     "StoreError",

@@ -24,6 +24,7 @@ from .core import ConnectionLost, PagerConfig, PagerError, find_exception, run_p
 from .faults import ENV_VAR, FaultSpecError, parse_faults
 from .net import connect_privcmd
 from .policy import POLICIES
+from .realdisk import RealDisk
 
 #: Exit status when hv went away: "try again later" (sysexits.h EX_TEMPFAIL).
 EXIT_CONNECTION_LOST: Final = 75
@@ -109,7 +110,14 @@ async def _main(args: argparse.Namespace, config: PagerConfig, faults_spec: str)
             with connecting:
                 stream = await connect_privcmd(args.run_dir, args.connect_timeout)
             if stream is not None:
-                await run_pager(stream, args.state_dir, config, faults=faults, stop=stop)
+                await run_pager(
+                    stream,
+                    args.state_dir,
+                    config,
+                    faults=faults,
+                    stop=stop,
+                    disk=RealDisk(args.state_dir),
+                )
             nursery.cancel_scope.cancel()
     return 0
 

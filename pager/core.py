@@ -42,17 +42,12 @@ from protocol import (
 )
 from transport import Client, ConnectionClosed, open_client
 
+from .disk import Disk
 from .faults import NO_FAULTS, Faults, SimulatedCrash
 from .policy import make_policy
-from .store import (
-    ChecksumError,
-    DiskIO,
-    PageStore,
-    Row,
-    StoreError,
-    checksum,
-    disk_io_for,
-)
+from .realdisk import RealDisk
+from .store import ChecksumError, PageStore, Row, StoreError, checksum
+from .store_faults import faulty_disk
 
 log = structlog.get_logger("pager")
 
@@ -317,12 +312,10 @@ class Pager:
         if not todo:
             return
         try:
-            await trio.to_thread.run_sync(self.store.delete_rows_sync, todo)
+            await self.store.delete_rows(todo)
         except StoreError as exc:
             self.stats.store_errors += 1
             log.warning("store.free_failed", rows=len(todo), error=str(exc))
-            return
-        self.store.applied_delete(todo)
 
     # -- recovery ---------------------------------------------------------------------
 
@@ -513,7 +506,7 @@ class Pager:
         self.stats.disk_reads += len(rows)
         self.store.pin(rows)
         try:
-            return await trio.to_thread.run_sync(self.store.read_slots, rows)
+            return await self.store.read_slots(rows)
         finally:
             self.store.unpin(rows)
 
@@ -960,7 +953,7 @@ class Pager:
                 keys, self._free_later = self._free_later, []
                 deletes = self.store.to_delete(keys)
                 try:
-                    deleted = await trio.to_thread.run_sync(self._persist_group, group, deletes)
+                    deleted = await self._persist_group(group, deletes)
                 except BaseException:
                     for e in group:  # no batch of a failed phase may be evicted
                         if e.error is None:
@@ -970,9 +963,7 @@ class Pager:
                     for e in group:
                         e.done.set()
                     self._pending_free.difference_update(keys)
-                if deleted:
-                    self.store.applied_delete(deletes)
-                elif deletes:  # the commit failed: left for the next reconcile
+                if deletes and not deleted:  # the commit failed: left for the next reconcile
                     self.stats.store_errors += 1
                     log.warning("store.free_failed", rows=len(deletes))
                 if keys:
@@ -986,35 +977,26 @@ class Pager:
             self._pending_free.difference_update(self._free_later)
             self._free_later = []
 
-    def _persist_group(
+    async def _persist_group(
         self, group: list[_GroupEntry], deletes: Sequence[tuple[int, int]] = ()
     ) -> bool:
-        # One worker-thread trip for the whole disk phase, in the order that makes a crash
-        # anywhere safe: slots written, synced, then the rows naming them committed, in
-        # one transaction with the deletion of `deletes` (rows of paged-in copies). True
-        # if that transaction committed. A crash point fired here ends the process (or
-        # raises SimulatedCrash through the await).
-        store = self.store
-        written = []
-        for e in group:
-            try:
-                store.write_slots(e.batch.slots, e.batch.pages)
-            except StoreError as exc:
-                e.error = exc
-            else:
-                written.append(e)
+        # One disk phase (PageStore.persist): every batch's slots and records, and the
+        # free records of `deletes` (rows of paged-in copies), in one write, then one sync.
+        # True if it was synced (the store's index then holds it). Crash points fire here,
+        # on the event loop.
+        if not group and not deletes:
+            return False
+        rows = [r for e in group for r in e.batch.rows]
+        pages = [p for e in group for p in e.batch.pages]
         try:
-            if written:
-                self.faults.hit("after_write")
-                store.sync_slots()
-                self.faults.hit("after_fsync")
-            elif not deletes:
-                return False
-            store.commit_rows_sync([r for e in written for r in e.batch.rows], deletes)
+            written = functools.partial(self.faults.hit, "after_write") if group else None
+            await self.store.persist(rows, pages, deletes, written=written)
         except StoreError as exc:
-            for e in written:
+            for e in group:
                 e.error = exc
             return False
+        if group:
+            self.faults.hit("after_fsync")
         return True
 
     async def _pageout_finish(self, batch: _Batch) -> int:
@@ -1032,7 +1014,6 @@ class Pager:
                 self._adopt[g] = now + 1.0
             self._store_failed(exc)
             return 0
-        store.applied_commit(rows)
         self.faults.hit("after_index_commit")
         results = await self._batched("evict", batch.gfns)
         self.faults.hit("after_evict")
@@ -1331,7 +1312,7 @@ async def run_pager(
     *,
     faults: Faults = NO_FAULTS,
     stop: trio.Event | None = None,
-    io: DiskIO | None = None,
+    disk: Disk | None = None,
     task_status: trio.TaskStatus[Pager] = trio.TASK_STATUS_IGNORED,
 ) -> PagerStats:
     """Run one pager over `stream` (connected to hv's privcmd socket) until `stop` is set.
@@ -1341,20 +1322,15 @@ async def run_pager(
     recovery is done. On `stop`: page everything in and detach (`on_exit="pagein"`) or
     leave the store as it is (`"keep"`). Raises ConnectionLost if hv goes away, PagerError
     on a refused hello or locked store, and `SimulatedCrash` (after dropping the store's
-    descriptors, as a dying process would) when a crash point fires in-process. `io`
-    replaces the store's disk layer (default: plain, or faulty when `faults` names store
-    faults).
+    descriptors, as a dying process would) when a crash point fires in-process. `disk`
+    replaces the store's disk (default: `RealDisk(state_dir)`); either is wrapped in a
+    `FaultyDisk` when `faults` names store faults.
     """
     config = config or PagerConfig()
     stop = trio.Event() if stop is None else stop
-    opener = functools.partial(
-        PageStore.open,
-        state_dir,
-        io=io if io is not None else disk_io_for(faults),
-        lock_timeout=config.lock_timeout,
-    )
+    disk = faulty_disk(disk if disk is not None else RealDisk(state_dir), faults)
     try:
-        store = await trio.to_thread.run_sync(opener)
+        store = await PageStore.open(disk, lock_wait=config.lock_timeout)
     except BaseException as exc:
         await trio.aclose_forcefully(stream)  # the stream is ours to close on every way out
         if isinstance(exc, StoreError):
@@ -1364,7 +1340,7 @@ async def run_pager(
     try:
         async with open_client(stream, "pager") as client:
             info = await _hello(client, config)
-            outcome = await trio.to_thread.run_sync(store.bind_instance, info["instance"])
+            outcome = await store.bind_instance(info["instance"])
             structlog.contextvars.bind_contextvars(domid=info["domid"])
             log.info(
                 "pager.attached",
@@ -1383,7 +1359,7 @@ async def run_pager(
         crash = find_exception(exc, SimulatedCrash)
         if crash is not None:
             crashed = True
-            store.abandon()
+            await store.abandon()
             raise crash from None
         if find_exception(exc, trio.Cancelled) is not None:
             raise  # cancelled from outside: never turn that into one of our errors
@@ -1395,7 +1371,7 @@ async def run_pager(
         raise
     finally:
         if not crashed:
-            store.close()
+            await store.close()
 
 
 __all__ = [

@@ -21,7 +21,6 @@ import trio.testing
 
 from hv import HvConfig, Hypervisor
 from pager import (
-    DiskIO,
     Faults,
     Pager,
     PagerConfig,
@@ -30,6 +29,7 @@ from pager import (
     raise_simulated_crash,
     run_pager,
 )
+from pager.disk import Disk
 from protocol import PAGE_SIZE
 from transport import Client, open_client
 
@@ -173,7 +173,7 @@ class Stack:
         config: PagerConfig | None = None,
         faults: str | Faults | None = None,
         state_dir: Path | None = None,
-        io: DiskIO | None = None,
+        disk: Disk | None = None,
     ) -> PagerRun:
         """Start a pager task; crash points raise SimulatedCrash in-process."""
         run = PagerRun()
@@ -192,7 +192,7 @@ class Stack:
                     config or PagerConfig(),
                     faults=spec,
                     stop=run.stop,
-                    io=io,
+                    disk=disk,
                     task_status=RunStatus(run),  # type: ignore[arg-type]
                 )
             except BaseException as exc:
