@@ -177,8 +177,10 @@ async def test_enospc_stops_paging_out_keeps_paging_in(tmp_path: Path) -> None:
             pager = await run.wait_started()
             await stack.until(
                 pager,
-                lambda: pager.stats.store_full >= 1
-                and 8 <= pager.stats.paged_out == stack.domain_status()["paged_pages"],
+                lambda: (
+                    pager.stats.store_full >= 1
+                    and 8 <= pager.stats.paged_out == stack.domain_status()["paged_pages"]
+                ),
             )
             assert pager.stats.paged_out < NR - 8  # nothing after the first phase
             await guest.verify_all(2)  # every page-in is still served
