@@ -400,7 +400,7 @@ class PageStore:
         async with self._phase:
             if self._file is None or self.closed:
                 raise StoreError("the store is closed", _errno.EIO)
-            deletes = self.to_delete(deletes)
+            deletes = self.to_delete(dict.fromkeys(deletes))  # a key named twice: once
             overlay: dict[int, bytes] = {}
             for gfn, _ in deletes:
                 overlay[self.rows[gfn].slot] = FREE_RECORD

@@ -284,3 +284,11 @@ async def test_corrupt_read_fault_is_caught_by_the_checksum(tmp_path: Path) -> N
     assert isinstance((await store.read_slots(rows))[0], StoreError)
     assert await store.read_slots(rows) == [page(1)]  # the fault was on the way in
     await store.close()
+
+
+async def test_a_key_freed_twice_in_one_phase_is_freed_once(tmp_path: Path) -> None:
+    store = await open_store(tmp_path)
+    a, b = await put(store, [1, 2])
+    await free(store, [(1, a.gen), (1, a.gen), (2, b.gen)])
+    assert store.rows == {} and store.free_slots == 2
+    await store.close()
