@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import tempfile
+from itertools import count, islice
 from pathlib import Path
 from typing import Any, Final
 
@@ -23,11 +24,15 @@ import structlog
 
 from .disk import Disk
 from .store_format import (
+    EXTENT_DATA,
     EXTENT_SLOTS,
+    FREE_RECORD,
     SLOT_SIZE,
     encode,
     header_offset,
+    header_page,
     instance_tag,
+    is_slot,
     slot_offset,
 )
 
@@ -36,7 +41,7 @@ log = structlog.get_logger("pager.migrate")
 OLD_INDEX: Final = "index.sqlite"
 OLD_PAGES: Final = "pages.bin"
 _OLD_FILES: Final = (OLD_PAGES, OLD_INDEX, OLD_INDEX + "-wal", OLD_INDEX + "-shm")
-_CHUNK: Final = 1024  # rows copied per read and write
+_CHUNK: Final = 8 * EXTENT_DATA  # rows copied per read and write: whole extents
 
 
 async def _read_whole(disk: Disk, name: str) -> bytes:
@@ -80,28 +85,26 @@ async def migrate_if_needed(disk: Disk, pages_name: str, meta_name: str) -> bool
     new = await disk.open(tmp_name, create=True)
     old = await disk.open(OLD_PAGES) if await disk.exists(OLD_PAGES) else None
     unreadable = 0
+    slots = list(islice(filter(is_slot, count()), len(rows)))
     try:
         await new.truncate(0)
-        for start in range(0, len(rows), _CHUNK):
+        for start in range(0, len(rows), _CHUNK):  # whole extents per chunk
             chunk = rows[start : start + _CHUNK]
             if old is not None:
                 datas = await old.preadv([(SLOT_SIZE, slot * SLOT_SIZE) for _, _, slot, _ in chunk])
             else:
                 datas = [OSError("pages.bin is missing")] * len(chunk)
             writes: list[tuple[int, bytes]] = []
-            headers: dict[int, bytearray] = {}
-            for i, ((gfn, gen, _, crc), data) in enumerate(zip(chunk, datas, strict=True)):
+            entries: dict[int, list[bytes]] = {}
+            for (gfn, gen, _, crc), data, slot in zip(chunk, datas, slots[start:], strict=False):
+                e, k = divmod(slot, EXTENT_SLOTS)
+                records = entries.setdefault(e, [FREE_RECORD] * EXTENT_SLOTS)
                 if isinstance(data, OSError) or len(data) != SLOT_SIZE:
                     unreadable += 1  # no bytes to copy: the reconcile reports the gfn lost
                     continue
-                slot = start + i
-                e, k = divmod(slot, EXTENT_SLOTS)
-                header = headers.setdefault(e, bytearray(SLOT_SIZE))
-                header[k * 32 : (k + 1) * 32] = encode(slot, tag, gfn, gen, crc)
+                records[k] = encode(slot, tag, gfn, gen, crc)
                 writes.append((slot_offset(slot), data))
-            # Extents of this chunk start empty or carry this chunk's records only when
-            # _CHUNK is a multiple of EXTENT_SLOTS.
-            writes += [(header_offset(e), bytes(h)) for e, h in headers.items()]
+            writes += [(header_offset(e), bytes(header_page(e, r))) for e, r in entries.items()]
             await new.pwritev(writes)
         await new.sync()
     finally:
@@ -131,6 +134,3 @@ async def migrate_if_needed(disk: Disk, pages_name: str, meta_name: str) -> bool
         "store.migrated", rows=len(rows) - unreadable, unreadable=unreadable, instance=instance
     )
     return True
-
-
-assert _CHUNK % EXTENT_SLOTS == 0

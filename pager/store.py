@@ -34,9 +34,11 @@ from __future__ import annotations
 
 import errno as _errno
 import json
+import operator
 from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
+from itertools import compress
 from typing import Any, Final
 
 import structlog
@@ -44,17 +46,20 @@ import trio
 
 from .disk import Disk, DiskFile, DiskLock
 from .migrate import migrate_if_needed
-from .rowindex import Row, RowIndex
+from .rowindex import Row, RowIndex, key_runs, scatter
 from .store_format import (
     EXTENT_SLOTS,
     FREE_RECORD,
     SLOT_SIZE,
+    Columns,
     checksum,
     encode,
     extents_in,
     header_offset,
     instance_tag,
-    live_records,
+    is_slot,
+    parse_headers,
+    seal,
     slot_offset,
     slots_in,
 )
@@ -69,7 +74,10 @@ META: Final = "meta.json"
 FORMAT: Final = 2
 
 #: Header pages kept in memory for the extents written last (patched, not rebuilt).
-HEADER_CACHE: Final = 64
+HEADER_CACHE: Final = 16
+
+#: gfns at or above this do not fit the slot -> gfn array (4 bytes): kept in a dict.
+_BIG_GFN: Final = (1 << 32) - 1
 
 
 class StoreError(Exception):
@@ -107,13 +115,14 @@ class PageStore:
         self._phase = trio.Lock()  # one write+sync phase at a time
         #: gfn -> its durable row (changed only after a phase's sync returned).
         self.rows = RowIndex()
-        self._slot_gfn = array("Q")  # slot -> gfn + 1 of the row naming it, 0: none
+        self._slot_gfn = array("I")  # slot -> gfn + 1 of the row naming it, 0: none
+        self._slot_big: dict[int, int] = {}  # slot -> gfn, for gfns >= _BIG_GFN
         self.instance: str | None = None
         self._meta_ok = False  # meta.json holds `instance` and a sane next_gen
         self._tag = 0
         self._tags: set[int] = set()  # instance tags of the records found at open
         self._next_gen = 1
-        self._free: list[int] = []  # slots no row names, none reserved
+        self._free = array("I")  # slots no row names, none reserved (popped from the end)
         self._high = 0  # slots below this exist (or existed) in the file
         self._pins: dict[int, int] = {}  # slot -> readers in flight
         self._unpin_free: set[int] = set()  # freed while pinned: free once unpinned
@@ -160,32 +169,39 @@ class PageStore:
         except OSError as exc:
             raise _oserror("opening the pages file", exc) from exc
         self._high = slots_in(size)
-        best: dict[int, tuple[int, int, int]] = {}  # gfn -> (gen, slot, crc)
-        tags: set[int] = set()
-        max_gen = 0
-        unreadable = 0
-        for e, page in enumerate(headers):
-            if isinstance(page, OSError):
-                unreadable += 1  # its slots' gfns are reported lost by the reconcile
-                continue
-            for slot, tag, gfn, gen, crc in live_records(e, page):
-                max_gen = max(max_gen, gen)
-                if slot >= self._high:
-                    continue  # its data is past the end of the file: lost
-                tags.add(tag)
-                old = best.get(gfn)
-                if old is None or gen > old[0]:
-                    best[gfn] = (gen, slot, crc)
-        if unreadable:
+        unreadable = sum(isinstance(p, OSError) for p in headers)
+        if unreadable:  # their slots' gfns are reported lost by the reconcile
             log.error("store.headers_unreadable", extents=unreadable)
-        rows = [Row(gfn, gen, slot, crc) for gfn, (gen, slot, crc) in best.items()]
-        self.rows = RowIndex(rows)
-        self._tags = tags
-        slot_gfn = array("Q", bytes(8 * self._high))
-        for r in rows:
-            slot_gfn[r.slot] = r.gfn + 1
+        cols, self.lost_records = parse_headers(
+            [None if isinstance(p, OSError) else p for p in headers]
+        )
+        headers.clear()  # a worker thread may keep the list: drop the pages now
+        if self.lost_records:
+            log.error("store.records_damaged", records=self.lost_records)
+        max_gen = max(cols.gens, default=0)
+        rows = cols.gfns, cols.gens, cols.slots, cols.crcs
+        try:
+            if cols.slots and cols.slots[-1] >= self._high:
+                raise ValueError("a record names a slot past the end of the file")
+            self.rows = RowIndex.from_columns(*rows)
+        except ValueError:
+            rows = _newest(cols, self._high)
+            self.rows = RowIndex.from_columns(*rows)
+        self._tags = cols.tags
+        slot_gfn = array("I", bytes(4 * self._high))
+        self._slot_big = {}
+        gfns, _, slots, _ = rows
+        if gfns and max(gfns) < _BIG_GFN:
+            scatter(slot_gfn, slots, list(map((1).__add__, gfns)), key_runs(slots))
+        else:
+            for gfn, slot in zip(gfns, slots, strict=True):
+                if gfn < _BIG_GFN:
+                    slot_gfn[slot] = gfn + 1
+                else:
+                    self._slot_big[slot] = gfn
         self._slot_gfn = slot_gfn
-        self._free = [s for s in range(self._high - 1, -1, -1) if not slot_gfn[s]]
+        unnamed = compress(range(self._high - 1, -1, -1), map(operator.not_, reversed(slot_gfn)))
+        self._free = array("I", (s for s in unnamed if is_slot(s) and s not in self._slot_big))
         self._next_gen = max(int(meta.get("next_gen", 1)), max_gen + 1)
         self._meta_ok = meta.get("format") == FORMAT and "instance" in meta
 
@@ -328,7 +344,8 @@ class PageStore:
             out.append(self._free.pop())
         if grow:
             while len(out) < n:
-                out.append(self._high)
+                if is_slot(self._high):
+                    out.append(self._high)
                 self._high += 1
         return out
 
@@ -373,10 +390,27 @@ class PageStore:
                 out.append((gfn, gen))
         return out
 
+    def _gfn_of(self, slot: int) -> int | None:
+        if slot < len(self._slot_gfn) and self._slot_gfn[slot]:
+            return self._slot_gfn[slot] - 1
+        return self._slot_big.get(slot) if self._slot_big else None
+
+    def _set_gfn(self, slot: int, gfn: int | None) -> None:
+        slot_gfn = self._slot_gfn
+        if slot >= len(slot_gfn):
+            slot_gfn.frombytes(bytes(4 * (slot + 1 - len(slot_gfn) + 1024)))
+        if gfn is not None and gfn >= _BIG_GFN:
+            self._slot_big[slot] = gfn
+            gfn = None
+        else:
+            self._slot_big.pop(slot, None)
+        slot_gfn[slot] = 0 if gfn is None else gfn + 1
+
     def _named(self, slot: int) -> bool:
-        if slot >= len(self._slot_gfn) or not self._slot_gfn[slot]:
+        gfn = self._gfn_of(slot)
+        if gfn is None:
             return False
-        r = self.rows.get(self._slot_gfn[slot] - 1)
+        r = self.rows.get(gfn)
         return r is not None and r.slot == slot
 
     # -- disk phases ------------------------------------------------------------------
@@ -438,20 +472,23 @@ class PageStore:
         cached = self._headers.get(extent)
         base = extent * EXTENT_SLOTS
         if cached is None:
-            cached = bytearray(b"".join(self._record(s) for s in range(base, base + EXTENT_SLOTS)))
+            page = bytearray(b"".join(self._record(s) for s in range(base, base + EXTENT_SLOTS)))
         else:
             self._headers.move_to_end(extent)
-            cached = bytearray(cached)
+            page = bytearray(cached)
         for s, rec in overlay.items():
             if base <= s < base + EXTENT_SLOTS:
                 i = (s - base) * len(rec)
-                cached[i : i + len(rec)] = rec
-        return cached
+                page[i : i + len(rec)] = rec
+        return seal(extent, page)
 
     def _record(self, slot: int) -> bytes:
-        if not self._named(slot):
+        if not is_slot(slot):
+            return FREE_RECORD  # the trailer's place: `seal` writes it
+        gfn = self._gfn_of(slot)
+        r = None if gfn is None else self.rows.get(gfn)
+        if r is None or r.slot != slot:
             return FREE_RECORD
-        r = self.rows[self._slot_gfn[slot] - 1]
         return encode(slot, self._tag, r.gfn, r.gen, r.crc)
 
     def _cache_header(self, extent: int, header: bytearray) -> None:
@@ -461,21 +498,18 @@ class PageStore:
             self._headers.popitem(last=False)
 
     def _applied(self, rows: Sequence[Row], deletes: Sequence[tuple[int, int]]) -> None:
-        slot_gfn = self._slot_gfn
         for gfn, _ in deletes:
             slot = self.rows[gfn].slot
             del self.rows[gfn]
-            slot_gfn[slot] = 0
+            self._set_gfn(slot, None)
             self._slot_freed(slot)
         for r in rows:
             old = self.rows.get(r.gfn)
             self.rows[r.gfn] = r
-            if r.slot >= len(slot_gfn):
-                slot_gfn.frombytes(bytes(8 * (r.slot + 1 - len(slot_gfn) + 1024)))
             if old is not None and old.slot != r.slot:
-                slot_gfn[old.slot] = 0
+                self._set_gfn(old.slot, None)
                 self._slot_freed(old.slot)
-            slot_gfn[r.slot] = r.gfn + 1
+            self._set_gfn(r.slot, r.gfn)
 
     def _slot_freed(self, slot: int) -> None:
         if slot in self._pins:
@@ -511,6 +545,22 @@ class PageStore:
                 return None
             out.append(_verified(r, data))
         return out
+
+
+def _newest(cols: Columns, high: int) -> tuple[list[int], list[int], list[int], list[int]]:
+    """One row per gfn, the highest generation's, from slots below `high` (a slot past the
+    end of the file has no data: its gfn is lost), as (gfns, gens, slots, crcs)."""
+    gfns, gens, slots, crcs = cols.gfns, cols.gens, cols.slots, cols.crcs
+    best: dict[int, tuple[int, int, int]] = {}
+    for gfn, gen, slot, crc in zip(gfns, gens, slots, crcs, strict=True):
+        if slot < high and (gfn not in best or gen > best[gfn][0]):
+            best[gfn] = (gen, slot, crc)
+    return (
+        list(best),
+        [v[0] for v in best.values()],
+        [v[1] for v in best.values()],
+        [v[2] for v in best.values()],
+    )
 
 
 def _verified(r: Row, data: bytes) -> bytes | StoreError:

@@ -292,3 +292,15 @@ async def test_a_key_freed_twice_in_one_phase_is_freed_once(tmp_path: Path) -> N
     await free(store, [(1, a.gen), (1, a.gen), (2, b.gen)])
     assert store.rows == {} and store.free_slots == 2
     await store.close()
+
+
+async def test_gfns_past_32_bits_are_stored_and_found(tmp_path: Path) -> None:
+    store = await open_store(tmp_path)
+    rows = await put(store, [(1 << 40) + 3, 5])
+    await store.close()
+    again = await open_store(tmp_path)
+    assert again.rows == {r.gfn: r for r in rows}
+    assert await again.read_slots(rows) == [page((1 << 40) + 3), page(5)]
+    await free(again, [(rows[0].gfn, rows[0].gen)])
+    assert again.free_slots == 1
+    await again.close()

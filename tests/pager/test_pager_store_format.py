@@ -13,12 +13,16 @@ from pager.disk import SECTOR
 from pager.store import PAGES
 from pager.store_format import (
     EXTENT_BYTES,
+    EXTENT_DATA,
     EXTENT_SLOTS,
+    FREE_RECORD,
     RECORD_SIZE,
     SLOT_SIZE,
     decode,
     encode,
-    live_records,
+    header_page,
+    is_slot,
+    parse_headers,
     slot_offset,
     slots_in,
 )
@@ -41,23 +45,57 @@ def test_a_record_round_trips_and_every_flipped_byte_is_detected() -> None:
     assert decode(130, bytes(RECORD_SIZE)) is None  # free
 
 
-def test_a_header_page_torn_at_any_sector_boundary_keeps_each_record_old_or_new() -> None:
-    old = b"".join(encode(s, 1, s + 1000, 5, s) for s in range(EXTENT_SLOTS))
-    new = b"".join(
-        encode(s, 1, s + 2000, 9, s) if s % 3 else bytes(RECORD_SIZE) for s in range(EXTENT_SLOTS)
+def _page(extent: int, version: int) -> bytes:
+    base = extent * EXTENT_SLOTS
+    return bytes(
+        header_page(
+            extent,
+            (
+                encode(s, 1, s + 1000 * version, version, s)
+                if is_slot(s) and (version == 1 or s % 3)
+                else FREE_RECORD
+                for s in range(base, base + EXTENT_SLOTS)
+            ),
+        )
     )
-    olds = {r[0]: r for r in live_records(0, old)}
-    news = {r[0]: r for r in live_records(0, new)}
-    assert len(olds) == EXTENT_SLOTS
+
+
+def _found(pages: list[bytes | None]) -> dict[int, tuple[int, int, int]]:
+    cols, _ = parse_headers(pages)
+    return dict(zip(cols.slots, zip(cols.gfns, cols.gens, cols.crcs, strict=True), strict=True))
+
+
+def test_a_header_page_torn_at_any_sector_boundary_keeps_each_record_old_or_new() -> None:
+    old, new = _page(1, 1), _page(1, 2)
+    blank = bytes(SLOT_SIZE)
+    olds, news = _found([blank, old]), _found([blank, new])
+    assert len(olds) == EXTENT_DATA and 0 < len(news) < EXTENT_DATA
     sectors = SLOT_SIZE // SECTOR
     for landed in itertools.product((False, True), repeat=sectors):  # every subset
         torn = b"".join(
             (new if landed[k] else old)[k * SECTOR : (k + 1) * SECTOR] for k in range(sectors)
         )
-        got = {r[0]: r for r in live_records(0, torn)}
-        for slot in range(EXTENT_SLOTS):
-            expect = news if landed[slot * RECORD_SIZE // SECTOR] else olds
+        got = _found([blank, torn])
+        for slot in range(EXTENT_SLOTS, 2 * EXTENT_SLOTS):
+            expect = news if landed[(slot - EXTENT_SLOTS) * RECORD_SIZE // SECTOR] else olds
             assert got.get(slot) == expect.get(slot)
+
+
+def test_a_damaged_sector_keeps_every_record_that_verifies_alone() -> None:
+    good = _found([_page(0, 1)])
+    for at in (5 * RECORD_SIZE + 9, 15 * RECORD_SIZE + 5, 2 * SECTOR + 3):  # record, trailer
+        bad = bytearray(_page(0, 1))
+        bad[at] ^= 0x40
+        got = _found([bytes(bad)])
+        slot = at // RECORD_SIZE
+        if is_slot(slot):
+            assert got == {s: v for s, v in good.items() if s != slot}
+        else:
+            assert got == good  # only the trailer was hit: every record stands alone
+    moved = _found([bytes(SLOT_SIZE), _page(0, 1)])  # extent 0's page written at extent 1
+    assert moved == {}
+    _, damaged = parse_headers([bytes(SLOT_SIZE), _page(0, 1)])
+    assert damaged == EXTENT_DATA
 
 
 def test_a_data_slot_torn_or_corrupted_never_verifies() -> None:
@@ -76,11 +114,16 @@ def test_a_data_slot_torn_or_corrupted_never_verifies() -> None:
 
 
 def test_geometry() -> None:
-    assert slot_offset(0) == SLOT_SIZE
-    assert slot_offset(EXTENT_SLOTS) == EXTENT_BYTES + SLOT_SIZE
+    slots = [s for s in range(3 * EXTENT_SLOTS) if is_slot(s)]
+    offsets = [slot_offset(s) for s in slots]
+    headers = {0, EXTENT_BYTES, 2 * EXTENT_BYTES}
+    assert sorted(offsets + sorted(headers)) == list(range(0, 3 * EXTENT_BYTES, SLOT_SIZE))
+    assert slot_offset(0) == SLOT_SIZE and slot_offset(16) == 16 * SLOT_SIZE
     assert slots_in(0) == 0 and slots_in(SLOT_SIZE) == 0 and slots_in(2 * SLOT_SIZE) == 1
     assert slots_in(EXTENT_BYTES) == EXTENT_SLOTS
-    assert slots_in(EXTENT_BYTES + 3 * SLOT_SIZE) == EXTENT_SLOTS + 2
+    for s in slots:  # exactly the slots whose data lies whole in the file
+        assert [t for t in slots if t < slots_in(slot_offset(s) + SLOT_SIZE)][-1] == s
+        assert s >= slots_in(slot_offset(s) + SLOT_SIZE - 1)
 
 
 async def test_a_phase_torn_at_every_sector_boundary_serves_no_wrong_byte() -> None:
