@@ -64,7 +64,10 @@ class RealDiskFile:
                     out.append(exc)
             return out
 
-        return await trio.to_thread.run_sync(run)
+        got = await trio.to_thread.run_sync(run)
+        out = list(got)
+        got.clear()  # the worker thread keeps its last result until its next job
+        return out
 
     async def pwritev(self, writes: Sequence[tuple[int, bytes]]) -> None:
         """Each (offset, data) written whole, in order, in one worker thread trip."""

@@ -76,7 +76,7 @@ class RowIndex(MutableMapping[int, Row]):
             index._load(rows)
             return index
         n = top_gfn + 1
-        arrays = [array("I", bytes(4 * n)) for _ in range(3)]
+        arrays = [array("I", [0]) * n for _ in range(3)]  # exactly n (no growth slack)
         runs = key_runs(gfns)
         rel = list(map((-base).__add__, gens)) if base else gens
         for arr, values in zip(arrays, (rel, slots, crcs), strict=True):
@@ -205,7 +205,7 @@ class RowIndex(MutableMapping[int, Row]):
             else:
                 self._other[r.gfn] = r
         n = max((r.gfn for r in dense), default=-1) + 1
-        gens, slots, crcs = (array("I", bytes(4 * n)) for _ in range(3))
+        gens, slots, crcs = (array("I", [0]) * n for _ in range(3))
         for gfn, gen, slot, crc in dense:
             gens[gfn] = gen - base
             slots[gfn] = slot

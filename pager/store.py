@@ -73,6 +73,9 @@ META: Final = "meta.json"
 #: Version of meta.json's format.
 FORMAT: Final = 2
 
+#: Header pages read per `preadv` at open (a few worker thread trips, few objects at once).
+HEADER_READS: Final = 128
+
 #: Header pages kept in memory for the extents written last (patched, not rebuilt).
 HEADER_CACHE: Final = 16
 
@@ -165,7 +168,12 @@ class PageStore:
                 await self.disk.sync_dir()  # the file's name outlives a power loss too
             size = await pages.size()
             n_ext = extents_in(size)
-            headers = await pages.preadv([(SLOT_SIZE, header_offset(e)) for e in range(n_ext)])
+            headers: list[bytes | OSError] = []
+            for start in range(0, n_ext, HEADER_READS):
+                top = min(n_ext, start + HEADER_READS)
+                headers += await pages.preadv(
+                    [(SLOT_SIZE, header_offset(e)) for e in range(start, top)]
+                )
         except OSError as exc:
             raise _oserror("opening the pages file", exc) from exc
         self._high = slots_in(size)
@@ -188,20 +196,22 @@ class PageStore:
             rows = _newest(cols, self._high)
             self.rows = RowIndex.from_columns(*rows)
         self._tags = cols.tags
-        slot_gfn = array("I", bytes(4 * self._high))
+        slot_gfn = array("I", [0]) * _data_index(self._high)
         self._slot_big = {}
         gfns, _, slots, _ = rows
         if gfns and max(gfns) < _BIG_GFN:
-            scatter(slot_gfn, slots, list(map((1).__add__, gfns)), key_runs(slots))
+            data = list(map(_data_index, slots))
+            scatter(slot_gfn, data, list(map((1).__add__, gfns)), key_runs(data))
         else:
             for gfn, slot in zip(gfns, slots, strict=True):
                 if gfn < _BIG_GFN:
-                    slot_gfn[slot] = gfn + 1
+                    slot_gfn[_data_index(slot)] = gfn + 1
                 else:
                     self._slot_big[slot] = gfn
         self._slot_gfn = slot_gfn
-        unnamed = compress(range(self._high - 1, -1, -1), map(operator.not_, reversed(slot_gfn)))
-        self._free = array("I", (s for s in unnamed if is_slot(s) and s not in self._slot_big))
+        unnamed = compress(range(len(slot_gfn) - 1, -1, -1), map(operator.not_, reversed(slot_gfn)))
+        free = (d + d // 15 for d in unnamed)  # data index -> slot number
+        self._free = array("I", (s for s in free if s not in self._slot_big))
         self._next_gen = max(int(meta.get("next_gen", 1)), max_gen + 1)
         self._meta_ok = meta.get("format") == FORMAT and "instance" in meta
 
@@ -391,20 +401,21 @@ class PageStore:
         return out
 
     def _gfn_of(self, slot: int) -> int | None:
-        if slot < len(self._slot_gfn) and self._slot_gfn[slot]:
-            return self._slot_gfn[slot] - 1
+        i = _data_index(slot)
+        if i < len(self._slot_gfn) and self._slot_gfn[i]:
+            return self._slot_gfn[i] - 1
         return self._slot_big.get(slot) if self._slot_big else None
 
     def _set_gfn(self, slot: int, gfn: int | None) -> None:
-        slot_gfn = self._slot_gfn
-        if slot >= len(slot_gfn):
-            slot_gfn.frombytes(bytes(4 * (slot + 1 - len(slot_gfn) + 1024)))
+        slot_gfn, i = self._slot_gfn, _data_index(slot)
+        if i >= len(slot_gfn):
+            slot_gfn.frombytes(bytes(4 * (i + 1 - len(slot_gfn) + 1024)))
         if gfn is not None and gfn >= _BIG_GFN:
             self._slot_big[slot] = gfn
             gfn = None
         else:
             self._slot_big.pop(slot, None)
-        slot_gfn[slot] = 0 if gfn is None else gfn + 1
+        slot_gfn[i] = 0 if gfn is None else gfn + 1
 
     def _named(self, slot: int) -> bool:
         gfn = self._gfn_of(slot)
@@ -545,6 +556,11 @@ class PageStore:
                 return None
             out.append(_verified(r, data))
         return out
+
+
+def _data_index(slot: int) -> int:
+    """The slot's place among data slots (slot numbers skip each sector's trailer)."""
+    return slot - slot // 16
 
 
 def _newest(cols: Columns, high: int) -> tuple[list[int], list[int], list[int], list[int]]:
