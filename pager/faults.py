@@ -16,6 +16,11 @@ Grammar (items separated by commas, whitespace ignored)::
     ACTION  := ENOSPC | EIO                       (any OP: the operation raises that OSError)
              | corrupt                            (read only: one byte of the data read flips)
 
+Store faults act on the pages file through a `Disk` wrapper (pager/store_faults.py): a
+pass of ``write`` is one disk phase's `pwritev` (a group of page-out batches and the frees
+riding with it, or a free on its own); ``fsync`` and ``commit`` are each counted on every
+sync of the pages file (the sync is the commit); ``read`` is each slot read.
+
 Crash points (``CRASH_POINTS``), in pipeline order:
 
 - page-out: ``after_nominate``, ``after_map``, ``after_write``, ``after_fsync``,
@@ -144,7 +149,8 @@ class Faults:
     """A parsed fault spec: crash points and store faults, with their pass counters.
 
     `hit(point)` is called by the pipelines at each crash point; `store_fault(op)` by the
-    storage layer (from worker threads, hence the lock) before each operation.
+    store's fault wrapper before each operation (both on the event loop; the lock is for
+    callers in other threads).
     """
 
     spec: str = ""

@@ -6,6 +6,8 @@ import errno
 from pathlib import Path
 
 import pytest
+import trio
+import trio.testing
 from memdisk import MemDisk, PowerCut
 
 from pager import PageStore, RealDisk, Row, StoreError, StoreLocked, checksum, parse_faults
@@ -304,3 +306,16 @@ async def test_gfns_past_32_bits_are_stored_and_found(tmp_path: Path) -> None:
     await free(again, [(rows[0].gfn, rows[0].gen)])
     assert again.free_slots == 1
     await again.close()
+
+
+async def test_the_lock_is_waited_for_in_trio_time(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A minute's wait for a held lock passes in no real time under a mock clock: the
+    wait is trio's (no time.sleep, no time.monotonic), and bounded."""
+    store = await open_store(tmp_path)
+    start = trio.current_time()
+    with pytest.raises(StoreLocked):
+        await PageStore.open(RealDisk(tmp_path), lock_wait=60)
+    assert trio.current_time() - start >= 60
+    await store.close()
