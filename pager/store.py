@@ -33,35 +33,39 @@ Store rules (DESIGN.md "pager"), each closing a real way to lose a page:
 from __future__ import annotations
 
 import errno as _errno
-import json
-import operator
 from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from itertools import compress
-from typing import Any, Final
+from typing import Final
 
 import structlog
 import trio
 
 from .disk import Disk, DiskFile, DiskLock
 from .migrate import migrate_if_needed
-from .rowindex import Row, RowIndex, key_runs, scatter
+from .rowindex import Row, RowIndex
+from .store_errors import ChecksumError, StoreError, StoreLocked, oserror
 from .store_format import (
     EXTENT_SLOTS,
     FREE_RECORD,
     SLOT_SIZE,
-    Columns,
     checksum,
     encode,
-    extents_in,
     header_offset,
     instance_tag,
     is_slot,
-    parse_headers,
+    join_runs,
     seal,
     slot_offset,
-    slots_in,
+)
+from .store_open import (
+    BIG_GFN,
+    FORMAT,
+    data_index,
+    load_pages,
+    move_aside,
+    read_meta,
+    write_meta,
 )
 
 log = structlog.get_logger("pager.store")
@@ -70,42 +74,8 @@ log = structlog.get_logger("pager.store")
 PAGES: Final = "pages.xp"
 META: Final = "meta.json"
 
-#: Version of meta.json's format.
-FORMAT: Final = 2
-
-#: Header pages read per `preadv` at open (a few worker thread trips, few objects at once).
-HEADER_READS: Final = 128
-
 #: Header pages kept in memory for the extents written last (patched, not rebuilt).
 HEADER_CACHE: Final = 16
-
-#: gfns at or above this do not fit the slot -> gfn array (4 bytes): kept in a dict.
-_BIG_GFN: Final = (1 << 32) - 1
-
-
-class StoreError(Exception):
-    """A store operation failed; `errno` says how (ENOSPC, EIO, ...)."""
-
-    def __init__(self, msg: str, errno: int = _errno.EIO) -> None:
-        super().__init__(msg)
-        self.errno = errno
-
-    @property
-    def full(self) -> bool:
-        """True when the disk is full (stop paging out, keep serving page-ins)."""
-        return self.errno == _errno.ENOSPC
-
-
-class StoreLocked(StoreError):
-    """Another process holds the store's lock (a hung predecessor?)."""
-
-
-class ChecksumError(StoreError):
-    """A slot's bytes do not match the checksum its record holds."""
-
-
-def _oserror(what: str, exc: OSError) -> StoreError:
-    return StoreError(f"{what} failed: {exc}", exc.errno or _errno.EIO)
 
 
 class PageStore:
@@ -119,7 +89,7 @@ class PageStore:
         #: gfn -> its durable row (changed only after a phase's sync returned).
         self.rows = RowIndex()
         self._slot_gfn = array("I")  # slot -> gfn + 1 of the row naming it, 0: none
-        self._slot_big: dict[int, int] = {}  # slot -> gfn, for gfns >= _BIG_GFN
+        self._slot_big: dict[int, int] = {}  # slot -> gfn, for gfns >= BIG_GFN
         self.instance: str | None = None
         self._meta_ok = False  # meta.json holds `instance` and a sane next_gen
         self._tag = 0
@@ -148,7 +118,7 @@ class PageStore:
                 _errno.EBUSY,
             ) from None
         except OSError as exc:
-            raise _oserror("taking the store's lock", exc) from exc
+            raise oserror("taking the store's lock", exc) from exc
         store = cls(disk, lock)
         try:
             await migrate_if_needed(disk, PAGES, META)
@@ -159,103 +129,21 @@ class PageStore:
         return store
 
     async def _load(self) -> None:
-        meta = await self._read_meta()
+        meta = await read_meta(self.disk, META)
         self.instance = meta.get("instance")
         try:
             existed = await self.disk.exists(PAGES)
-            self._file = pages = await self.disk.open(PAGES, create=True)
+            self._file = await self.disk.open(PAGES, create=True)
             if not existed:
                 await self.disk.sync_dir()  # the file's name outlives a power loss too
-            size = await pages.size()
-            n_ext = extents_in(size)
-            headers: list[bytes | OSError] = []
-            for start in range(0, n_ext, HEADER_READS):
-                top = min(n_ext, start + HEADER_READS)
-                headers += await pages.preadv(
-                    [(SLOT_SIZE, header_offset(e)) for e in range(start, top)]
-                )
+            got = await load_pages(self._file)
         except OSError as exc:
-            raise _oserror("opening the pages file", exc) from exc
-        self._high = slots_in(size)
-        unreadable = sum(isinstance(p, OSError) for p in headers)
-        if unreadable:  # their slots' gfns are reported lost by the reconcile
-            log.error("store.headers_unreadable", extents=unreadable)
-        cols, self.lost_records = parse_headers(
-            [None if isinstance(p, OSError) else p for p in headers]
-        )
-        headers.clear()  # a worker thread may keep the list: drop the pages now
-        if self.lost_records:
-            log.error("store.records_damaged", records=self.lost_records)
-        max_gen = max(cols.gens, default=0)
-        rows = cols.gfns, cols.gens, cols.slots, cols.crcs
-        try:
-            if cols.slots and cols.slots[-1] >= self._high:
-                raise ValueError("a record names a slot past the end of the file")
-            self.rows = RowIndex.from_columns(*rows)
-        except ValueError:
-            rows = _newest(cols, self._high)
-            self.rows = RowIndex.from_columns(*rows)
-        self._tags = cols.tags
-        slot_gfn = array("I", [0]) * _data_index(self._high)
-        self._slot_big = {}
-        gfns, _, slots, _ = rows
-        if gfns and max(gfns) < _BIG_GFN:
-            data = list(map(_data_index, slots))
-            scatter(slot_gfn, data, list(map((1).__add__, gfns)), key_runs(data))
-        else:
-            for gfn, slot in zip(gfns, slots, strict=True):
-                if gfn < _BIG_GFN:
-                    slot_gfn[_data_index(slot)] = gfn + 1
-                else:
-                    self._slot_big[slot] = gfn
-        self._slot_gfn = slot_gfn
-        unnamed = compress(range(len(slot_gfn) - 1, -1, -1), map(operator.not_, reversed(slot_gfn)))
-        free = (d + d // 15 for d in unnamed)  # data index -> slot number
-        self._free = array("I", (s for s in free if s not in self._slot_big))
-        self._next_gen = max(int(meta.get("next_gen", 1)), max_gen + 1)
+            raise oserror("opening the pages file", exc) from exc
+        self.rows, self._slot_gfn, self._slot_big = got.rows, got.slot_gfn, got.slot_big
+        self._free, self._high, self._tags = got.free, got.high, got.tags
+        self.lost_records = got.lost_records
+        self._next_gen = max(int(meta.get("next_gen", 1)), got.max_gen + 1)
         self._meta_ok = meta.get("format") == FORMAT and "instance" in meta
-
-    async def _read_meta(self) -> dict[str, Any]:
-        try:
-            f = await self.disk.open(META)
-        except FileNotFoundError:
-            return {}
-        except OSError as exc:
-            log.error("store.meta_unreadable", error=str(exc))
-            return {}
-        try:
-            data = await f.pread(1 << 16, 0)
-        except OSError as exc:
-            log.error("store.meta_unreadable", error=str(exc))
-            return {}
-        finally:
-            await f.close()
-        try:
-            meta = json.loads(data)
-            if not isinstance(meta, dict) or not isinstance(meta.get("instance"), str | None):
-                raise ValueError("not a meta object")
-            int(meta.get("next_gen", 1))
-        except ValueError as exc:
-            # The records carry what matters (tags, generations): nothing is lost.
-            log.error("store.meta_damaged", error=str(exc))
-            return {}
-        return meta
-
-    async def _write_meta(self) -> None:
-        body = json.dumps(
-            {"format": FORMAT, "instance": self.instance, "next_gen": self._next_gen}
-        ).encode()
-        tmp = META + ".tmp"
-        f = await self.disk.open(tmp, create=True)
-        try:
-            await f.truncate(0)
-            await f.pwritev([(0, body)])
-            await f.sync()
-        finally:
-            await f.close()
-        await self.disk.rename(tmp, META)
-        await self.disk.sync_dir()
-        self._meta_ok = True
 
     async def abandon(self) -> None:
         """Drop the files and the lock without syncing anything: what the kernel does to a
@@ -293,9 +181,7 @@ class PageStore:
             outcome = "new"
             if self.rows:
                 outcome = "set_aside"
-                aside = await self._aside_name(self.instance or "unknown")
-                await self.disk.mkdir(aside)
-                await self._replace_files(aside)
+                aside = await self._replace_files(self.instance or "unknown")
                 log.warning(
                     "store.set_aside",
                     old_instance=self.instance,
@@ -311,39 +197,23 @@ class PageStore:
         self._tag = tag
         if outcome != "same" or not self._meta_ok:
             try:
-                await self._write_meta()
+                await write_meta(self.disk, META, self.instance, self._next_gen)
+                self._meta_ok = True
             except OSError as exc:
-                raise _oserror("writing meta.json", exc) from exc
+                raise oserror("writing meta.json", exc) from exc
         return outcome
 
-    async def _aside_name(self, instance: str) -> str:
-        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in instance)[:64]
-        taken = set(await self.disk.listdir())
-        n = 1
-        while f"aside-{safe}-{n}" in taken:
-            n += 1
-        return f"aside-{safe}-{n}"
-
-    async def _replace_files(self, aside: str | None) -> None:
-        """Close the pages file, move the store's files to `aside` (or delete them), and
-        open a fresh, empty store."""
+    async def _replace_files(self, aside: str | None) -> str | None:
+        """Close the pages file, move the store's files aside (or delete them), and open a
+        fresh, empty store; the aside directory's name."""
         if self._file is not None:
             await self._file.close()
             self._file = None
-        for name in (PAGES, META):
-            try:
-                if aside is None:
-                    await self.disk.remove(name)
-                else:
-                    await self.disk.rename(name, f"{aside}/{name}")
-            except FileNotFoundError:
-                pass
-        if aside is not None:
-            await self.disk.sync_dir(aside)
-        await self.disk.sync_dir()
+        name = await move_aside(self.disk, (PAGES, META), aside)
         self._headers.clear()
         self.instance, self._meta_ok = None, False
         await self._load()
+        return name
 
     # -- slots ------------------------------------------------------------------------
 
@@ -401,16 +271,16 @@ class PageStore:
         return out
 
     def _gfn_of(self, slot: int) -> int | None:
-        i = _data_index(slot)
+        i = data_index(slot)
         if i < len(self._slot_gfn) and self._slot_gfn[i]:
             return self._slot_gfn[i] - 1
         return self._slot_big.get(slot) if self._slot_big else None
 
     def _set_gfn(self, slot: int, gfn: int | None) -> None:
-        slot_gfn, i = self._slot_gfn, _data_index(slot)
+        slot_gfn, i = self._slot_gfn, data_index(slot)
         if i >= len(slot_gfn):
             slot_gfn.frombytes(bytes(4 * (i + 1 - len(slot_gfn) + 1024)))
-        if gfn is not None and gfn >= _BIG_GFN:
+        if gfn is not None and gfn >= BIG_GFN:
             self._slot_big[slot] = gfn
             gfn = None
         else:
@@ -457,20 +327,20 @@ class PageStore:
             if not overlay:
                 return
             headers = {e: self._header(e, overlay) for e in {s // EXTENT_SLOTS for s in overlay}}
-            writes = _runs(
+            writes = join_runs(
                 [(slot_offset(r.slot), p) for r, p in zip(rows, pages, strict=True)]
                 + [(header_offset(e), bytes(h)) for e, h in headers.items()]
             )
             try:
                 await self._file.pwritev(writes)
             except OSError as exc:
-                raise _oserror("slot write", exc) from exc
+                raise oserror("slot write", exc) from exc
             if written is not None:
                 written()
             try:
                 await self._file.sync()
             except OSError as exc:
-                raise _oserror("pages file sync", exc) from exc
+                raise oserror("pages file sync", exc) from exc
             for e, h in headers.items():
                 self._cache_header(e, h)
             self._applied(rows, deletes)
@@ -558,50 +428,11 @@ class PageStore:
         return out
 
 
-def _data_index(slot: int) -> int:
-    """The slot's place among data slots (slot numbers skip each sector's trailer)."""
-    return slot - slot // 16
-
-
-def _newest(cols: Columns, high: int) -> tuple[list[int], list[int], list[int], list[int]]:
-    """One row per gfn, the highest generation's, from slots below `high` (a slot past the
-    end of the file has no data: its gfn is lost), as (gfns, gens, slots, crcs)."""
-    gfns, gens, slots, crcs = cols.gfns, cols.gens, cols.slots, cols.crcs
-    best: dict[int, tuple[int, int, int]] = {}
-    for gfn, gen, slot, crc in zip(gfns, gens, slots, crcs, strict=True):
-        if slot < high and (gfn not in best or gen > best[gfn][0]):
-            best[gfn] = (gen, slot, crc)
-    return (
-        list(best),
-        [v[0] for v in best.values()],
-        [v[1] for v in best.values()],
-        [v[2] for v in best.values()],
-    )
-
-
 def _verified(r: Row, data: bytes) -> bytes | StoreError:
     """The slot's bytes if they match the row's checksum, else a ChecksumError."""
     if len(data) != SLOT_SIZE or checksum(r.gfn, r.gen, data) != r.crc:
         return ChecksumError(f"gfn {r.gfn} gen {r.gen}: slot {r.slot} fails its checksum")
     return data
-
-
-def _runs(writes: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
-    """`writes` sorted by offset, with adjacent ones joined (fewer system calls)."""
-    writes.sort(key=lambda w: w[0])
-    out: list[tuple[int, bytes]] = []
-    run: list[bytes] = []
-    start = end = -1
-    for offset, data in writes:
-        if offset != end:
-            if run:
-                out.append((start, b"".join(run)))
-            run, start = [], offset
-        run.append(data)
-        end = offset + len(data)
-    if run:
-        out.append((start, b"".join(run)))
-    return out
 
 
 __all__ = ["ChecksumError", "PageStore", "Row", "StoreError", "StoreLocked", "checksum"]

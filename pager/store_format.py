@@ -219,6 +219,24 @@ def parse_headers(pages: list[bytes | None]) -> tuple[Columns, int]:
     return cols, damaged
 
 
+def join_runs(writes: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+    """`writes` sorted by offset, with adjacent ones joined (fewer system calls)."""
+    writes.sort(key=lambda w: w[0])
+    out: list[tuple[int, bytes]] = []
+    run: list[bytes] = []
+    start = end = -1
+    for offset, data in writes:
+        if offset != end:
+            if run:
+                out.append((start, b"".join(run)))
+            run, start = [], offset
+        run.append(data)
+        end = offset + len(data)
+    if run:
+        out.append((start, b"".join(run)))
+    return out
+
+
 __all__ = [
     "EXTENT_BYTES",
     "EXTENT_DATA",
@@ -235,6 +253,7 @@ __all__ = [
     "header_page",
     "instance_tag",
     "is_slot",
+    "join_runs",
     "parse_headers",
     "record_offset",
     "seal",
