@@ -7,9 +7,9 @@ so that ``@N`` counts page-out passes as before):
 - ``store.write``: each `pwritev` (one per disk phase) raises ENOSPC or EIO;
 - ``store.fsync`` then ``store.commit``: each `sync` (the sync that commits a phase's
   records) raises ENOSPC or EIO;
-- ``store.read``: each read (each element of a `preadv`) raises, or with ``corrupt``
-  returns the bytes with one flipped. `pread_cached` returns None while read faults are
-  armed, so that every read passes here.
+- ``store.read``: each slot read (each element of a `preadv`; header pages, read at open,
+  are not slot reads) raises, or with ``corrupt`` returns the bytes with one flipped.
+  `pread_cached` returns None while read faults are armed, so that every read passes here.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 from .disk import Disk, DiskFile, DiskLock
 from .faults import NO_FAULTS, Faults, store_oserror
+from .store_format import EXTENT_BYTES
 
 #: Files whose name ends with this get faults (the pages file, and its migration copy).
 FAULTY_SUFFIXES = ("pages.xp", "pages.xp.migrating")
@@ -39,11 +40,13 @@ class FaultyFile:
         self.faults = faults
         self.name = inner.name
 
-    def _read_fault(self) -> str | None:
+    def _read_fault(self, offset: int) -> str | None:
+        if offset % EXTENT_BYTES == 0:
+            return None  # a header page (recovery), not a slot read
         return self.faults.store_fault("read")
 
     async def pread(self, size: int, offset: int) -> bytes:
-        action = self._read_fault()
+        action = self._read_fault(offset)
         if action in ("ENOSPC", "EIO"):
             raise store_oserror(action, "store.read")
         data = await self.inner.pread(size, offset)
@@ -55,7 +58,7 @@ class FaultyFile:
         return self.inner.pread_cached(size, offset)
 
     async def preadv(self, reads: Sequence[tuple[int, int]]) -> list[bytes | OSError]:
-        actions = [self._read_fault() for _ in reads]
+        actions = [self._read_fault(offset) for _, offset in reads]
         got = await self.inner.preadv(reads)
         out: list[bytes | OSError] = []
         for action, data in zip(actions, got, strict=True):

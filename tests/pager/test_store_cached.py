@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pager import ChecksumError, PageStore, RealDisk, Row, checksum, parse_faults
+from pager import ChecksumError, PageStore, RealDisk, Row, StoreError, checksum, parse_faults
 from pager.disk import Disk
 from pager.store_faults import FaultyDisk
 
@@ -44,3 +44,16 @@ async def test_armed_read_faults_see_every_read(tmp_path: Path) -> None:
         assert faults._store["read"][0].trigger.passes == 8
     finally:
         await store.close()
+
+
+async def test_read_faults_count_slot_reads_not_the_header_pages(tmp_path: Path) -> None:
+    store, rows = await _store_with_rows(RealDisk(tmp_path))
+    await store.close()
+    faults = parse_faults("store.read=EIO@1+")
+    again = await PageStore.open(FaultyDisk(RealDisk(tmp_path), faults), lock_wait=1)
+    try:
+        assert again.rows == {r.gfn: r for r in rows}  # the header pages were read
+        assert faults._store["read"][0].trigger.passes == 0
+        assert all(isinstance(x, StoreError) for x in await again.read_slots(rows))
+    finally:
+        await again.close()
