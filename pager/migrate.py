@@ -14,8 +14,6 @@ This is the only place the pager reads SQLite: the index files are copied throug
 from __future__ import annotations
 
 import json
-import sqlite3
-import tempfile
 from itertools import count, islice
 from pathlib import Path
 from typing import Any, Final
@@ -55,6 +53,9 @@ async def _read_whole(disk: Disk, name: str) -> bytes:
 
 async def read_old_index(disk: Disk) -> tuple[dict[str, Any], list[tuple[int, int, int, int]]]:
     """The old index's meta and its rows (gfn, gen, slot, crc), read once."""
+    import sqlite3  # here only: a pager that never migrates never loads it
+    import tempfile
+
     with tempfile.TemporaryDirectory(prefix="xpemu-migrate-") as tmp:
         for name in (OLD_INDEX, OLD_INDEX + "-wal"):
             if await disk.exists(name):
