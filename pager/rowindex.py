@@ -17,7 +17,6 @@ rows are aside, the arrays are rebuilt on a new base).
 
 from __future__ import annotations
 
-import operator
 import re
 from array import array
 from collections.abc import ItemsView, Iterable, Iterator, Mapping, MutableMapping
@@ -240,13 +239,28 @@ def _storable(row: Row, base: int) -> bool:
 
 def key_runs(keys: list[int]) -> list[int] | None:
     """Where `keys` stops counting up by one (the starts of its runs after the first), or
-    None when the runs are too short to be worth assigning as slices."""
+    None when the runs are too short to be worth assigning as slices. Each run is found by
+    comparing doubling, then halving, blocks of it at C speed."""
     n = len(keys)
-    if not n or keys == list(range(keys[0], keys[0] + n)):
-        return []  # one run
-    ups = map(operator.ne, keys[1:], map((1).__add__, keys[:-1]))
-    breaks = list(compress(range(1, n), ups))
-    return breaks if len(breaks) <= n // 8 else None
+    breaks: list[int] = []
+    i = 0
+    while i < n:
+        k0 = keys[i] - i  # in this run, keys[m] == k0 + m
+        j, step = i + 1, 1
+        while j < n:
+            top = min(n, j + step)
+            if keys[j:top] == list(range(k0 + j, k0 + top)):
+                j, step = top, step * 2
+            elif step == 1:
+                break
+            else:
+                step //= 2
+        if j < n:
+            breaks.append(j)
+            if len(breaks) > n // 8:
+                return None
+        i = j
+    return breaks
 
 
 def scatter(arr: array[int], keys: list[int], values: list[int], runs: list[int] | None) -> None:

@@ -84,7 +84,7 @@ async def load_pages(pages: DiskFile) -> Loaded:
     slot_gfn = out.slot_gfn = array("I", [0]) * data_index(out.high)
     gfns, _, slots, _ = rows
     if gfns and max(gfns) < BIG_GFN:
-        data = list(map(data_index, slots))
+        data = list(map(operator.sub, slots, map((SECTOR_RECORDS + 1).__rfloordiv__, slots)))
         scatter(slot_gfn, data, list(map((1).__add__, gfns)), key_runs(data))
     else:
         for gfn, slot in zip(gfns, slots, strict=True):
