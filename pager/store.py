@@ -310,8 +310,8 @@ class PageStore:
         the in-memory index changes. StoreError (and no change) if the phase failed, or if a
         row's slot is named by a row already (a bookkeeping bug: writing would lose that
         row's page)."""
-        if twice := [r.slot for r in rows if self._named(r.slot)]:
-            raise StoreError(f"slots {twice[:8]} are named by a row already", _errno.EIO)
+        if twice := [r.slot for r in rows if self._named(r.slot) or not is_slot(r.slot)]:
+            raise StoreError(f"slots {twice[:8]} are named already, or no slots", _errno.EIO)
         async with self._phase:
             if self._file is None or self.closed:
                 raise StoreError("the store is closed", _errno.EIO)

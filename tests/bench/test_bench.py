@@ -197,8 +197,8 @@ def test_pager_index_probe_counts_rows(tmp_path: Path) -> None:
     async def write() -> None:
         store = await PageStore.open(RealDisk(tmp_path), lock_wait=1)
         page = bytes(4096)
-        rows = [Row(g, g + 1, g, checksum(g, g + 1, page)) for g in range(500)]
-        store.reserve(500)
+        slots = store.reserve(500)
+        rows = [Row(g, g + 1, slots[g], checksum(g, g + 1, page)) for g in range(500)]
         await store.persist(rows, [page] * len(rows))
         await store.close()
 

@@ -151,6 +151,9 @@ async def test_a_row_naming_a_named_slot_is_refused(tmp_path: Path) -> None:
     clash = Row(2, store.next_gen(), a.slot, 0)
     with pytest.raises(StoreError):
         await store.persist([clash], [page(2)])
+    trailer = Row(3, store.next_gen(), 15, 0)  # the number of a sector trailer, not a slot
+    with pytest.raises(StoreError):
+        await store.persist([trailer], [page(3)])
     assert store.rows == {1: a}
     await store.close()
 
