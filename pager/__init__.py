@@ -1,13 +1,14 @@
 """pager: a xenpaging that survives its own crash.
 
 A user-space pager for the emulated hypervisor (`hv`), speaking PROTOCOL.md over any trio
-stream, with a durable paging store (4 KiB slots + a SQLite index) in a state directory,
+stream, with a durable paging store (a self-describing pages file: 4 KiB slots under
+checksummed header records, one sync per page-out batch) in a state directory,
 batched page-out and page-in pipelines, three replacement policies (`xenpaging`, `clock`, `car`),
 recovery from nothing but the state directory, named crash points and disk faults.
 
 Public API:
 
-- `run_pager(stream, state_dir, config, *, faults, stop, task_status)`: run one pager over
+- `run_pager(stream, state_dir, config, *, faults, stop, disk, task_status)`: run one pager over
   an open stream to hv's privcmd socket (see its docstring); returns `PagerStats`.
 - `PagerConfig`: the tunables (`domid`, `policy`, `on_exit`, `batch`, `concurrency`,
   `target`, `prefetch`, timeouts).
