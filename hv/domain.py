@@ -8,7 +8,6 @@ vCPU is paused on a request or waits for a ring slot.
 
 from __future__ import annotations
 
-import uuid
 from array import array
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -139,6 +138,7 @@ class Domain:
         ring_mode: str,
         mmio_gfns: Sequence[int] = (),
         target: int | None = None,
+        instance: str,
     ) -> None:
         frames = pool.alloc_many(nr_gfns)
         if frames is None:
@@ -150,7 +150,7 @@ class Domain:
         self.ring_mode = RingMode(ring_mode)
         self.vcpus = [VCpu(i) for i in range(vcpus)]
         self.target = self.p2m.tot_pages if target is None else target
-        self.instance = uuid.uuid4().hex
+        self.instance = instance  # differs between runs (drawn by the Hypervisor)
         self.pager: Peer | None = None
         self.epoch = 0
         self.orphaned = False  # xen mode: the pager vanished without detaching

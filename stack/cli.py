@@ -23,7 +23,12 @@ from protocol import ProtocolError, RingMode
 from transport import ConnectionClosed, configure_logging, open_unix_client
 
 from .argtypes import nonneg_int, positive_float, positive_int
-from .harness import StackError, StackOptions, prepare_run_dir, run_stack, summary_text
+from .errors import StackError
+from .harness import run_stack
+from .options import StackOptions
+from .power import POWER_KINDS, POWER_SPACING, fuse_problem
+from .report import summary_text
+from .rundir import prepare_run_dir
 from .schedule import DEFAULT_KINDS, make_schedule, parse_kinds
 from .status import status_lines, status_table
 
@@ -114,7 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     stress = sub.add_parser("stress", help="the same under a seeded fault schedule")
     _add_stack_options(stress, stress=True)
     stress.add_argument(
-        "--faults", type=nonneg_int, help=f"faults to inject (default: one per {FAULT_SPACING} s)"
+        "--faults",
+        type=nonneg_int,
+        help=f"faults to inject (default: one per {FAULT_SPACING} s, {POWER_SPACING} s with power)",
     )
     stress.add_argument(
         "--kinds",
@@ -188,11 +195,11 @@ def _schedule(args: argparse.Namespace, opts: StackOptions) -> None:
     assert opts.duration is not None
     window = opts.guest_duration or opts.duration
     count = args.faults
+    kinds = parse_kinds(args.kinds)
     if count is None:
-        count = max(1, int((window - 3.0) / FAULT_SPACING))
-    opts.schedule = make_schedule(
-        args.seed, window, count=count, kinds=parse_kinds(args.kinds), tail=2.0
-    )
+        spacing = POWER_SPACING if kinds.get("power") else FAULT_SPACING  # power.py
+        count = max(1, int((window - 3.0) / spacing))
+    opts.schedule = make_schedule(args.seed, window, count=count, kinds=kinds, tail=2.0)
 
 
 def _cmd_stack(args: argparse.Namespace) -> int:
@@ -207,6 +214,10 @@ def _cmd_stack(args: argparse.Namespace) -> int:
                     )
                 )
                 return EXIT_OK
+            if any(parse_kinds(args.kinds).get(k) for k in POWER_KINDS):
+                problem = fuse_problem()  # power.py: say so before starting anything
+                if problem is not None:
+                    return _fail(problem)
         opts.run_dir = prepare_run_dir(opts.run_dir, use_proxy=opts.use_proxy)
     except (StackError, ValueError) as exc:
         return _fail(str(exc))

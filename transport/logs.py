@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import IO
+from typing import TextIO
 
 import structlog
 
@@ -14,7 +14,7 @@ def configure_logging(
     *,
     level: str = "info",
     json: bool | None = None,
-    stream: IO[str] | None = None,
+    stream: TextIO | None = None,
     **context: object,
 ) -> None:
     """Configure structlog for process `proc` and bind `proc` (and `context`) for every line.

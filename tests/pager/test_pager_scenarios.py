@@ -15,7 +15,15 @@ import trio.testing
 from hookdisk import HookedDisk
 from pager_harness import Guest, PagerRun, RunStatus, Stack, open_stack
 
-from pager import ConnectionLost, Faults, PagerConfig, PagerError, RealDisk, run_pager
+from pager import (
+    ConnectionLost,
+    Faults,
+    PagerConfig,
+    PagerError,
+    RealDisk,
+    open_store,
+    run_pager,
+)
 from pager.store import PAGES
 from pager.store_format import RECORD_SIZE, record_offset, slot_offset
 from protocol import Errno, OpError, P2MType
@@ -359,9 +367,10 @@ async def test_connection_cut_mid_frame(tmp_path: Path) -> None:
 
             async def pager() -> None:
                 try:
+                    store = await open_store(RealDisk(stack.state_dir), lock_timeout=1.0)
                     await run_pager(
                         pager_end,
-                        stack.state_dir,
+                        store,
                         config(target=16),
                         stop=run.stop,
                         task_status=RunStatus(run),  # type: ignore[arg-type]
