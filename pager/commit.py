@@ -36,8 +36,8 @@ log = structlog.get_logger("pager")
 FULL_RETRY: Final = 10.0
 
 #: Seconds the freer holds rows to delete before committing their deletion itself: a
-#: page-out's disk phase that starts meanwhile deletes them in its own transaction, which
-#: saves the freer's commit and its sync (a guest at its target pages one gfn out per
+#: page-out's disk phase that starts meanwhile writes their free records with its own, which
+#: saves the freer's write and its sync (a guest at its target pages one gfn out per
 #: fault, so one is usually about to start). A delay here only delays a slot's reuse.
 FREE_WAIT: Final = 0.002
 
