@@ -1,4 +1,4 @@
-"""`xpemu`: run the stack (`up`), break it on purpose (`stress`), look at it (`status`).
+"""`xpemu`: run the stack (`up`), break it (`stress`), simulate it (`sim`), look at it (`status`).
 
 Exit status: 0 when every check passed, 1 when a check failed (lost or wrong bytes, stuck
 vCPUs, invariant violations), 2 on bad input or a stack that cannot start, 130 when
@@ -151,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_float,
         help="refresh every N seconds (default 1) until Ctrl-C",
     )
+    sim = sub.add_parser("sim", help="the whole stack in one process under one seed (SIM.md)")
+    from . import sim_cmd as _sim_cmd
+
+    _sim_cmd.add_arguments(sim)
     bench = sub.add_parser("bench", help="performance figures, each next to its floor")
     from . import bench as _bench
 
@@ -356,6 +360,10 @@ def main(argv: list[str] | None = None) -> int:
         from . import bench
 
         return bench.main(args)
+    if args.command == "sim":
+        from . import sim_cmd
+
+        return sim_cmd.main(args)
     return _cmd_stack(args)
 
 
