@@ -15,6 +15,7 @@ sets the exact maximum, so nothing recorded is ever dropped.
 from __future__ import annotations
 
 import ctypes
+import math
 from collections.abc import Mapping
 from typing import Final
 
@@ -99,6 +100,23 @@ class LatencyHistogram:
         out["max"] = round(self.max_s * 1e3, 3)
         out["mean"] = round(self.sum_s / self.count * 1e3, 3)
         return out
+
+    def buckets_ms(self, per_decade: int = 5) -> list[list[float]]:
+        """Counts in log-spaced bins for a plot: `[low_ms, high_ms, count]` per non-empty bin,
+        `per_decade` bins per factor of ten, from 1 us up."""
+        counts: dict[int, int] = {}
+        for item in self._hist.get_recorded_iterator():
+            us = max(1, item.value_iterated_to)
+            k = math.floor(math.log10(us) * per_decade + 1e-9)
+            counts[k] = counts.get(k, 0) + item.count_added_in_this_iter_step
+        return [
+            [
+                round(10 ** (k / per_decade) / 1e3, 6),
+                round(10 ** ((k + 1) / per_decade) / 1e3, 6),
+                n,
+            ]
+            for k, n in sorted(counts.items())
+        ]
 
     def nbytes(self) -> int:
         """Bytes of the bucket array (fixed at creation: the range and the precision)."""

@@ -112,3 +112,17 @@ class _Leaky(LatencyHistogram):
 def test_the_memory_check_catches_a_structure_that_grows() -> None:
     small, big = _size_after(_Leaky, 1_000), _size_after(_Leaky, 200_000)
     assert big - small > 64 * 1000  # what the test above would have failed on
+
+
+def test_buckets_ms_count_every_sample_in_log_bins() -> None:
+    h = LatencyHistogram()
+    for s in (0.000005, 0.00005, 0.0005, 0.005, 0.005, 0.5):
+        h.add(s)
+    bins = h.buckets_ms(per_decade=1)
+    assert [n for _, _, n in bins] == [1, 1, 1, 2, 1]
+    assert sum(n for _, _, n in bins) == h.count
+    for lo, hi, _ in bins:
+        assert hi == pytest.approx(lo * 10)
+    assert bins[0][0] <= 0.005 < bins[0][1]
+    assert bins[-1][0] <= 500 < bins[-1][1]
+    assert LatencyHistogram().buckets_ms() == []
