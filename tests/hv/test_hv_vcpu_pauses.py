@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import trio
 import trio.testing
+from hv_helpers import Harness
 
 from hv.domain import Domain, VCpu
 from hv.frames import FramePool
@@ -63,3 +64,21 @@ async def test_domain_reports_each_vcpu_and_the_round_trip_histogram(
     assert stats["populate_ms"]["max"] == pytest.approx(500.0)
     assert sum(n for _, _, n in stats["populate_hist_ms"]) == 2
     assert dom.status()["vcpu_stats"][1]["pauses"] == 2
+
+
+async def test_status_and_counters_carry_the_pauses_through_the_protocol(
+    harness: Harness,
+) -> None:
+    dom = next(iter(harness.hv.domains.values()))
+    dom.vcpus[0].pause(1)
+    await trio.sleep(0.01)
+    with trio.fail_after(10):
+        async with harness.client("control", None) as control:
+            st = await control.call("status")
+            counters = await control.call("counters")
+    stats = st["domains"][0]["vcpu_stats"]
+    assert stats[0]["paused"] and stats[0]["pauses"] == 1 and stats[0]["paused_s"] > 0
+    assert [v["vcpu"] for v in stats] == list(range(len(dom.vcpus)))
+    assert counters["domains"][0]["vcpus"][0]["pauses"] == 1
+    assert counters["domains"][0]["populate_hist_ms"] == []  # the pause is still open
+    dom.vcpus[0].unpause()
