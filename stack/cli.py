@@ -1,4 +1,4 @@
-"""`xpemu`: run the stack (`up`), break it on purpose (`stress`), look at it (`status`).
+"""`xpemu`: run the stack (`up`), break it (`stress`), look at it (`status`, `report`).
 
 Exit status: 0 when every check passed, 1 when a check failed (lost or wrong bytes, stuck
 vCPUs, invariant violations), 2 on bad input or a stack that cannot start, 130 when
@@ -8,6 +8,7 @@ interrupted twice. Errors are one line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shlex
 import signal
@@ -98,6 +99,9 @@ def _add_stack_options(p: argparse.ArgumentParser, *, stress: bool) -> None:
         help="seconds an access may stay pending before its vCPU counts as stuck",
     )
     p.add_argument("--report", type=Path, help="write the JSON report here")
+    p.add_argument(
+        "--report-html", type=Path, help="write the HTML timeline of the run here (xpemu report)"
+    )
     p.add_argument("--no-live", action="store_true", help="plain progress lines, no live view")
     p.add_argument(
         "--start-timeout",
@@ -140,6 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
         const=1.0,
         type=positive_float,
         help="refresh every N seconds (default 1) until Ctrl-C",
+    )
+    rep = sub.add_parser("report", help="one HTML page of a run's (or sim trace's) timeline")
+    rep.add_argument("run_dir", type=Path, help="a run directory or a `xpemu sim --trace` file")
+    rep.add_argument(
+        "-o", "--output", type=Path, help="the HTML file (default: RUN_DIR/report.html)"
     )
     bench = sub.add_parser("bench", help="performance figures, each next to its floor")
     from . import bench as _bench
@@ -234,6 +243,9 @@ def _cmd_stack(args: argparse.Namespace) -> int:
             return _fail(str(exc))
         except KeyboardInterrupt:
             return _fail("interrupted; every child stopped", EXIT_INTERRUPTED)
+    report["replay"] = _replay(args)
+    with contextlib.suppress(OSError):  # what `xpemu report` reads; the run is judged anyway
+        (opts.run_dir / "report.json").write_text(json.dumps(report, default=str) + "\n")
     if opts.report is not None:
         try:
             opts.report.write_text(json.dumps(report, indent=2, default=str) + "\n")
@@ -241,7 +253,51 @@ def _cmd_stack(args: argparse.Namespace) -> int:
             _say(summary_text(report))
             return _fail(f"cannot write the report to {opts.report}: {exc.strerror}")
     _say(summary_text(report))
+    if args.report_html is not None:
+        code = _cmd_report(opts.run_dir, args.report_html)
+        if code != EXIT_OK:
+            return code
     return EXIT_OK if report["ok"] else EXIT_FAILED
+
+
+#: Options that name where a run writes, not what it does (left out of the replay command).
+_NOT_REPLAYED = ("--run-dir", "--report", "--report-html")
+
+
+def _replay(args: argparse.Namespace) -> str:
+    """This run's command line less where it wrote (its seed makes the same schedule)."""
+    argv, skip = ["xpemu"], False
+    for a in args.argv:
+        if skip:
+            skip = False
+        elif a in _NOT_REPLAYED:
+            skip = True
+        elif not a.startswith(tuple(f"{o}=" for o in _NOT_REPLAYED)):
+            argv.append(a)
+    if "--seed" not in argv and not any(a.startswith("--seed=") for a in argv):
+        argv += ["--seed", str(args.seed)]
+    return shlex.join(argv)
+
+
+def _cmd_report(source: Path, out: Path | None) -> int:
+    from .report_html import write_report
+    from .timeline import NotARun, load
+
+    try:
+        tl = load(source)
+    except NotARun as exc:
+        return _fail(str(exc))
+    except OSError as exc:
+        return _fail(f"cannot read {source}: {exc.strerror}")
+    if out is None:
+        out = (source if source.is_dir() else source.parent) / "report.html"
+    try:
+        write_report(tl, out)
+    except OSError as exc:
+        return _fail(f"cannot write the HTML report to {out}: {exc.strerror}")
+    note = " (INCOMPLETE: the run wrote no report)" if tl.incomplete else ""
+    _say(f"xpemu report: {out}{note}: {len(tl.faults)} faults, {len(tl.pauses)} pauses")
+    return EXIT_OK
 
 
 async def _fetch_status(run_dir: Path) -> dict[str, Any]:
@@ -325,12 +381,15 @@ def _leaf(group: BaseExceptionGroup) -> BaseException:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `xpemu` console script; the exit status."""
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.command == "status":
         return _cmd_status(args)
     if args.command == "bench":
         from . import bench
 
         return bench.main(args)
+    if args.command == "report":
+        return _cmd_report(args.run_dir, args.output)
     return _cmd_stack(args)
 
 
