@@ -212,6 +212,7 @@ class Domain:
         self.instance = instance  # differs between runs (drawn by the Hypervisor)
         self.pager: Peer | None = None
         self.epoch = 0
+        self.attached_at = 0.0  # trio time the current pager attached
         self.orphaned = False  # xen mode: the pager vanished without detaching
         self.destroyed = False
         self.counters: Counter[str] = Counter()
@@ -334,6 +335,7 @@ class Domain:
             old.fence()
         self.pager = peer
         self.epoch += 1
+        self.attached_at = trio.current_time()
         self.counters["pager_attaches"] += 1
         self.log.info("pager.attached", epoch=self.epoch, unanswered=self.ring.used)
         return None
@@ -721,6 +723,9 @@ class Domain:
                 "attached": self.pager is not None,
                 "epoch": self.epoch,
                 "orphaned": self.orphaned,
+                "uptime_s": round(trio.current_time() - self.attached_at, 3)
+                if self.pager is not None
+                else 0.0,
             },
             "paused_vcpus": [v.vcpu_id for v in self.vcpus if v.paused],
             "vcpu_stats": [v.stats() for v in self.vcpus],

@@ -145,6 +145,12 @@ def _is_num(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and v >= 0
 
 
+def _seconds(v: Any) -> float:
+    if not _is_num(v):
+        raise Invalid("expected a non-negative number of seconds")
+    return float(v)
+
+
 def _vcpu_stats(v: Any) -> list[dict[str, Any]]:
     """Per vCPU pauses: vcpu, paused (now), pauses, paused_s and longest_s (seconds)."""
     if not isinstance(v, list) or len(v) > MAX_LIST:
@@ -191,7 +197,12 @@ _STATUS_DOMAIN = Map(
             "paged_pages": Int(0),
             "counts": Map(Fields({t.name: Int(0) for t in P2MType})),
             "ring": Map(Fields({"size": Int(0), "used": Int(0), "waiters": Int(0)})),
-            "pager": Map(Fields({"attached": Bool(), "epoch": Int(0), "orphaned": Bool()})),
+            "pager": Map(
+                Fields(
+                    {"attached": Bool(), "epoch": Int(0), "orphaned": Bool()},
+                    {"uptime_s": (_seconds, 0.0)},  # since the current pager attached
+                )
+            ),
             "paused_vcpus": ListOf(Int(0), MAX_LIST),
         },
         {"vcpu_stats": (_vcpu_stats, [])},

@@ -73,7 +73,7 @@ _DOMAIN = {
     "paged_pages": 2,
     "counts": {t.name: 1 for t in P2MType},
     "ring": {"size": 64, "used": 1, "waiters": 0},
-    "pager": {"attached": True, "epoch": 2, "orphaned": False},
+    "pager": {"attached": True, "epoch": 2, "orphaned": False, "uptime_s": 1.5},
     "paused_vcpus": [0],
     "vcpu_stats": [{"vcpu": 0, "paused": True, "pauses": 1, "paused_s": 0.1, "longest_s": 0.1}],
 }
