@@ -31,7 +31,7 @@ from .power import POWER_KINDS, POWER_SPACING, fuse_problem
 from .report import summary_text
 from .rundir import prepare_run_dir
 from .schedule import DEFAULT_KINDS, make_schedule, parse_kinds
-from .status import status_lines, status_table
+from .status import rates_between, status_lines, status_table
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -243,7 +243,9 @@ def _cmd_stack(args: argparse.Namespace) -> int:
             return _fail(str(exc))
         except KeyboardInterrupt:
             return _fail("interrupted; every child stopped", EXIT_INTERRUPTED)
-    report["replay"] = _replay(args)
+    from .report_html import replay_argv
+
+    report["replay"] = replay_argv(args.argv, args.seed)
     with contextlib.suppress(OSError):  # what `xpemu report` reads; the run is judged anyway
         (opts.run_dir / "report.json").write_text(json.dumps(report, default=str) + "\n")
     if opts.report is not None:
@@ -258,25 +260,6 @@ def _cmd_stack(args: argparse.Namespace) -> int:
         if code != EXIT_OK:
             return code
     return EXIT_OK if report["ok"] else EXIT_FAILED
-
-
-#: Options that name where a run writes, not what it does (left out of the replay command).
-_NOT_REPLAYED = ("--run-dir", "--report", "--report-html")
-
-
-def _replay(args: argparse.Namespace) -> str:
-    """This run's command line less where it wrote (its seed makes the same schedule)."""
-    argv, skip = ["xpemu"], False
-    for a in args.argv:
-        if skip:
-            skip = False
-        elif a in _NOT_REPLAYED:
-            skip = True
-        elif not a.startswith(tuple(f"{o}=" for o in _NOT_REPLAYED)):
-            argv.append(a)
-    if "--seed" not in argv and not any(a.startswith("--seed=") for a in argv):
-        argv += ["--seed", str(args.seed)]
-    return shlex.join(argv)
 
 
 def _cmd_report(source: Path, out: Path | None) -> int:
@@ -331,27 +314,47 @@ async def _status(args: argparse.Namespace) -> None:
                     nursery.cancel_scope.cancel()
 
             nursery.start_soon(stop_on_signal)
+            prev: tuple[float, dict[int, dict[str, int]]] | None = None
+            live_view = None
             if console.is_terminal and not args.json:
                 from rich.live import Live
 
-                with Live(console=console, refresh_per_second=4) as live:
-                    while True:
-                        status = await _fetch_status(args.run_dir)
-                        live.update(status_table(status, status["counters"]))
-                        await trio.sleep(args.watch)
-            else:
+                live_view = Live(console=console, refresh_per_second=4)
+                live_view.start()
+            try:
                 while True:
-                    _render(await _fetch_status(args.run_dir), args.json, console)
+                    status = await _fetch_status(args.run_dir)
+                    now = trio.current_time()
+                    if prev is not None:  # per second since the last look (xentop's rates)
+                        rates = rates_between(prev[1], status["counters"], now - prev[0])
+                        status["rates"] = {
+                            k: {"out_s": round(o, 1), "in_s": round(i, 1)}
+                            for k, (o, i) in rates.items()
+                        }
+                    prev = (now, status["counters"])
+                    if live_view is not None:
+                        live_view.update(status_table(status, status["counters"], _rates(status)))
+                    else:
+                        _render(status, args.json, console)
                     await trio.sleep(args.watch)
+            finally:
+                if live_view is not None:
+                    live_view.stop()
+
+
+def _rates(status: dict[str, Any]) -> dict[int, tuple[float, float]] | None:
+    if "rates" not in status:
+        return None
+    return {k: (r["out_s"], r["in_s"]) for k, r in status["rates"].items()}
 
 
 def _render(status: dict[str, Any], as_json: bool, console: Any) -> None:
     if as_json:
         print(json.dumps(status, default=str), flush=True)
     elif console.is_terminal:
-        console.print(status_table(status, status["counters"]))
+        console.print(status_table(status, status["counters"], _rates(status)))
     else:
-        for line in status_lines(status):
+        for line in status_lines(status, _rates(status)):
             print(line, flush=True)
 
 

@@ -92,6 +92,25 @@ def _head(tl: Timeline) -> str:
     return "\n".join(rows)
 
 
+#: Options that name where a run writes, not what it does (left out of the replay command).
+_NOT_REPLAYED: Final = ("--run-dir", "--report", "--report-html")
+
+
+def replay_argv(argv: list[str], seed: int) -> str:
+    """A run's command line (`argv` after `xpemu`) less where it wrote, with its seed."""
+    out, skip = ["xpemu"], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in _NOT_REPLAYED:
+            skip = True
+        elif not a.startswith(tuple(f"{o}=" for o in _NOT_REPLAYED)):
+            out.append(a)
+    if not any(a == "--seed" or a.startswith("--seed=") for a in out):
+        out += ["--seed", str(seed)]
+    return shlex.join(out)
+
+
 def replay_command(report: dict[str, Any]) -> str:
     """The command line that runs the same schedule and workload again: the run's own
     (`replay`, set by the command line) or one made from its options."""

@@ -11,7 +11,7 @@ import pytest
 from stack_helpers import one_line_error, run_xpemu
 
 from stack.cli import main
-from stack.report_html import render, replay_command
+from stack.report_html import render, replay_argv, replay_command
 from stack.timeline import NotARun, load, rates
 
 
@@ -162,3 +162,10 @@ def test_replay_command_without_the_runs_own() -> None:
     report = {"command": "stress", "seed": 7, "config": {"vcpus": 2, "policy": None},
               "schedule": [{}, {}]}
     assert replay_command(report) == "xpemu stress --seed 7 --vcpus 2 --faults 2"
+
+
+def test_replay_argv_drops_where_the_run_wrote() -> None:
+    argv = ["stress", "--run-dir", "/tmp/x", "--duration", "5", "--report-html=r.html",
+            "--report", "r.json", "--kinds", "kill=1"]
+    assert replay_argv(argv, 9) == "xpemu stress --duration 5 --kinds kill=1 --seed 9"
+    assert replay_argv(["up", "--seed", "3"], 3) == "xpemu up --seed 3"
