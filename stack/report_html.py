@@ -187,6 +187,19 @@ def timeline_figure(tl: Timeline, unit: str) -> Any:
             1,
             1,
         )
+    if tl.starts:
+        fig.add_trace(
+            go.Scatter(
+                x=[st["t"] for st in tl.starts],
+                y=[top * 0.95] * len(tl.starts),
+                mode="markers",
+                marker={"symbol": "circle-open", "size": 8, "color": "grey"},
+                name="pager (re)started",
+                text=[f"pager {st['n']} started" for st in tl.starts],
+            ),
+            1,
+            1,
+        )
     if tl.attaches:
         fig.add_trace(
             go.Scatter(

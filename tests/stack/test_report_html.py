@@ -114,6 +114,8 @@ def test_the_page_has_every_fault_pause_and_the_replay_command(tmp_path: Path) -
     assert 'id="incomplete"' not in page
     assert page.count("<tr><td>vCPU") == 2  # the table of pauses, longest first
     assert page.index("<td>vCPU 0</td>") < page.index("<td>vCPU 1</td>")
+    for name in ("pager deaths", "pager (re)started", "pager attached (epoch)"):
+        assert f'"name":"{name}"' in page
 
 
 def test_a_run_cut_short_is_drawn_and_marked_incomplete(tmp_path: Path, capsys: Any) -> None:
