@@ -81,6 +81,8 @@ def _lines(path: Path, problems: list[str]) -> list[dict[str, Any]]:
     for p in (path.with_name(path.name + ".1"), path):
         if not p.exists():
             continue
+        if p.name.endswith(".1"):
+            problems.append(f"{p.name}: the log was rotated; anything older is gone")
         for i, raw in enumerate(p.read_bytes().splitlines(), 1):
             try:
                 rec = json.loads(raw)

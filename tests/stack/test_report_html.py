@@ -171,3 +171,14 @@ def test_replay_argv_drops_where_the_run_wrote() -> None:
             "--report", "r.json", "--kinds", "kill=1"]
     assert replay_argv(argv, 9) == "xpemu stress --duration 5 --kinds kill=1 --seed 9"
     assert replay_argv(["up", "--seed", "3"], 3) == "xpemu up --seed 3"
+
+
+def test_a_rotated_log_is_read_oldest_first_and_said(tmp_path: Path) -> None:
+    run = _run_dir(tmp_path, with_report=True)
+    log = run / "xpemu.log"
+    lines = log.read_text().splitlines(keepends=True)
+    (run / "xpemu.log.1").write_text("".join(lines[:5]))
+    log.write_text("".join(lines[5:]))
+    tl = load(run)
+    assert len(tl.faults) == 3 and len(tl.samples) == 8
+    assert "xpemu.log.1: the log was rotated; anything older is gone" in tl.problems
