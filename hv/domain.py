@@ -658,6 +658,10 @@ class Domain:
                     step, value = self.access_step(vcpu_id, op, gfn, off, length, data)
                 else:
                     step, value, first = first, None, None
+                    if step == WAITING and not self.ring.full:
+                        # A slot was freed between the caller's attempt and this task's
+                        # start: its wake-up found nobody parked. Try again now.
+                        continue
                 if step == DONE:
                     return value
                 if step == WAITING:

@@ -1,4 +1,5 @@
-"""`xpemu`: run the stack (`up`), break it (`stress`), look at it (`status`, `report`).
+"""`xpemu`: run the stack (`up`), break it (`stress`), simulate it (`sim`), see it (`status`,
+`report`).
 
 Exit status: 0 when every check passed, 1 when a check failed (lost or wrong bytes, stuck
 vCPUs, invariant violations), 2 on bad input or a stack that cannot start, 130 when
@@ -150,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument(
         "-o", "--output", type=Path, help="the HTML file (default: RUN_DIR/report.html)"
     )
+    sim = sub.add_parser("sim", help="the whole stack in one process under one seed (SIM.md)")
+    from . import sim_cmd as _sim_cmd
+
+    _sim_cmd.add_arguments(sim)
     bench = sub.add_parser("bench", help="performance figures, each next to its floor")
     from . import bench as _bench
 
@@ -393,6 +398,10 @@ def main(argv: list[str] | None = None) -> int:
         return bench.main(args)
     if args.command == "report":
         return _cmd_report(args.run_dir, args.output)
+    if args.command == "sim":
+        from . import sim_cmd
+
+        return sim_cmd.main(args)
     return _cmd_stack(args)
 
 

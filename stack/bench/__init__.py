@@ -18,15 +18,18 @@ Every figure is printed next to a floor measured in the same run, as the median 
    exact LRU, and on Zipf the best online policy (A0, knowing each gfn's probability);
 7. lazyfs: page-out throughput at batch 64 of a pager with its state directory under the
    lazy FUSE file system of power faults (stack/lazyfs.py), next to the same pager on the
-   plain disk (skipped, with the reason, where FUSE is not usable).
+   plain disk (skipped, with the reason, where FUSE is not usable);
+8. sim: seeds per minute of `xpemu sim` (wall and CPU time) and the fault load of a
+   40-second stress run replayed in it.
 
 Benchmarks are not tests: nothing here asserts a time. `run_bench` returns every figure
 (also written by `--json`); `render_table` formats them.
 
-One module per section (floor, populate, throughput, recovery, memory, policy, lazyfs), with
-options, procs (the processes a section runs against), run, table and cli. Two standalone
-tools live here too, so that hv and pager import nothing of each other: `python -m
-stack.bench.inproc` (a pager and hv in one process) and `python -m stack.bench.hvmem`.
+One module per section (floor, populate, throughput, recovery, memory, policy, lazyfs,
+sim), with options, procs (the processes a section runs against), run, table and cli. Two
+standalone tools live here too, so that hv and pager import nothing of each other:
+`python -m stack.bench.inproc` (a pager and hv in one process) and `python -m
+stack.bench.hvmem`.
 """
 
 from .cli import add_arguments, main

@@ -9,7 +9,16 @@ from typing import Final
 from pager.policy import POLICIES
 
 #: The sections of the benchmark, in the order they run (`--only` picks some).
-SECTIONS: Final = ("floor", "populate", "throughput", "recovery", "memory", "policy", "lazyfs")
+SECTIONS: Final = (
+    "floor",
+    "populate",
+    "throughput",
+    "recovery",
+    "memory",
+    "policy",
+    "lazyfs",
+    "sim",
+)
 
 
 class BenchError(Exception):

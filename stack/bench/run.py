@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import trio
+
 from ..benchlib import (
     disk_of,
 )
@@ -21,6 +23,7 @@ from .options import SECTIONS, BenchOptions
 from .policy import bench_policy
 from .populate import bench_populate
 from .recovery import bench_recovery
+from .sim import bench_sim
 from .throughput import bench_throughput
 
 
@@ -73,6 +76,8 @@ async def run_bench(opts: BenchOptions, say: Callable[[str], None]) -> dict[str,
                 res["policy"] = await bench_policy(sizes, opts.policies, say)
             elif section == "lazyfs":
                 res["lazyfs"] = await bench_lazyfs(sizes, work, say)
+            elif section == "sim":  # its own trio runs, under MockClock: in a thread
+                res["sim"] = await trio.to_thread.run_sync(lambda: bench_sim(say, full=opts.full))
             res.setdefault("section_s", {})[section] = time.perf_counter() - t0
         res["total_s"] = time.perf_counter() - t_start
         res["machine"]["loadavg_end"] = os.getloadavg()

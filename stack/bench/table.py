@@ -8,6 +8,7 @@ from pager.policy import POLICIES
 
 from .lazyfs import lazyfs_rows
 from .memory import MEMORY_GFNS
+from .sim import sim_rows
 
 
 def _ratio(a: float | None, b: float | None) -> str:
@@ -148,7 +149,7 @@ def table_rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                             f"{row[p + '_ratio']:.2f}x",
                         )
                     )
-    return rows + lazyfs_rows(res)
+    return rows + lazyfs_rows(res) + sim_rows(res)
 
 
 def render_table(res: dict[str, Any]) -> str:
