@@ -69,7 +69,8 @@ def render(tl: Timeline) -> str:
 def _title(tl: Timeline) -> str:
     r = tl.report or {}
     what = f"xpemu {r.get('command', 'run')}" if tl.clock == "wall" else "xpemu sim trace"
-    return f"{what} seed {r.get('seed', '?')}" if r else f"{what}: {tl.source}"
+    seed = r.get("seed", tl.seed)
+    return f"{what} seed {seed}" if seed is not None else f"{what}: {tl.source}"
 
 
 def _head(tl: Timeline) -> str:
@@ -240,7 +241,7 @@ def timeline_figure(tl: Timeline, unit: str) -> Any:
             name=f"fault {i}",
         )
     fig.update_xaxes(title_text=f"time ({unit})", row=4, col=1)
-    fig.update_xaxes(range=[0, max(tl.end, 1.0)])
+    fig.update_xaxes(range=[0, max(tl.end * 1.02, 1e-3)])
     fig.update_layout(height=1000, margin={"t": 60, "l": 60, "r": 20, "b": 40}, hovermode="x")
     return fig
 

@@ -42,6 +42,7 @@ class Timeline:
     report: dict[str, Any] | None = None  # report.json: the run's own report
     guest: dict[str, Any] | None = None  # guest-report.json
     end: float = 0.0  # the last event's time
+    seed: int | None = None  # a sim trace's seed (a run's is in its report)
     problems: list[str] = field(default_factory=list)  # lines that could not be read
 
     @property
@@ -126,6 +127,8 @@ def _load_trace(path: Path) -> Timeline:
     for rec in recs:
         comp, event = str(rec["c"]), str(rec["e"])
         t = float(rec["t"])
+        if comp == "sim" and event == "start":
+            tl.seed = rec.get("seed")
         if t < 0:  # set-up and final checks, outside simulated time
             continue
         if comp == "sim" and event == "fault":

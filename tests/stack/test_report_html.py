@@ -158,6 +158,7 @@ def test_a_sim_trace_renders_on_simulated_time(tmp_path: Path) -> None:
     assert tl.pauses == [{"vcpu": 0, "start": 1.5, "end": 2.0, "s": 0.5}]
     page = render(tl)
     assert "simulated s" in page and page.count('"type":"line"') == 2
+    assert tl.seed == 3 and "<h1>xpemu sim trace seed 3</h1>" in page
 
 
 def test_replay_command_without_the_runs_own() -> None:
@@ -182,3 +183,16 @@ def test_a_rotated_log_is_read_oldest_first_and_said(tmp_path: Path) -> None:
     tl = load(run)
     assert len(tl.faults) == 3 and len(tl.samples) == 8
     assert "xpemu.log.1: the log was rotated; anything older is gone" in tl.problems
+
+
+async def test_a_real_sim_trace_renders_every_fault(tmp_path: Path) -> None:
+    trace, page = tmp_path / "t.jsonl", tmp_path / "t.html"
+    sim = await run_xpemu(["sim", "--seed", "3", "--trace", str(trace)], bound=120)
+    assert sim.returncode == 0, sim.stdout.decode() + sim.stderr.decode()
+    recs = [json.loads(ln) for ln in trace.read_text().splitlines()]
+    fired = [r for r in recs if (r["c"], r["e"]) == ("sim", "fault")]
+    assert fired
+    result = await run_xpemu(["report", str(trace), "-o", str(page)], bound=60)
+    assert result.returncode == 0, result.stderr.decode()
+    assert f"{len(fired)} faults" in result.stdout.decode()
+    assert page.read_text().count('"type":"line"') == len(fired)
