@@ -161,6 +161,8 @@ def fault_label(rec: dict[str, Any]) -> str:
         or (f"{rec['op']}={rec['action']}" if "op" in rec and "action" in rec else None)
         or rec.get("direction")
         or rec.get("mode")
+        or ("harsh" if rec.get("harsh") else None)
+        or (f"{rec['for']:g} s" if isinstance(rec.get("for"), int | float) else None)
     )
     return f"{kind} {detail}" if detail else kind
 

@@ -12,7 +12,7 @@ from stack_helpers import one_line_error, run_xpemu
 
 from stack.cli import main
 from stack.report_html import render, replay_argv, replay_command
-from stack.timeline import NotARun, load, rates
+from stack.timeline import NotARun, fault_label, load, rates
 
 
 def _ts(t: float) -> str:
@@ -196,3 +196,11 @@ async def test_a_real_sim_trace_renders_every_fault(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr.decode()
     assert f"{len(fired)} faults" in result.stdout.decode()
     assert page.read_text().count('"type":"line"') == len(fired)
+
+
+def test_fault_labels_name_what_each_kind_aimed_at() -> None:
+    assert fault_label({"fault": "kill"}) == "kill"
+    assert fault_label({"fault": "cut", "direction": "to_hv"}) == "cut to_hv"
+    assert fault_label({"fault": "power", "harsh": True, "seed": 4}) == "power harsh"
+    assert fault_label({"fault": "power", "harsh": False, "seed": 4}) == "power"
+    assert fault_label({"fault": "lie", "for": 2.5}) == "lie 2.5 s"
