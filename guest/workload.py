@@ -125,6 +125,7 @@ class GuestReport:
     faults_seen: int = 0
     fault_threshold_ms: float = 0.0
     latency_ms: dict[str, float] = field(default_factory=dict)
+    latency_hist_ms: list[list[float]] = field(default_factory=list)  # [low, high, count]
     integrity_errors: int = 0
     lost_gfns: list[int] = field(default_factory=list)
     unexpected_errors: dict[str, int] = field(default_factory=dict)
@@ -219,6 +220,8 @@ class _Run:
         )
         self.lat = Latencies()
         self.verify_lat = Latencies()
+        # The accesses since the last progress line (its p50/p99/max, then emptied).
+        self.window_lat = Latencies(highest_s=600.0, digits=2)
         self.fault_s = config.fault_ms / 1e3
         # Per-gfn concurrency bookkeeping; small dicts (at most one entry per vCPU).
         self.inflight: dict[int, int] = {}
@@ -283,6 +286,7 @@ class _Run:
             self.pending_since[vcpu] = None
         dt = trio.current_time() - t0
         lat.add(dt)
+        self.window_lat.add(dt)
         if dt > self.fault_s:
             self.report.faults_seen += 1
         self.report.max_pending_s = max(self.report.max_pending_s, dt)
@@ -570,7 +574,9 @@ class _Run:
             integrity_errors=r.integrity_errors,
             stuck_vcpus=len(self.stuck),
             phase="verify" if self.draining else "workload",
+            latency_ms=self.window_lat.summary_ms(),  # of this line's interval only
         )
+        self.window_lat.reset()
 
     async def run(self) -> GuestReport:
         """Run every phase; returns the report."""
@@ -591,6 +597,7 @@ class _Run:
         r = self.report
         r.elapsed_s = round(trio.current_time() - self.t0, 3)
         r.latency_ms = self.lat.summary_ms()
+        r.latency_hist_ms = self.lat.buckets_ms()
         r.verify_latency_ms = self.verify_lat.summary_ms()
         r.stuck_vcpus = sorted(self.stuck)
         r.max_pending_s = round(r.max_pending_s, 3)

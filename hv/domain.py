@@ -26,6 +26,7 @@ from protocol import (
     make_event,
     pack_bits,
 )
+from transport.histogram import LatencyHistogram
 
 from .frames import NO_FRAME, FramePool
 from .p2m import P2M
@@ -35,6 +36,9 @@ from .rules import OK, PAUSE, WAIT, Rule, rules_for
 #: Outcomes of `Domain.access_step`.
 DONE: Final = "done"
 PAUSED: Final = "paused"
+
+#: Pauses at least this long are logged (`vcpu.resumed`); every pause is counted.
+PAUSE_LOG_MIN_S: Final = 0.001
 WAITING: Final = "wait"
 
 log = structlog.get_logger("hv.domain")
@@ -64,10 +68,32 @@ class Peer(Protocol):
 class VCpu:
     """One guest vCPU: at most one access at a time, paused on at most one request."""
 
-    __slots__ = ("_cont", "_outcome", "_wake", "busy", "owner", "paused_seq", "vcpu_id", "waiting")
+    __slots__ = (
+        "_cont",
+        "_outcome",
+        "_since",
+        "_wake",
+        "busy",
+        "longest_s",
+        "on_resume",
+        "owner",
+        "paused_s",
+        "paused_seq",
+        "pauses",
+        "vcpu_id",
+        "waiting",
+    )
 
-    def __init__(self, vcpu_id: int) -> None:
+    def __init__(
+        self, vcpu_id: int, on_resume: Callable[[VCpu, float], None] | None = None
+    ) -> None:
         self.vcpu_id = vcpu_id
+        # Pauses on requests, timed on trio's clock: how many, total and longest seconds.
+        self.pauses = 0
+        self.paused_s = 0.0
+        self.longest_s = 0.0
+        self._since: float | None = None  # trio time the current pause began
+        self.on_resume = on_resume  # called with (vcpu, seconds) as each pause ends
         self.busy = False  # an access is pending
         self.paused_seq: int | None = None  # the request this vCPU is paused on
         self.waiting = False  # waits for a free ring slot
@@ -87,6 +113,7 @@ class VCpu:
         if self._cont is not None and self.owner is owner:
             self._cont = self.owner = None
             self.paused_seq = self._wake = None
+            self._end_pause()
             self.busy = False
 
     def pause(self, seq: int) -> None:
@@ -95,6 +122,32 @@ class VCpu:
         self.paused_seq = seq
         self._wake = trio.Event()
         self._outcome = None
+        self._end_pause()  # a pause never left unended (a re-pause without unpause)
+        self.pauses += 1
+        self._since = trio.current_time()
+
+    def _end_pause(self) -> None:
+        """Count the pause that is ending (if one is open) in the totals."""
+        if self._since is None:
+            return
+        dt = trio.current_time() - self._since
+        self._since = None
+        self.paused_s += dt
+        self.longest_s = max(self.longest_s, dt)
+        if self.on_resume is not None:
+            self.on_resume(self, dt)
+
+    def stats(self) -> dict[str, Any]:
+        """Pauses so far: count, total and longest seconds (an open pause counts so far)."""
+        now = trio.current_time() if self._since is not None else 0.0
+        open_s = now - self._since if self._since is not None else 0.0
+        return {
+            "vcpu": self.vcpu_id,
+            "paused": self.paused,
+            "pauses": self.pauses,
+            "paused_s": round(self.paused_s + open_s, 6),
+            "longest_s": round(max(self.longest_s, open_s), 6),
+        }
 
     async def wait_unpaused(self) -> Errno | None:
         """Wait until unpaused (None: retry the access) or released (an errno)."""
@@ -105,17 +158,20 @@ class VCpu:
         finally:
             self.paused_seq = None
             self._wake = None
+            self._end_pause()
 
     def unpause(self, outcome: Errno | None = None) -> None:
         """Wake the paused access: None retries it, an errno ends it with that errno."""
         if self._cont is not None:
             cont, self._cont, self.owner = self._cont, None, None
             self.paused_seq = self._wake = None
+            self._end_pause()
             cont(outcome)
             return
         if self._wake is not None:
             self._outcome = outcome
             self.paused_seq = None
+            self._end_pause()
             self._wake.set()
 
     @property
@@ -148,11 +204,15 @@ class Domain:
         self.p2m = P2M(frames, mmio_gfns)
         self.ring = Ring(ring_size)
         self.ring_mode = RingMode(ring_mode)
-        self.vcpus = [VCpu(i) for i in range(vcpus)]
+        self.vcpus = [VCpu(i, self._resumed) for i in range(vcpus)]
+        # How long each populate kept its vCPU paused: the populate round trip as hv sees it
+        # (made at the first pause: a domain that never pages costs no histogram).
+        self.populate_rt: LatencyHistogram | None = None
         self.target = self.p2m.tot_pages if target is None else target
         self.instance = instance  # differs between runs (drawn by the Hypervisor)
         self.pager: Peer | None = None
         self.epoch = 0
+        self.attached_at = 0.0  # trio time the current pager attached
         self.orphaned = False  # xen mode: the pager vanished without detaching
         self.destroyed = False
         self.counters: Counter[str] = Counter()
@@ -275,6 +335,7 @@ class Domain:
             old.fence()
         self.pager = peer
         self.epoch += 1
+        self.attached_at = trio.current_time()
         self.counters["pager_attaches"] += 1
         self.log.info("pager.attached", epoch=self.epoch, unanswered=self.ring.used)
         return None
@@ -634,6 +695,23 @@ class Domain:
         self._slot_freed.unpark_all()
         self.log.info("domain.destroyed")
 
+    def _resumed(self, vcpu: VCpu, seconds: float) -> None:
+        """A pause of `vcpu` ended after `seconds`: counted, and logged when it was long
+        enough to show on a timeline (`xpemu report` draws the logged ones)."""
+        if self.populate_rt is None:
+            self.populate_rt = LatencyHistogram(highest_s=600.0, digits=2)
+        self.populate_rt.add(seconds)
+        if seconds >= PAUSE_LOG_MIN_S:
+            self.log.info("vcpu.resumed", vcpu=vcpu.vcpu_id, paused_s=round(seconds, 6))
+
+    def vcpu_stats(self) -> dict[str, Any]:
+        """Per vCPU pauses (count, total and longest seconds) and the round-trip histogram."""
+        return {
+            "vcpus": [v.stats() for v in self.vcpus],
+            "populate_ms": (self.populate_rt or LatencyHistogram(1.0)).summary_ms(),
+            "populate_hist_ms": self.populate_rt.buckets_ms() if self.populate_rt else [],
+        }
+
     def status(self) -> dict[str, Any]:
         """This domain's entry in the control `status` reply."""
         return {
@@ -649,8 +727,12 @@ class Domain:
                 "attached": self.pager is not None,
                 "epoch": self.epoch,
                 "orphaned": self.orphaned,
+                "uptime_s": round(trio.current_time() - self.attached_at, 3)
+                if self.pager is not None
+                else 0.0,
             },
             "paused_vcpus": [v.vcpu_id for v in self.vcpus if v.paused],
+            "vcpu_stats": [v.stats() for v in self.vcpus],
         }
 
     def violations(self) -> list[str]:

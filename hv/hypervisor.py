@@ -104,7 +104,8 @@ class Hypervisor:
         """Event counters per domain (the `counters` control op)."""
         return {
             "domains": [
-                {"domid": d.domid, "counters": dict(d.counters)} for d in self.domains.values()
+                {"domid": d.domid, "counters": dict(d.counters), **d.vcpu_stats()}
+                for d in self.domains.values()
             ]
         }
 

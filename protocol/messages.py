@@ -141,6 +141,50 @@ def _counter_map(v: Any) -> dict[str, int]:
     return v
 
 
+def _is_num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and v >= 0
+
+
+def _seconds(v: Any) -> float:
+    if not _is_num(v):
+        raise Invalid("expected a non-negative number of seconds")
+    return float(v)
+
+
+def _vcpu_stats(v: Any) -> list[dict[str, Any]]:
+    """Per vCPU pauses: vcpu, paused (now), pauses, paused_s and longest_s (seconds)."""
+    if not isinstance(v, list) or len(v) > MAX_LIST:
+        raise Invalid("expected a list of per-vCPU pause counts")
+    for e in v:
+        if not (
+            isinstance(e, dict)
+            and _is_num(e.get("vcpu"))
+            and isinstance(e.get("paused"), bool)
+            and _is_num(e.get("pauses"))
+            and _is_num(e.get("paused_s"))
+            and _is_num(e.get("longest_s"))
+        ):
+            raise Invalid("expected vcpu, paused, pauses, paused_s, longest_s per vCPU")
+    return v
+
+
+def _number_map(v: Any) -> dict[str, float]:
+    """A map of names to non-negative numbers (a latency summary in ms)."""
+    if not isinstance(v, dict) or not all(isinstance(k, str) and _is_num(n) for k, n in v.items()):
+        raise Invalid("expected a map of str to numbers")
+    return v
+
+
+def _bins(v: Any) -> list[list[float]]:
+    """Histogram bins: [low, high, count] each."""
+    if not isinstance(v, list) or len(v) > MAX_LIST:
+        raise Invalid("expected a list of [low, high, count] bins")
+    for b in v:
+        if not (isinstance(b, list) and len(b) == 3 and all(_is_num(x) for x in b)):
+            raise Invalid("expected [low, high, count] per bin")
+    return v
+
+
 _COUNTERS = {"tot_pages": Int(0), "target": Int(0), "paged_pages": Int(0)}
 _STATUS_DOMAIN = Map(
     Fields(
@@ -153,9 +197,15 @@ _STATUS_DOMAIN = Map(
             "paged_pages": Int(0),
             "counts": Map(Fields({t.name: Int(0) for t in P2MType})),
             "ring": Map(Fields({"size": Int(0), "used": Int(0), "waiters": Int(0)})),
-            "pager": Map(Fields({"attached": Bool(), "epoch": Int(0), "orphaned": Bool()})),
+            "pager": Map(
+                Fields(
+                    {"attached": Bool(), "epoch": Int(0), "orphaned": Bool()},
+                    {"uptime_s": (_seconds, 0.0)},  # since the current pager attached
+                )
+            ),
             "paused_vcpus": ListOf(Int(0), MAX_LIST),
-        }
+        },
+        {"vcpu_stats": (_vcpu_stats, [])},
     )
 )
 
@@ -200,7 +250,21 @@ REPLIES: dict[str, Fields] = {
     "domain_destroy": _NONE,
     "check": Fields({"violations": ListOf(Str(), MAX_LIST)}),
     "counters": Fields(
-        {"domains": ListOf(Map(Fields({"domid": Int(0), "counters": _counter_map})), MAX_LIST)}
+        {
+            "domains": ListOf(
+                Map(
+                    Fields(
+                        {"domid": Int(0), "counters": _counter_map},
+                        {
+                            "vcpus": (_vcpu_stats, []),
+                            "populate_ms": (_number_map, {}),
+                            "populate_hist_ms": (_bins, []),
+                        },
+                    )
+                ),
+                MAX_LIST,
+            )
+        }
     ),
 }
 

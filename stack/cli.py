@@ -1,4 +1,5 @@
-"""`xpemu`: run the stack (`up`), break it (`stress`), simulate it (`sim`), look at it (`status`).
+"""`xpemu`: run the stack (`up`), break it (`stress`), simulate it (`sim`), see it (`status`,
+`report`).
 
 Exit status: 0 when every check passed, 1 when a check failed (lost or wrong bytes, stuck
 vCPUs, invariant violations), 2 on bad input or a stack that cannot start, 130 when
@@ -8,6 +9,7 @@ interrupted twice. Errors are one line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shlex
 import signal
@@ -30,7 +32,7 @@ from .power import POWER_KINDS, POWER_SPACING, fuse_problem
 from .report import summary_text
 from .rundir import prepare_run_dir
 from .schedule import DEFAULT_KINDS, make_schedule, parse_kinds
-from .status import status_lines, status_table
+from .status import rates_between, status_lines, status_table
 from .xenpaging import XEN_RING_SLOTS
 from .xenpaging import missing as xenpaging_missing
 
@@ -102,6 +104,9 @@ def _add_stack_options(p: argparse.ArgumentParser, *, stress: bool) -> None:
         help="seconds an access may stay pending before its vCPU counts as stuck",
     )
     p.add_argument("--report", type=Path, help="write the JSON report here")
+    p.add_argument(
+        "--report-html", type=Path, help="write the HTML timeline of the run here (xpemu report)"
+    )
     p.add_argument("--no-live", action="store_true", help="plain progress lines, no live view")
     p.add_argument(
         "--start-timeout",
@@ -150,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
         const=1.0,
         type=positive_float,
         help="refresh every N seconds (default 1) until Ctrl-C",
+    )
+    rep = sub.add_parser("report", help="one HTML page of a run's (or sim trace's) timeline")
+    rep.add_argument("run_dir", type=Path, help="a run directory or a `xpemu sim --trace` file")
+    rep.add_argument(
+        "-o", "--output", type=Path, help="the HTML file (default: RUN_DIR/report.html)"
     )
     sim = sub.add_parser("sim", help="the whole stack in one process under one seed (SIM.md)")
     from . import sim_cmd as _sim_cmd
@@ -263,6 +273,11 @@ def _cmd_stack(args: argparse.Namespace) -> int:
             return _fail(str(exc))
         except KeyboardInterrupt:
             return _fail("interrupted; every child stopped", EXIT_INTERRUPTED)
+    from .report_html import replay_argv
+
+    report["replay"] = replay_argv(args.argv, args.seed)
+    with contextlib.suppress(OSError):  # what `xpemu report` reads; the run is judged anyway
+        (opts.run_dir / "report.json").write_text(json.dumps(report, default=str) + "\n")
     if opts.report is not None:
         try:
             opts.report.write_text(json.dumps(report, indent=2, default=str) + "\n")
@@ -270,7 +285,32 @@ def _cmd_stack(args: argparse.Namespace) -> int:
             _say(summary_text(report))
             return _fail(f"cannot write the report to {opts.report}: {exc.strerror}")
     _say(summary_text(report))
+    if args.report_html is not None:
+        code = _cmd_report(opts.run_dir, args.report_html)
+        if code != EXIT_OK:
+            return code
     return EXIT_OK if report["ok"] else EXIT_FAILED
+
+
+def _cmd_report(source: Path, out: Path | None) -> int:
+    from .report_html import write_report
+    from .timeline import NotARun, load
+
+    try:
+        tl = load(source)
+    except NotARun as exc:
+        return _fail(str(exc))
+    except OSError as exc:
+        return _fail(f"cannot read {source}: {exc.strerror}")
+    if out is None:
+        out = (source if source.is_dir() else source.parent) / "report.html"
+    try:
+        write_report(tl, out)
+    except OSError as exc:
+        return _fail(f"cannot write the HTML report to {out}: {exc.strerror}")
+    note = " (INCOMPLETE: the run wrote no report)" if tl.incomplete else ""
+    _say(f"xpemu report: {out}{note}: {len(tl.faults)} faults, {len(tl.pauses)} pauses")
+    return EXIT_OK
 
 
 async def _fetch_status(run_dir: Path) -> dict[str, Any]:
@@ -304,27 +344,47 @@ async def _status(args: argparse.Namespace) -> None:
                     nursery.cancel_scope.cancel()
 
             nursery.start_soon(stop_on_signal)
+            prev: tuple[float, dict[int, dict[str, int]]] | None = None
+            live_view = None
             if console.is_terminal and not args.json:
                 from rich.live import Live
 
-                with Live(console=console, refresh_per_second=4) as live:
-                    while True:
-                        status = await _fetch_status(args.run_dir)
-                        live.update(status_table(status, status["counters"]))
-                        await trio.sleep(args.watch)
-            else:
+                live_view = Live(console=console, refresh_per_second=4)
+                live_view.start()
+            try:
                 while True:
-                    _render(await _fetch_status(args.run_dir), args.json, console)
+                    status = await _fetch_status(args.run_dir)
+                    now = trio.current_time()
+                    if prev is not None:  # per second since the last look (xentop's rates)
+                        rates = rates_between(prev[1], status["counters"], now - prev[0])
+                        status["rates"] = {
+                            k: {"out_s": round(o, 1), "in_s": round(i, 1)}
+                            for k, (o, i) in rates.items()
+                        }
+                    prev = (now, status["counters"])
+                    if live_view is not None:
+                        live_view.update(status_table(status, status["counters"], _rates(status)))
+                    else:
+                        _render(status, args.json, console)
                     await trio.sleep(args.watch)
+            finally:
+                if live_view is not None:
+                    live_view.stop()
+
+
+def _rates(status: dict[str, Any]) -> dict[int, tuple[float, float]] | None:
+    if "rates" not in status:
+        return None
+    return {k: (r["out_s"], r["in_s"]) for k, r in status["rates"].items()}
 
 
 def _render(status: dict[str, Any], as_json: bool, console: Any) -> None:
     if as_json:
         print(json.dumps(status, default=str), flush=True)
     elif console.is_terminal:
-        console.print(status_table(status, status["counters"]))
+        console.print(status_table(status, status["counters"], _rates(status)))
     else:
-        for line in status_lines(status):
+        for line in status_lines(status, _rates(status)):
             print(line, flush=True)
 
 
@@ -354,12 +414,15 @@ def _leaf(group: BaseExceptionGroup) -> BaseException:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `xpemu` console script; the exit status."""
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.command == "status":
         return _cmd_status(args)
     if args.command == "bench":
         from . import bench
 
         return bench.main(args)
+    if args.command == "report":
+        return _cmd_report(args.run_dir, args.output)
     if args.command == "sim":
         from . import sim_cmd
 

@@ -34,6 +34,7 @@ from .proxy import FaultProxy
 from .report import FINAL_KILL, RunFacts, build_report, summary_text
 from .rundir import guest_argv, hv_argv, pager_argv, prepare_run_dir
 from .supervisor import MAX_FAILED_STARTS, PagerLife, PagerSupervisor
+from .timeline import log_sample
 
 # Names other modules and tests import from here.
 __all__ = [
@@ -64,6 +65,7 @@ class Stack:
         self.t0 = 0.0
         self.status: dict[str, Any] | None = None
         self.counters: dict[str, int] = {}
+        self.vcpu_stats: dict[str, Any] = {}  # hv's per-vCPU pauses and round trips (domain 1)
         self.control: Client | None = None
         self.hv: Child | None = None
         self.pager: Child | None = None
@@ -215,8 +217,10 @@ class Stack:
             for d in counters["domains"]:
                 if d["domid"] == 1:
                     self.counters = d["counters"]
+                    self.vcpu_stats = {k: v for k, v in d.items() if k != "counters"}
             dom = self._dom()
             if dom is not None:
+                log_sample(log, dom, self.counters, self.elapsed())
                 pager = dom["pager"]
                 if pager["attached"] and pager["epoch"] > self.last_epoch:
                     self.last_epoch = pager["epoch"]
@@ -389,6 +393,7 @@ class Stack:
                 orphaned=self.orphaned,
                 orphan_note=self.orphan_note,
                 power=self.power.report() if self.power is not None else None,  # power.py
+                vcpu_stats=self.vcpu_stats,
             )
         )
 

@@ -45,6 +45,7 @@ class RunFacts:
     orphan_note: str | None = None
     power: dict[str, Any] | None = None  # power.PowerControl.report(), when the run had one
     lost_by_pager: int = 0  # gfns the pager lost for good (xenpaging after a restart)
+    vcpu_stats: dict[str, Any] = field(default_factory=dict)  # hv's `counters` less counters
 
 
 def build_report(f: RunFacts) -> dict[str, Any]:
@@ -138,6 +139,11 @@ def build_report(f: RunFacts) -> dict[str, Any]:
         "ring_orphaned": f.orphaned,
         "orphan_note": f.orphan_note,
         "final_status": f.dom,
+        # Per vCPU: pauses, total and longest paused seconds (hv, trio's clock); the
+        # populate round trips (each pause) as a summary and log-binned counts.
+        "vcpus": f.dom.get("vcpu_stats") or f.vcpu_stats.get("vcpus", []),
+        "populate_ms": f.vcpu_stats.get("populate_ms"),
+        "populate_hist_ms": f.vcpu_stats.get("populate_hist_ms", []),
         "violations": violations,
     }
     if f.power is not None:  # the same dict: PowerControl.close adds its last lied syncs
@@ -180,6 +186,7 @@ def summary_text(report: dict[str, Any]) -> str:
             f"unreachable: {report['final_status']['paged_pages']}; stuck vCPUs "
             f"{report['stuck_vcpus']}"
         )
+    lines += vcpu_lines(report)
     lines += power_lines(report)
     for v in report["violations"][:10]:
         lines.append(f"  violation: {v}")
@@ -201,3 +208,19 @@ def power_lines(report: dict[str, Any]) -> list[str]:
         shown = ", ".join(str(g) for g in sorted(lost)[:20])
         lines.append(f"  lost gfns ({len(lost)}): {shown}{', ...' if len(lost) > 20 else ''}")
     return lines
+
+
+def vcpu_lines(report: dict[str, Any]) -> list[str]:
+    """One summary line of every vCPU's pauses (count, total and longest paused time)."""
+    vcpus = report.get("vcpus") or []
+    if not vcpus:
+        return []
+    per = ", ".join(
+        f"v{v['vcpu']} {v['pauses']}/{v['paused_s']:.2f}s/{v['longest_s'] * 1e3:.0f}ms"
+        for v in vcpus
+    )
+    rt = report.get("populate_ms") or {}
+    return [
+        f"  vCPU pauses (count/total/longest): {per}; populate round trip ms "
+        f"p50 {rt.get('p50', 0)} p99 {rt.get('p99', 0)} max {rt.get('max', 0)}"
+    ]

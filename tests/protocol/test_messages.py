@@ -73,8 +73,9 @@ _DOMAIN = {
     "paged_pages": 2,
     "counts": {t.name: 1 for t in P2MType},
     "ring": {"size": 64, "used": 1, "waiters": 0},
-    "pager": {"attached": True, "epoch": 2, "orphaned": False},
+    "pager": {"attached": True, "epoch": 2, "orphaned": False, "uptime_s": 1.5},
     "paused_vcpus": [0],
+    "vcpu_stats": [{"vcpu": 0, "paused": True, "pauses": 1, "paused_s": 0.1, "longest_s": 0.1}],
 }
 
 #: One valid example of every successful reply.
@@ -114,7 +115,19 @@ REPLY_EXAMPLES: dict[str, dict] = {
     "domain_create": {"domid": 2},
     "domain_destroy": {},
     "check": {"violations": []},
-    "counters": {"domains": [{"domid": 1, "counters": {"page.evicted": 3}}]},
+    "counters": {
+        "domains": [
+            {
+                "domid": 1,
+                "counters": {"page.evicted": 3},
+                "vcpus": [
+                    {"vcpu": 0, "paused": True, "pauses": 2, "paused_s": 0.5, "longest_s": 0.25}
+                ],
+                "populate_ms": {"p50": 1.5, "max": 250.0},
+                "populate_hist_ms": [[1.0, 1.584893, 2]],
+            }
+        ]
+    },
 }
 
 EVENT_EXAMPLES = {

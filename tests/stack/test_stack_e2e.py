@@ -272,6 +272,9 @@ async def test_status_of_a_running_hv(tmp_path: Path) -> None:
                 seen.extend(data)
             watch.send_signal(signal.SIGINT)
             assert await watch.wait() == 0  # Ctrl-C ends --watch cleanly
+            # xentop's view: per vCPU, and page rates from the second look on.
+            assert b"vcpu0: paused=no pauses=0 blocked=0.000s" in seen
+            assert b"out/s=0 in/s=0" in seen
         finally:
             hv.terminate()
             await hv.wait()
@@ -279,6 +282,7 @@ async def test_status_of_a_running_hv(tmp_path: Path) -> None:
     status = json.loads(as_json.stdout)
     dom = status["domains"][0]
     assert dom["nr_gfns"] == 300 and dom["target"] == 200 and dom["pager"]["attached"] is False
+    assert [v["pauses"] for v in dom["vcpu_stats"]] == [0] * dom["vcpus"]
     assert "1" in status["counters"] or 1 in status["counters"]
     assert plain.returncode == 0 and "dom1: gfns=300" in plain.stdout.decode()
 
