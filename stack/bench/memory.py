@@ -80,5 +80,8 @@ async def bench_memory(state_dir: str | None, say: Callable[[str], None]) -> dic
     say(f"  hv: {out['hv']['rss_per_gfn']:.1f} bytes/gfn (RSS)")
     if state_dir is not None:
         out["pager"] = await _probe(["probe-pager-index", state_dir])
-        say(f"  pager index: {out['pager']['memory_per_row']:.0f} bytes/row in memory")
+        say(
+            f"  pager index: {out['pager']['memory_per_row']:.1f} bytes/row in memory "
+            f"({out['pager']['rows']:,} rows)"
+        )
     return out

@@ -69,7 +69,8 @@ async def run_bench(opts: BenchOptions, say: Callable[[str], None]) -> dict[str,
                 res["throughput"] = await bench_throughput(sizes, work, say, opts.profile)
             elif section == "recovery":
                 res["recovery"] = await bench_recovery(sizes, work, say)
-                recovery_store = res["recovery"][min(res["recovery"])]["state_dir"]
+                # The largest store: the index's per-gfn cost, not its fixed overhead.
+                recovery_store = res["recovery"][max(res["recovery"])]["state_dir"]
             elif section == "memory":
                 res["memory"] = await bench_memory(recovery_store, say)
             elif section == "policy":

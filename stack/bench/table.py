@@ -119,8 +119,8 @@ def table_rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             pg = mem["pager"]
             rows.append(
                 (
-                    "pager index bytes/paged gfn (memory)",
-                    f"{pg['memory_per_row']:.0f} B",
+                    f"pager index bytes/paged gfn, {pg.get('rows', 0):,} rows (memory)",
+                    f"{pg['memory_per_row']:.1f} B",
                     "16 B (gen+slot+crc packed)",
                     _ratio(pg["memory_per_row"], 16),
                 )
