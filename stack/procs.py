@@ -3,14 +3,18 @@
 Every child runs in its own session, so a Ctrl-C on the terminal reaches `xpemu` alone and
 `xpemu` stops the children in the right order (guest, then pager, then hv). `ChildSet`
 kills whatever is still running when its block exits, on every path (errors, signals,
-cancellation), so no child outlives the command.
+cancellation), so no child outlives the command. If `xpemu` itself is SIGKILLed, no code of
+its own runs: a guardian process (`guardian.py`) that holds a pidfd of every child stops
+them within a few seconds.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
+import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -45,12 +49,76 @@ def last_line(path: Path, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+class Guardian:
+    """The guardian process of one ChildSet (see guardian.py): `watch` hands it a child."""
+
+    def __init__(self) -> None:
+        self.proc: trio.Process | None = None
+        self._sock: socket.socket | None = None
+
+    async def start(self, log_path: Path) -> None:
+        """Start the guardian (its stderr to `log_path`, and only a crash would write
+        there); a failure only logs (the children then lack this net)."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        script = os.path.join(os.path.dirname(__file__), "guardian.py")
+        try:
+            with open(log_path, "ab") as err:  # noqa: ASYNC230 - a local file, instant
+                self.proc = await trio.lowlevel.open_process(
+                    [sys.executable, "-I", script, str(theirs.fileno())],
+                    pass_fds=(theirs.fileno(),),
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=err,
+                    start_new_session=True,
+                )
+        except OSError as exc:
+            ours.close()
+            log.warning("guardian.not_started", error=str(exc))
+            return
+        finally:
+            theirs.close()
+        self._sock = ours
+        log.info("guardian.started", pid=self.proc.pid)
+
+    def watch(self, pid: int) -> None:
+        """Give the guardian a pidfd of `pid`, a child not yet reaped."""
+        if self._sock is None:
+            return
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            return  # already gone
+        try:
+            socket.send_fds(self._sock, [b"p"], [pidfd])
+        except OSError as exc:
+            log.warning("guardian.lost", error=str(exc))
+            self._sock.close()
+            self._sock = None
+        finally:
+            os.close(pidfd)
+
+    async def stop(self) -> None:
+        """Close our end (the guardian sees end-of-file, finds nothing alive) and reap it."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        if self.proc is not None:
+            with trio.move_on_after(TEARDOWN_GRACE):
+                await self.proc.wait()
+            if self.proc.returncode is None:
+                self.proc.kill()
+                await self.proc.wait()
+
+
 class Child:
     """One child process: its stderr (JSON log lines) goes unchanged to `log_path`
     (`<name>.log`), its stdout (a readable summary, if any) to `<name>.out`."""
 
-    def __init__(self, name: str, argv: Sequence[str], log_path: Path) -> None:
+    def __init__(
+        self, name: str, argv: Sequence[str], log_path: Path, guardian: Guardian | None = None
+    ) -> None:
         self.name = name
+        self.guardian = guardian
         self.argv = list(argv)
         self.log_path = log_path
         self.proc: trio.Process | None = None
@@ -93,6 +161,8 @@ class Child:
         except OSError as exc:
             raise StartError(f"cannot start {self.name} ({self.argv[0]}): {exc.strerror}") from None
         self.starts += 1
+        if self.guardian is not None:
+            self.guardian.watch(self.proc.pid)
         log.info("child.started", child=self.name, pid=self.proc.pid, start=self.starts)
 
     async def wait(self) -> int:
@@ -136,13 +206,14 @@ class Child:
 class ChildSet:
     """The children of one `xpemu` run; `open_children` reaps them all on exit."""
 
-    def __init__(self, log_dir: Path) -> None:
+    def __init__(self, log_dir: Path, guardian: Guardian | None = None) -> None:
         self.log_dir = log_dir
+        self.guardian = guardian
         self.children: dict[str, Child] = {}
 
     def add(self, name: str, argv: Sequence[str]) -> Child:
         """Register a child whose log is `<log_dir>/<name>.log`."""
-        child = Child(name, argv, self.log_dir / f"{name}.log")
+        child = Child(name, argv, self.log_dir / f"{name}.log", self.guardian)
         self.children[name] = child
         return child
 
@@ -170,10 +241,17 @@ class ChildSet:
 
 @asynccontextmanager
 async def open_children(log_dir: Path) -> AsyncIterator[ChildSet]:
-    """A ChildSet whose children are all stopped and reaped when the block exits."""
-    children = ChildSet(log_dir)
+    """A ChildSet whose children are all stopped and reaped when the block exits, and
+    stopped by its guardian if this process dies first."""
+    guardian = Guardian()
+    with trio.CancelScope(shield=True):
+        await guardian.start(log_dir / "guardian.log")
+    children = ChildSet(log_dir, guardian)
     try:
         yield children
     finally:
         with trio.CancelScope(shield=True):
-            await children.teardown()
+            try:
+                await children.teardown()
+            finally:
+                await guardian.stop()
