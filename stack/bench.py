@@ -48,7 +48,7 @@ from pager.policy import POLICIES
 from protocol import MAX_AUDIT_COUNT, PAGE_SIZE, P2MType, pack_bits
 from transport import Client, open_unix_client
 
-from .argtypes import positive_int
+from .argtypes import positive_float, positive_int
 from .benchlib import (
     a0_faults,
     belady_faults,
@@ -1082,6 +1082,12 @@ if __name__ == "__main__":
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of `xpemu bench`."""
     p.add_argument("--full", action="store_true", help="the long version (100,000-page recovery)")
+    p.add_argument(
+        "--soak",
+        type=positive_float,
+        metavar="MINUTES",
+        help="instead: the stack at full load this long, each process's RSS growth per hour",
+    )
     p.add_argument("--json", type=Path, dest="json_path", help="write every figure here")
     p.add_argument("--repeats", type=positive_int, help="runs per figure (3 quick, 5 full)")
     p.add_argument(
@@ -1112,6 +1118,10 @@ def main(args: argparse.Namespace) -> int:
     if args.json_path is not None and not args.json_path.parent.is_dir():
         print(f"xpemu: error: no directory {args.json_path.parent} for --json", file=sys.stderr)
         return 2
+    if args.soak is not None:
+        from . import bench_soak
+
+        return bench_soak.main(args.soak, args.work_dir, args.json_path)
     configure_logging("xpemu-bench", level="warning")
     opts = BenchOptions(
         full=args.full,
