@@ -411,6 +411,8 @@ class Stack:
             return
         try:
             with open(self.guest.log_path, "rb") as f:
+                if os.fstat(f.fileno()).st_size < self._guest_log_pos:
+                    self._guest_log_pos = 0  # the guest rotated its log: a new file
                 f.seek(self._guest_log_pos)
                 chunk = f.read()
         except OSError:

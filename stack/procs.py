@@ -18,15 +18,24 @@ import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import IO, Final
+from typing import Final
 
 import structlog
 import trio
+
+from transport.logs import ENV_LOG_FILE, ENV_LOG_MAX_BYTES
 
 log = structlog.get_logger("stack.procs")
 
 #: Seconds a child gets to exit after SIGTERM before it is SIGKILLed on teardown.
 TEARDOWN_GRACE: Final = 3.0
+
+#: Cap of each log file in the run directory (`<name>.log`, `xpemu.log`): past it, the file
+#: becomes `<name>.log.1` (the older `.1` dropped), so a process keeps at most about twice
+#: this on disk however long it runs. At the default level the busiest log (the guest's, a
+#: progress line a second) grows ~1 MB an hour. `XPEMU_LOG_MAX_BYTES` in xpemu's
+#: environment overrides it.
+LOG_MAX_BYTES: Final = int(os.environ.get(ENV_LOG_MAX_BYTES) or 8 << 20)
 
 
 class StartError(Exception):
@@ -34,15 +43,21 @@ class StartError(Exception):
 
 
 def last_line(path: Path, limit: int = 300) -> str:
-    """The last non-empty line of a log file (what a failing child said last), shortened."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - 8192))
-            lines = [ln for ln in f.read().decode(errors="replace").splitlines() if ln.strip()]
-    except OSError:
-        return ""
+    """The last non-empty line of a log file (what a failing child said last), shortened;
+    from the rotated `<path>.1` when the file was just rotated."""
+    lines: list[str] = []
+    for p in (path, path.with_name(path.name + ".1")):
+        try:
+            with open(p, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                size = f.tell()
+                f.seek(max(0, size - 8192))
+                text = f.read().decode(errors="replace")
+        except OSError:
+            continue
+        lines = [ln for ln in text.splitlines() if ln.strip()]
+        if lines:
+            break
     if not lines:
         return ""
     text = lines[-1].strip()
@@ -112,7 +127,8 @@ class Guardian:
 
 class Child:
     """One child process: its stderr (JSON log lines) goes unchanged to `log_path`
-    (`<name>.log`), its stdout (a readable summary, if any) to `<name>.out`."""
+    (`<name>.log`, which the child rotates at `LOG_MAX_BYTES`: see transport/logs.py), its
+    stdout (a readable summary, if any) to `<name>.out`."""
 
     def __init__(
         self, name: str, argv: Sequence[str], log_path: Path, guardian: Guardian | None = None
@@ -122,8 +138,6 @@ class Child:
         self.argv = list(argv)
         self.log_path = log_path
         self.proc: trio.Process | None = None
-        self._log: IO[bytes] | None = None
-        self._out: IO[bytes] | None = None
         self.starts = 0
         #: Set at teardown for a child that had already exited: its return code.
         self.died_on_its_own: int | None = None
@@ -142,22 +156,26 @@ class Child:
         """Start (or restart) the process; StartError if it cannot be executed."""
         if self.running:
             raise RuntimeError(f"{self.name} is already running")
-        if self._log is None:
-            # Opened once, appended by every incarnation; closed in close().
-            self._log = open(self.log_path, "ab")  # noqa: ASYNC230 - a local file, instant
-            self._out = open(self.log_path.with_suffix(".out"), "ab")  # noqa: ASYNC230
         full_env = dict(os.environ)
+        full_env[ENV_LOG_FILE] = str(self.log_path)
+        full_env[ENV_LOG_MAX_BYTES] = str(LOG_MAX_BYTES)
         if env:
             full_env.update(env)
         try:
-            self.proc = await trio.lowlevel.open_process(
-                self.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=self._out,
-                stderr=self._log,
-                env=full_env,
-                start_new_session=True,
-            )
+            # Opened afresh for each incarnation (the last one may have rotated the log),
+            # appended to, and closed here: the child holds its own copy.
+            with (
+                open(self.log_path, "ab") as err,  # noqa: ASYNC230 - a local file, instant
+                open(self.log_path.with_suffix(".out"), "ab") as out,  # noqa: ASYNC230
+            ):
+                self.proc = await trio.lowlevel.open_process(
+                    self.argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                    env=full_env,
+                    start_new_session=True,
+                )
         except OSError as exc:
             raise StartError(f"cannot start {self.name} ({self.argv[0]}): {exc.strerror}") from None
         self.starts += 1
@@ -195,13 +213,6 @@ class Child:
             self.kill()
         return await self.proc.wait()
 
-    def close(self) -> None:
-        """Close the log file."""
-        for f in (self._log, self._out):
-            if f is not None:
-                f.close()
-        self._log = self._out = None
-
 
 class ChildSet:
     """The children of one `xpemu` run; `open_children` reaps them all on exit."""
@@ -235,8 +246,6 @@ class ChildSet:
                     c.kill()
             for c in running:
                 await c.wait()
-        for c in self.children.values():
-            c.close()
 
 
 @asynccontextmanager
