@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -30,6 +30,7 @@ from guest import Shadow, verify_all
 from protocol import MAX_AUDIT_COUNT, OpError, ProtocolError, RingMode
 from transport import Client, ConnectionClosed, open_unix_client
 
+from .lives import LifeLog
 from .procs import Child, ChildSet, StartError, last_line, open_children
 from .proxy import FaultProxy
 from .schedule import Fault, schedule_to_list
@@ -174,7 +175,7 @@ class Stack:
         self.hv: Child | None = None
         self.pager: Child | None = None
         self.guest: Child | None = None
-        self.lives: list[PagerLife] = []
+        self.lives: LifeLog[PagerLife] = LifeLog(self._life_stats)
         self.arm_next: Fault | None = None
         self.pager_stop = False  # no more restarts
         self.attach_event = trio.Event()
@@ -618,9 +619,9 @@ class Stack:
     async def _wait_pager_down(self) -> None:
         """Wait until the killed pager is reaped and restarted (the supervisor restarts it)."""
         assert self.pager is not None
-        n = len(self.lives)
+        life = self.lives[-1]
         with trio.move_on_after(self.o.start_timeout):
-            while self.lives[n - 1].rc is None:
+            while life.rc is None:
                 await self.pager_exited.wait()
 
     async def _fresh_dom(self) -> dict[str, Any]:
@@ -676,6 +677,22 @@ class Stack:
             self.violations.append(f"guest exited with status {rc} and no report")
             return None
 
+    def _life_stats(self, lives: Iterable[PagerLife]) -> Counter[str]:
+        """The report's counts over `lives` (LifeLog folds old lives through this)."""
+        c: Counter[str] = Counter()
+        for life in lives:
+            c["final_kills"] += life.killed_by == FINAL_KILL
+            if life.rc is None:
+                continue
+            c[f"ends:{life.cause}"] += 1
+            c["never_attached"] += not life.attached
+            # Deaths during the run: every end except the end phase's own kill and SIGTERM.
+            if life.killed_by != FINAL_KILL and life.n != self.final_n:
+                c["mid_run"] += 1
+                c["kills"] += bool(life.killed_by)
+                c["crash_points"] += life.cause == "crash_point"
+        return c
+
     def _build_report(
         self,
         guest: dict[str, Any] | None,
@@ -688,18 +705,10 @@ class Stack:
         paged_in: bool,
     ) -> None:
         o = self.o
-        deaths = Counter(life.cause for life in self.lives if life.rc is not None)
-        # Deaths during the run: every end except the end phase's own kill and SIGTERM.
-        mid_run = [
-            life
-            for life in self.lives
-            if life.rc is not None and life.killed_by != FINAL_KILL and life.n != self.final_n
-        ]
-        kills = sum(1 for life in mid_run if life.killed_by)
-        crash_fired = sum(1 for life in mid_run if life.cause == "crash_point")
+        lives = self.lives.stats()
+        deaths = {k[5:]: v for k, v in sorted(lives.items()) if k.startswith("ends:")}
         # Restarts that followed a death during the run (not the end phase's own restart).
-        final_restarts = sum(1 for life in self.lives if life.killed_by == FINAL_KILL)
-        restarts = max(0, len(self.lives) - 1 - final_restarts)
+        restarts = max(0, len(self.lives) - 1 - lives["final_kills"])
         cuts_fired = len(self.proxy.cuts) if self.proxy else 0
         stuck = list(guest["stuck_vcpus"]) if guest else []
         integrity = (guest["integrity_errors"] if guest else 0) + (
@@ -743,17 +752,16 @@ class Stack:
             "pager": {
                 "starts": len(self.lives),
                 "restarts_survived": restarts,
-                "kills": kills,
-                "crash_points_fired": crash_fired,
-                "pager_deaths": len(mid_run),
+                "kills": lives["kills"],
+                "crash_points_fired": lives["crash_points"],
+                "pager_deaths": lives["mid_run"],
                 "cuts_fired": cuts_fired,
-                "ends": dict(deaths),
+                "ends": deaths,
                 "attaches": self.last_epoch,
                 # Pagers that ended without ever attaching (xen mode: refused with EBUSY).
-                "never_attached": sum(
-                    1 for life in self.lives if life.rc is not None and not life.attached
-                ),
+                "never_attached": lives["never_attached"],
                 "paged_everything_in": paged_in,
+                # The latest lives (stack/lives.py: older ones only in the counts above).
                 "lives": [vars(life) | {"cause": life.cause} for life in self.lives],
             },
             "pages": {
