@@ -92,6 +92,7 @@ class Guardian:
             return
         finally:
             theirs.close()
+        ours.setblocking(False)  # a guardian that stopped reading must not block xpemu
         self._sock = ours
         log.info("guardian.started", pid=self.proc.pid)
 
