@@ -5,7 +5,10 @@ The bound of the slow test is 20 MB per hour per process, as the least-squares s
 the samples after the first minute: four minutes of samples cannot resolve the 1 MB/h goal
 (RSS moves by a few hundred KB as pools and caches settle; the goal is for the 30-minute
 `xpemu bench --soak`), but they do catch a leak of the kind issue 21 found: the guest's
-latency array grew 170 MB an hour.
+latency array grew 170 MB an hour. hv is judged less the host frames in use (`hv-frames`):
+those are the guests' memory, bounded by the host's frames, and their count follows
+`tot_pages` up and down by megabytes within minutes (one 5-minute run saw hv's raw RSS
+rise 1.2 MB, 19.6 MB/h, with nothing growing).
 """
 
 from __future__ import annotations
@@ -62,7 +65,8 @@ async def test_five_minutes_at_full_load_show_no_upward_memory_trend(tmp_path: P
     table = render(res)
     print(table)
     assert res["xpemu_exit"] == 0 and res["run_ok"] is True, table
-    for name in ("xpemu", "hv", "pager", "guest"):
+    # hv less the host frames in use: the guests' memory follows tot_pages (see bench_soak).
+    for name in ("xpemu", "hv-frames", "pager", "guest"):
         fig = res["processes"][name]
         assert fig["samples"] >= 25, table  # every 10 s for 5 minutes
         assert _within_bounds(fig), f"{name}: {fig}\n{table}"
