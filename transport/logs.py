@@ -1,4 +1,4 @@
-"""One logging set-up for every process: JSON lines on stderr, console on a terminal.
+"""Logging for every process: JSON lines on stderr (console on a terminal), files capped.
 
 Log files stay bounded: `CappedLog` renames a file that reached its cap to `<file>.1`
 (dropping the previous `.1`) and starts a new one, so a process never has more than about
