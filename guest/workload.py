@@ -400,8 +400,8 @@ class _Run:
         await self.verify_go.wait()
         self.phase[vcpu] = "verify"
         if cfg.verify:
-            while (gfn := next(self.verify_iter, None)) is not None:
-                await self.verify_gfn(vcpu, gfn)
+            while (todo := next(self.verify_iter, None)) is not None:
+                await self.verify_gfn(vcpu, todo)
         self.phase[vcpu] = "done"
         self._poke()
 

@@ -8,7 +8,6 @@ vCPU is paused on a request or waits for a ring slot.
 
 from __future__ import annotations
 
-import uuid
 from array import array
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -139,6 +138,7 @@ class Domain:
         ring_mode: str,
         mmio_gfns: Sequence[int] = (),
         target: int | None = None,
+        instance: str,
     ) -> None:
         frames = pool.alloc_many(nr_gfns)
         if frames is None:
@@ -150,7 +150,7 @@ class Domain:
         self.ring_mode = RingMode(ring_mode)
         self.vcpus = [VCpu(i) for i in range(vcpus)]
         self.target = self.p2m.tot_pages if target is None else target
-        self.instance = uuid.uuid4().hex
+        self.instance = instance  # differs between runs (drawn by the Hypervisor)
         self.pager: Peer | None = None
         self.epoch = 0
         self.orphaned = False  # xen mode: the pager vanished without detaching
@@ -597,6 +597,10 @@ class Domain:
                     step, value = self.access_step(vcpu_id, op, gfn, off, length, data)
                 else:
                     step, value, first = first, None, None
+                    if step == WAITING and not self.ring.full:
+                        # A slot was freed between the caller's attempt and this task's
+                        # start: its wake-up found nobody parked. Try again now.
+                        continue
                 if step == DONE:
                     return value
                 if step == WAITING:

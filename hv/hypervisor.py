@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import uuid
+import os
+import random
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,14 +20,18 @@ log = structlog.get_logger("hv")
 
 
 class Hypervisor:
-    """Host frames and domains; domain 1 is created from `config`."""
+    """Host frames and domains; domain 1 is created from `config`.
 
-    def __init__(self, config: HvConfig) -> None:
+    `rng` draws the instance ids (hv's and each domain's), which must differ between runs:
+    by default seeded from `os.urandom`; a simulation passes one derived from its seed."""
+
+    def __init__(self, config: HvConfig, *, rng: random.Random | None = None) -> None:
         config.validate()
         self.config = config
+        self.rng = rng if rng is not None else random.Random(os.urandom(32))
         self.pool = FramePool(config.frames)
         self.domains: dict[int, Domain] = {}
-        self.instance = uuid.uuid4().hex  # for control hellos, which name no domain
+        self.instance = self._new_instance()  # for control hellos, which name no domain
         self._next_domid = 1
         self.create_domain(
             nr_gfns=config.nr_gfns,
@@ -65,9 +70,14 @@ class Hypervisor:
             ring_mode=self.config.ring_mode,
             mmio_gfns=mmio_gfns,
             target=target,
+            instance=self._new_instance(),
         )
         self._next_domid += 1
         return self.domains[domid]
+
+    def _new_instance(self) -> str:
+        """A fresh instance id (32 hex digits, as a uuid4's hex), drawn from `rng`."""
+        return f"{self.rng.getrandbits(128):032x}"
 
     def destroy_domain(self, domid: int) -> None:
         """Free everything of a domain (RequestError ESRCH if unknown)."""

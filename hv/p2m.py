@@ -119,8 +119,8 @@ class P2M:
         counts = [0] * len(P2MType)
         tot = paged = 0
         types, frames = self.types, self.frames
-        for t in P2MType:
-            counts[t] = types.count(int(t))
+        for p2mt in P2MType:
+            counts[p2mt] = types.count(int(p2mt))
         # Invariant 1: the type agrees with the frame. Scan only where it can disagree.
         flags = self.has_frame_flags(0, self.nr_gfns)
         for gfn, (t, f, should) in enumerate(zip(types, frames, flags, strict=True)):

@@ -7,31 +7,37 @@ recovery from nothing but the state directory, named crash points and disk fault
 
 Public API:
 
-- `run_pager(stream, state_dir, config, *, faults, stop, task_status)`: run one pager over
-  an open stream to hv's privcmd socket (see its docstring); returns `PagerStats`.
+- `open_store(state_dir, *, faults, io, lock_timeout)`: lock and open a state directory's
+  store (PagerError if it cannot be).
+- `run_pager(stream, store, config, *, faults, stop, task_status)`: run one pager over
+  an open stream to hv's privcmd socket with an open store, owning both from then on (see
+  its docstring); returns `PagerStats`.
 - `PagerConfig`: the tunables (`domid`, `policy`, `on_exit`, `batch`, `concurrency`,
   `target`, `prefetch`, timeouts).
 - `connect_privcmd(run_dir, timeout)`: wait (bounded, with backoff) for
   ``run_dir/privcmd.sock`` and connect to it.
 - `parse_faults(spec, crash=...)` / `Faults`, `SimulatedCrash`, `raise_simulated_crash`,
-  `CRASH_POINTS`: fault injection (grammar in `pager.faults`).
+  `CrashPoint` (and `CRASH_POINTS`, its names): fault injection (grammar in `pager.faults`).
 - `PageStore`, `Row`, `DiskIO`, `checksum`: the store, for tests and tools.
 - `XenpagingPolicy`, `ClockPolicy`, `CarPolicy`, `make_policy`: replacement policies.
 
 ``python -m pager --run-dir DIR --state-dir DIR [--domid D] [--policy xenpaging|clock|car]
 [--on-exit pagein|keep] [--faults SPEC] [--batch N] [--concurrency N] [--target T]
 [--prefetch N] [...]`` runs it as a process (``--help``; exit 75 means hv
-went away: restart it, it recovers from the state directory); ``python -m pager.bench``
-measures it.
+went away: restart it, it recovers from the state directory); ``xpemu bench`` and
+``python -m stack.bench.inproc`` measure it.
 
 Connection loss is not retried in-process: the pager exits (75) and the stack restarts it,
 which exercises the same recovery path as a crash.
 """
 
-from .core import ConnectionLost, Pager, PagerConfig, PagerError, PagerStats, run_pager
+from .commit import open_store
+from .config import ConnectionLost, PagerConfig, PagerError, PagerStats
+from .core import Pager, run_pager
 from .faults import (
     CRASH_POINTS,
     ENV_VAR,
+    CrashPoint,
     Faults,
     FaultSpecError,
     SimulatedCrash,
@@ -41,7 +47,8 @@ from .faults import (
 )
 from .net import connect_privcmd
 from .policy import POLICIES, CarPolicy, ClockPolicy, XenpagingPolicy, make_policy
-from .store import ChecksumError, DiskIO, PageStore, Row, StoreError, StoreLocked, checksum
+from .rowindex import Row
+from .store import ChecksumError, DiskIO, PageStore, StoreError, StoreLocked, checksum
 
 __all__ = [
     "CRASH_POINTS",
@@ -51,6 +58,7 @@ __all__ = [
     "ChecksumError",
     "ClockPolicy",
     "ConnectionLost",
+    "CrashPoint",
     "DiskIO",
     "FaultSpecError",
     "Faults",
@@ -68,6 +76,7 @@ __all__ = [
     "connect_privcmd",
     "kill_self",
     "make_policy",
+    "open_store",
     "parse_faults",
     "raise_simulated_crash",
     "run_pager",

@@ -20,7 +20,9 @@ import trio
 
 from transport import configure_logging
 
-from .core import ConnectionLost, PagerConfig, PagerError, find_exception, run_pager
+from .commit import open_store
+from .config import ConnectionLost, PagerConfig, PagerError
+from .core import find_exception, run_pager
 from .faults import ENV_VAR, FaultSpecError, parse_faults
 from .net import connect_privcmd
 from .policy import POLICIES
@@ -109,7 +111,14 @@ async def _main(args: argparse.Namespace, config: PagerConfig, faults_spec: str)
             with connecting:
                 stream = await connect_privcmd(args.run_dir, args.connect_timeout)
             if stream is not None:
-                await run_pager(stream, args.state_dir, config, faults=faults, stop=stop)
+                try:
+                    store = await open_store(
+                        args.state_dir, faults=faults, lock_timeout=config.lock_timeout
+                    )
+                except BaseException:
+                    await trio.aclose_forcefully(stream)
+                    raise
+                await run_pager(stream, store, config, faults=faults, stop=stop)
             nursery.cancel_scope.cancel()
     return 0
 

@@ -16,7 +16,8 @@ Grammar (items separated by commas, whitespace ignored)::
     ACTION  := ENOSPC | EIO                       (any OP: the operation raises that OSError)
              | corrupt                            (read only: one byte of the data read flips)
 
-Crash points (``CRASH_POINTS``), in pipeline order:
+Crash points (the `CrashPoint` enumeration; ``CRASH_POINTS`` lists their names), in
+pipeline order:
 
 - page-out: ``after_nominate``, ``after_map``, ``after_write``, ``after_fsync``,
   ``after_index_commit``, ``after_evict``;
@@ -51,27 +52,45 @@ import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Final
 
 import structlog
 
 log = structlog.get_logger("pager.faults")
 
-#: Named crash points, in pipeline order (see the module docstring).
-CRASH_POINTS: Final = (
-    "after_nominate",
-    "after_map",
-    "after_write",
-    "after_fsync",
-    "after_index_commit",
-    "after_evict",
-    "after_read",
-    "after_prep",
-    "before_resume",
-    "after_resume",
-    "after_audit",
-    "after_reconcile",
-)
+
+class CrashPoint(StrEnum):
+    """The named crash points, in pipeline order (see the module docstring), each with the
+    `phase` it belongs to (``pageout``, ``pagein`` or ``recovery``). The pager passes only
+    these to `Faults.hit`; a spec may arm only these."""
+
+    phase: str
+
+    def __new__(cls, value: str, phase: str) -> CrashPoint:
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.phase = phase
+        return member
+
+    after_nominate = ("after_nominate", "pageout")
+    after_map = ("after_map", "pageout")
+    after_write = ("after_write", "pageout")
+    after_fsync = ("after_fsync", "pageout")
+    after_index_commit = ("after_index_commit", "pageout")
+    after_evict = ("after_evict", "pageout")
+    after_read = ("after_read", "pagein")
+    after_prep = ("after_prep", "pagein")
+    before_resume = ("before_resume", "pagein")
+    after_resume = ("after_resume", "pagein")
+    after_audit = ("after_audit", "recovery")
+    after_reconcile = ("after_reconcile", "recovery")
+
+
+#: The crash points' names, in pipeline order (derived from `CrashPoint`).
+CRASH_POINTS: Final[tuple[str, ...]] = tuple(p.value for p in CrashPoint)
+
+_POINT_SET: Final = frozenset(CrashPoint)
 
 #: Store operations that can be made to fail.
 STORE_OPS: Final = ("write", "fsync", "read", "commit")
@@ -143,14 +162,15 @@ class _StoreFault:
 class Faults:
     """A parsed fault spec: crash points and store faults, with their pass counters.
 
-    `hit(point)` is called by the pipelines at each crash point; `store_fault(op)` by the
-    storage layer (from worker threads, hence the lock) before each operation.
+    `hit(point)` is called by the pipelines at each crash point, always on the event
+    loop; `store_fault(op)` by the storage layer (from worker threads, hence the lock)
+    before each operation.
     """
 
     spec: str = ""
     crash: Callable[[str], None] = kill_self
     seed: int = 0
-    _points: dict[str, list[_Trigger]] = field(default_factory=dict)
+    _points: dict[CrashPoint, list[_Trigger]] = field(default_factory=dict)
     _store: dict[str, list[_StoreFault]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -159,9 +179,11 @@ class Faults:
         """True when the spec names at least one fault."""
         return bool(self._points or self._store)
 
-    def hit(self, point: str) -> None:
+    def hit(self, point: CrashPoint) -> None:
         """Pass crash point `point`; crash if an armed trigger fires."""
         triggers = self._points.get(point)
+        if triggers is None and point not in _POINT_SET:
+            raise ValueError(f"{point!r} is not a crash point")
         if not triggers:
             return
         with self._lock:
@@ -206,11 +228,12 @@ def parse_faults(
     for index, (item, m) in enumerate(pending):
         trigger = _make_trigger(item, m, faults.seed, index)
         if m["point"] is not None:
-            if m["point"] not in CRASH_POINTS:
+            if m["point"] not in _POINT_SET:
                 raise FaultSpecError(
-                    f"fault spec item {item!r}: unknown crash point; one of {CRASH_POINTS}"
+                    f"fault spec item {item!r}: unknown crash point; one of "
+                    + ", ".join(CRASH_POINTS)
                 )
-            faults._points.setdefault(m["point"], []).append(trigger)
+            faults._points.setdefault(CrashPoint[m["point"]], []).append(trigger)
             continue
         op, action = m["op"], m["action"]
         if op not in STORE_OPS:

@@ -8,7 +8,7 @@ from typing import Final
 import structlog
 import trio
 
-from .core import PagerError
+from .config import PagerError
 
 log = structlog.get_logger("pager.net")
 

@@ -287,8 +287,7 @@ def parse_reply(op: str, msg: Mapping[str, Any]) -> dict[str, Any]:
 def parse_event(msg: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     """Check an event; RemoteProtocolError if it is not one of §6's."""
     ev = msg.get("ev")
-    fields = EVENTS.get(ev) if isinstance(ev, str) else None
-    if fields is None:
+    if not isinstance(ev, str) or (fields := EVENTS.get(ev)) is None:
         raise RemoteProtocolError(f"unknown event {ev!r}")
     try:
         return ev, fields.check(msg)

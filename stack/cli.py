@@ -1,4 +1,4 @@
-"""`xpemu`: run the stack (`up`), break it on purpose (`stress`), look at it (`status`).
+"""`xpemu`: run the stack (`up`), break it (`stress`), simulate it (`sim`), look at it (`status`).
 
 Exit status: 0 when every check passed, 1 when a check failed (lost or wrong bytes, stuck
 vCPUs, invariant violations), 2 on bad input or a stack that cannot start, 130 when
@@ -24,8 +24,13 @@ from transport import ConnectionClosed, configure_logging, open_unix_client
 from transport.logs import CappedLog
 
 from .argtypes import nonneg_int, positive_float, positive_int
-from .harness import StackError, StackOptions, prepare_run_dir, run_stack, summary_text
+from .errors import StackError
+from .harness import run_stack
+from .options import StackOptions
+from .power import POWER_KINDS, POWER_SPACING, fuse_problem
 from .procs import LOG_MAX_BYTES
+from .report import summary_text
+from .rundir import prepare_run_dir
 from .schedule import DEFAULT_KINDS, make_schedule, parse_kinds
 from .status import status_lines, status_table
 
@@ -116,7 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     stress = sub.add_parser("stress", help="the same under a seeded fault schedule")
     _add_stack_options(stress, stress=True)
     stress.add_argument(
-        "--faults", type=nonneg_int, help=f"faults to inject (default: one per {FAULT_SPACING} s)"
+        "--faults",
+        type=nonneg_int,
+        help=f"faults to inject (default: one per {FAULT_SPACING} s, {POWER_SPACING} s with power)",
     )
     stress.add_argument(
         "--kinds",
@@ -136,6 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_float,
         help="refresh every N seconds (default 1) until Ctrl-C",
     )
+    sim = sub.add_parser("sim", help="the whole stack in one process under one seed (SIM.md)")
+    from . import sim_cmd as _sim_cmd
+
+    _sim_cmd.add_arguments(sim)
     bench = sub.add_parser("bench", help="performance figures, each next to its floor")
     from . import bench as _bench
 
@@ -190,11 +201,11 @@ def _schedule(args: argparse.Namespace, opts: StackOptions) -> None:
     assert opts.duration is not None
     window = opts.guest_duration or opts.duration
     count = args.faults
+    kinds = parse_kinds(args.kinds)
     if count is None:
-        count = max(1, int((window - 3.0) / FAULT_SPACING))
-    opts.schedule = make_schedule(
-        args.seed, window, count=count, kinds=parse_kinds(args.kinds), tail=2.0
-    )
+        spacing = POWER_SPACING if kinds.get("power") else FAULT_SPACING  # power.py
+        count = max(1, int((window - 3.0) / spacing))
+    opts.schedule = make_schedule(args.seed, window, count=count, kinds=kinds, tail=2.0)
 
 
 def _cmd_stack(args: argparse.Namespace) -> int:
@@ -209,6 +220,10 @@ def _cmd_stack(args: argparse.Namespace) -> int:
                     )
                 )
                 return EXIT_OK
+            if any(parse_kinds(args.kinds).get(k) for k in POWER_KINDS):
+                problem = fuse_problem()  # power.py: say so before starting anything
+                if problem is not None:
+                    return _fail(problem)
         opts.run_dir = prepare_run_dir(opts.run_dir, use_proxy=opts.use_proxy)
     except (StackError, ValueError) as exc:
         return _fail(str(exc))
@@ -322,6 +337,10 @@ def main(argv: list[str] | None = None) -> int:
         from . import bench
 
         return bench.main(args)
+    if args.command == "sim":
+        from . import sim_cmd
+
+        return sim_cmd.main(args)
     return _cmd_stack(args)
 
 

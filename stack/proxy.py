@@ -108,7 +108,10 @@ class FaultProxy:
         return self._armed is not None
 
     async def serve(
-        self, path: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self,
+        path: str,
+        *,
+        task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Listen on `path` (mode 0600, as privcmd.sock) until cancelled."""
         await serve_unix(path, self._handle, mode=0o600, task_status=task_status)

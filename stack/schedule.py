@@ -13,7 +13,12 @@ run can be replayed; the report prints it. What each kind does:
 - `store`: restart the pager with a failing store: from the N-th write, fsync or commit on,
   ENOSPC or EIO (`store.OP=ACTION@N+`, lasting until the next fault ends that pager), or
   the N-th read failing with EIO or returning a flipped byte (`store.read=ACTION@N`, a
-  transient fault the pager must retry through).
+  transient fault the pager must retry through);
+- `power` (stack/power.py, needs FUSE; not a default kind): the pager and the lazy file
+  system under its state directory lose power together: every unsynced write is lost or,
+  when `harsh`, a seeded subset survives with one write torn; then a remount and a new pager;
+- `lie` (stack/power.py, needs FUSE; not a default kind): for `for` seconds, or until the
+  next power cut, every sync answers success and makes nothing durable.
 """
 
 from __future__ import annotations
@@ -27,6 +32,9 @@ from pager.faults import CRASH_POINTS
 
 #: Fault kinds and their default weights in a schedule.
 DEFAULT_KINDS: Final = {"kill": 4, "crash": 4, "cut": 2, "store": 2}
+
+#: Every kind `--kinds` accepts: the defaults, and those that need FUSE (stack/power.py).
+ALL_KINDS: Final = (*DEFAULT_KINDS, "power", "lie")
 
 
 #: Store faults (op, action) the schedule draws from (pager/faults.py grammar).
@@ -74,6 +82,10 @@ class Fault:
         """One short line."""
         if self.kind == "cut":
             what = f"cut {self.params['direction']} at {self.params['fraction']:.2f} of a frame"
+        elif self.kind == "power":
+            what = "power " + ("harsh" if self.params["harsh"] else "(all unsynced lost)")
+        elif self.kind == "lie":
+            what = f"lie for {self.params['for']:g} s"
         elif self.spec is not None:
             what = f"{self.kind} {self.spec}"
         else:
@@ -96,7 +108,7 @@ def make_schedule(
     never bunch up (the pager gets time to come back) yet the instants stay random.
     """
     weights = dict(DEFAULT_KINDS if kinds is None else kinds)
-    unknown = set(weights) - set(DEFAULT_KINDS)
+    unknown = set(weights) - set(ALL_KINDS)
     if unknown:
         raise ValueError(f"unknown fault kinds: {', '.join(sorted(unknown))}")
     names = [k for k, w in weights.items() if w > 0]
@@ -127,6 +139,10 @@ def _params(kind: str, rng: random.Random) -> dict[str, Any]:
         return {"op": op, "action": action, "nth": rng.randint(1, 4)}
     if kind == "cut":
         return {"direction": rng.choice(CUT_DIRECTIONS), "fraction": round(rng.random(), 3)}
+    if kind == "power":
+        return {"harsh": rng.random() < 0.5, "seed": rng.randrange(2**32)}
+    if kind == "lie":
+        return {"for": round(rng.uniform(3.0, 8.0), 2)}
     return {}
 
 
@@ -137,10 +153,8 @@ def parse_kinds(text: str) -> dict[str, int]:
         if not item:
             continue
         name, _, weight = item.partition("=")
-        if name not in DEFAULT_KINDS:
-            raise ValueError(
-                f"unknown fault kind {name!r} (choose from {', '.join(DEFAULT_KINDS)})"
-            )
+        if name not in ALL_KINDS:
+            raise ValueError(f"unknown fault kind {name!r} (choose from {', '.join(ALL_KINDS)})")
         try:
             out[name] = int(weight) if weight else 1
         except ValueError:

@@ -1,10 +1,17 @@
-"""Shared test configuration: every I/O test also carries its own trio.fail_after."""
+"""Shared test configuration: every I/O test also carries its own trio.fail_after.
+
+Logging is configured per test, by fixture (`info_logs`, `structlog_restored`), and put
+back after it: no conftest configures it at import for the whole session.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterator
 
 import pytest
+import structlog
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
@@ -27,3 +34,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def structlog_restored() -> Iterator[None]:
+    """Whatever the test does to structlog's configuration and bound context is undone."""
+    saved = structlog.get_config()
+    yield
+    structlog.reset_defaults()
+    structlog.configure(**saved)
+    structlog.contextvars.clear_contextvars()
+
+
+@pytest.fixture
+def info_logs(structlog_restored: None) -> None:
+    """structlog at info level for this test: the per-page debug lines of an in-process hv
+    and pager would drown the log pytest shows of a failure."""
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))

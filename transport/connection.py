@@ -3,12 +3,17 @@
 `SocketStream.send_all` refuses concurrent senders, so every outgoing frame goes through
 one bounded memory channel drained by one writer task: order is kept, and a peer that does
 not read its replies fills the channel and is dropped instead of growing our memory.
+
+Every stream takes the same code paths: while the writer is idle, a frame is first offered
+to the stream's "take what you can now" (`try_send_some`, see `nowait_sender`) and only the
+rest goes through the writer. A socket takes bytes straight into its buffer; a stream that
+cannot take any without waiting (a memory stream) takes none, and the writer sends it all.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
@@ -49,7 +54,7 @@ class Connection:
         # Frames handed to the writer and not yet fully sent. When there are none, the
         # writer is idle and a frame may go straight to a socket's buffer (see send_nowait).
         self._unsent = 0
-        self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
+        self._try_send = nowait_sender(stream)
         self._corked: list[bytes] | None = None  # frames held by `cork`
 
     @property
@@ -64,12 +69,13 @@ class Connection:
             if msg is CLOSED:
                 raise ConnectionClosed("peer closed the connection")
             if msg is not NEED_DATA:
-                return msg  # type: ignore[return-value]
+                return msg  # type: ignore[return-value]  # not a sentinel: a message
             try:
                 data = await self.stream.receive_some(RECEIVE_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 self._closed = True
                 raise ConnectionClosed(f"receive failed: {exc!r}") from None
+            # bytes or bytearray (trio's type); the decoder only appends it to its buffer.
             self._decoder.receive_data(data)
 
     def receive_buffered(self) -> dict[str, Any] | None:
@@ -79,7 +85,7 @@ class Connection:
         msg = self._decoder.next_message()
         if msg is NEED_DATA or msg is CLOSED:
             return None
-        return msg  # type: ignore[return-value]
+        return msg  # type: ignore[return-value]  # not a sentinel: a message
 
     def cork(self) -> None:
         """Hold outgoing frames until `uncork`, which sends them as one write: the replies
@@ -96,10 +102,10 @@ class Connection:
 
     def _direct(self) -> bool:
         # Nothing queued before a frame and the writer idle: the frame may go straight into
-        # the socket's buffer, saving the writer task's wake-up (one scheduler pass per
-        # message). Whatever the socket does not take goes through the writer, so order is
-        # kept; and the queue being empty, that rest always fits in it.
-        return self._unsent == 0 and self._socket is not None
+        # the stream (a socket's buffer), saving the writer task's wake-up (one scheduler
+        # pass per message). Whatever the stream does not take goes through the writer, so
+        # order is kept; and the queue being empty, that rest always fits in it.
+        return self._unsent == 0
 
     def _queue_nowait(self, frame: bytes) -> None:
         try:
@@ -130,12 +136,12 @@ class Connection:
             self._queue_nowait(rest)
 
     def _write_now(self, frame: bytes) -> bytes:
-        """What is left of `frame` after writing what an idle socket takes at once (all of
-        it when the writer is busy or there is no socket)."""
+        """What is left of `frame` after writing what the stream takes at once while the
+        writer is idle (all of it when the writer is busy)."""
         if not self._direct():
             return frame
-        assert self._socket is not None
-        return frame[_write_some(self._socket, frame) :]
+        taken = self._try_send(frame)
+        return frame[taken:] if taken else frame
 
     def can_send_now(self) -> bool:
         """Whether `send_now` would take a message at once (the writer idle, not corked)."""
@@ -192,6 +198,27 @@ class Connection:
         self._send.close()
 
 
+def nowait_sender(stream: trio.abc.Stream) -> Callable[[bytes], int]:
+    """The stream's "send what you can now, without waiting": a function taking bytes and
+    returning how many the stream took (0 to all). Only called while nothing is queued
+    for the stream's `send_all`, so what it takes goes out in order.
+
+    A `SocketStream` writes into its non-blocking socket; a stream with a
+    `try_send_some(data) -> int` method (such as a simulated network's) uses it; any other
+    stream takes nothing at once (its writer task sends everything)."""
+    if isinstance(stream, trio.SocketStream):
+        sock = stream.socket
+        return lambda data: _write_some(sock, data)
+    try_send_some = getattr(stream, "try_send_some", None)
+    if callable(try_send_some):
+        return try_send_some  # duck-typed: see docstring
+    return _take_nothing
+
+
+def _take_nothing(data: bytes) -> int:
+    return 0
+
+
 def _write_some(sock: trio.socket.SocketType, frame: bytes) -> int:
     """Bytes of `frame` a non-blocking socket takes at once (0 on any error: the writer
     task retries the rest and meets, and reports, a real error itself)."""
@@ -233,4 +260,11 @@ def _single(group: BaseExceptionGroup) -> BaseException:
     return group
 
 
-__all__ = ["FLUSH_TIMEOUT", "RECEIVE_SIZE", "Connection", "ConnectionClosed", "open_connection"]
+__all__ = [
+    "FLUSH_TIMEOUT",
+    "RECEIVE_SIZE",
+    "Connection",
+    "ConnectionClosed",
+    "nowait_sender",
+    "open_connection",
+]

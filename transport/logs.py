@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 from types import TracebackType
-from typing import IO
+from typing import TextIO, cast
 
 import structlog
 
@@ -43,7 +43,7 @@ class CappedLog:
             fd2, named = os.fstat(2), os.stat(self.path)
             if (fd2.st_dev, fd2.st_ino) != (named.st_dev, named.st_ino):
                 raise ValueError(f"stderr is not {self.path}")
-            self._stream: IO[str] = sys.stderr
+            self._stream: TextIO = sys.stderr
         else:
             self._stream = open(self.path, "a", encoding="utf-8")
         self._size = os.fstat(self._stream.fileno()).st_size
@@ -108,7 +108,7 @@ def configure_logging(
     *,
     level: str = "info",
     json: bool | None = None,
-    stream: IO[str] | CappedLog | None = None,
+    stream: TextIO | CappedLog | None = None,
     **context: object,
 ) -> None:
     """Configure structlog for process `proc` and bind `proc` (and `context`) for every line.
@@ -116,7 +116,7 @@ def configure_logging(
     `json=None` picks JSON when `stream` is not a terminal. Levels are names ("info").
     Without `stream`, stderr; capped and rotated when `xpemu` asked for it (see above).
     """
-    out: IO[str] | CappedLog = stream if stream is not None else (_capped_stderr() or sys.stderr)
+    out: TextIO | CappedLog = stream if stream is not None else (_capped_stderr() or sys.stderr)
     if json is None:
         json = not out.isatty()
     processors: list[structlog.typing.Processor] = [
@@ -136,7 +136,8 @@ def configure_logging(
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.WriteLoggerFactory(file=out),
+        # A CappedLog has what the logger uses of a TextIO: write, flush.
+        logger_factory=structlog.WriteLoggerFactory(file=cast(TextIO, out)),
         cache_logger_on_first_use=True,
     )
     structlog.contextvars.clear_contextvars()

@@ -24,7 +24,7 @@ async def serve_unix(
     handler: Handler,
     *,
     mode: int,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen on `path` with file mode `mode` and run `handler` for each connection.
 

@@ -17,7 +17,7 @@ from stack.bench import (
     BenchOptions,
     Sizes,
     TraceMemory,
-    _recovered_seconds,
+    recovered_seconds,
     render_table,
     run_bench,
     table_rows,
@@ -189,8 +189,8 @@ def test_recovered_seconds_reads_the_last_recovery_line(tmp_path: Path) -> None:
         "not json at all\n"
         '{"event": "pager.recovered", "seconds": 0.125}\n'
     )
-    assert _recovered_seconds(log) == 0.125
-    assert _recovered_seconds(tmp_path / "missing.log") is None
+    assert recovered_seconds(log) == 0.125
+    assert recovered_seconds(tmp_path / "missing.log") is None
 
 
 def test_pager_index_probe_counts_rows(tmp_path: Path) -> None:
@@ -245,7 +245,7 @@ async def test_process_sections_run_and_leave_no_child(tmp_path: Path) -> None:
 def _running_children() -> list[int]:
     """Our child processes still alive (zombies excluded)."""
     out = []
-    for pid in bench._children_of(os.getpid()):
+    for pid in bench.children_of(os.getpid()):
         try:
             with open(f"/proc/{pid}/stat") as f:
                 if f.read().split(")")[-1].split()[0] != "Z":

@@ -362,12 +362,10 @@ def test_compose_stack_survives_pager_kills(docker_setup: tuple[list[str], str])
             lambda: paging(stack, hv, dom["pager"]["epoch"], 0),
             within=30,
         )
-        t0 = time.monotonic()
-        with stage(f"stop pager (page in {dom['paged_pages']})"):
+        with stage(f"stop pager (page in {dom['paged_pages']})"):  # logs how long it took
             stack.compose("stop", "pager")
-        stop_s = time.monotonic() - t0
+        # Exit 0, not 137: it finished within the grace period, before docker's SIGKILL.
         assert stack.inspect(pager)["State"]["ExitCode"] == 0
-        assert stop_s < 60, f"pager took {stop_s:.1f} s to stop (grace period 60 s)"
         dom = domain(stack.wait_for("hv status", lambda: stack.status(hv)))
         assert dom["paged_pages"] == 0
         assert dom["counts"]["paged"] == dom["counts"]["paging_out"] == 0

@@ -181,7 +181,7 @@ async def test_balloon_that_answers_data_is_an_error() -> None:
             fake.invalid.clear()  # hv "forgets" it freed them
         return reply
 
-    fake._handle = leaky  # type: ignore[method-assign]
+    fake._handle = leaky  # type: ignore[method-assign]  # the planted bug: a leaky hv
     with trio.fail_after(30):
         r = await _run_fake(
             fake, GuestConfig(seed=5, duration=1.0, balloon_every=0.05, balloon_count=4)

@@ -11,6 +11,13 @@ from hv_helpers import Harness
 from hv import HvConfig, Hypervisor
 
 
+@pytest.fixture(autouse=True)
+def _info_logs(info_logs: None) -> None:
+    """structlog at info level for every hv test: hv's per-page debug lines would drown a
+    failure's log (until now they ran so because tests/pager/conftest.py configured it for
+    the whole session at import)."""
+
+
 @pytest.fixture
 def config() -> HvConfig:
     """A small domain 1: 64 gfns, 4 vCPUs, 8 ring slots (tests override as needed)."""

@@ -161,7 +161,7 @@ async def test_random_frames_never_crash_hv(
                     data = await ours.receive_some(65536)
                     decoder.receive_data(data)
                     while (msg := decoder.next_message()) not in (NEED_DATA, CLOSED):
-                        received.append(msg)  # type: ignore[arg-type]
+                        received.append(msg)  # type: ignore[arg-type]  # sentinels end the loop
                     if not data:
                         return
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
+from collections.abc import Awaitable
 
 import pytest
 import trio
@@ -15,7 +17,7 @@ from protocol import PAGE_SIZE, MemEventFlag, OpError, encode_frame, unpack_bits
 from transport import ConnectionClosed
 
 
-async def _errno(coro) -> str:  # type: ignore[no-untyped-def]
+async def _errno(coro: Awaitable[object]) -> str:
     with pytest.raises(OpError) as exc:
         await coro
     return str(exc.value.errno)
@@ -350,10 +352,15 @@ async def test_a_peer_that_does_not_read_is_dropped(harness: Harness) -> None:
         ended.set()
 
     async def flood() -> None:
-        frames = [encode_frame({"op": "hello", "id": 0, "v": 1, "role": "control"})]
-        frames += [encode_frame({"op": "status", "id": i}) for i in range(1, 1200)]
+        # Requests keep coming, in bursts, as from a real peer: the replies to one burst go
+        # out as one write (cork), and once that write is stuck the next bursts' replies
+        # queue one by one until the queue's bound drops the peer (over any stream).
+        await ours.send_all(encode_frame({"op": "hello", "id": 0, "v": 1, "role": "control"}))
+        ids = itertools.count(1)
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await ours.send_all(b"".join(frames))
+            while True:
+                burst = [encode_frame({"op": "status", "id": next(ids)}) for _ in range(50)]
+                await ours.send_all(b"".join(burst))
 
     with trio.fail_after(10):
         harness.nursery.start_soon(serve)

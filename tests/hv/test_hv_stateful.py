@@ -167,6 +167,7 @@ class Model:
                 return Errno.EAGAIN
             self.put(g, -1, DROP)
             for v in self.vcpus:
+                # A paused vCPU always has a seq on the ring.
                 if v.state == "paused" and self.ring[v.seq].gfn == g:  # type: ignore[index]
                     self.finish(v, Errno.EFAULT)
         self.types[g] = INV

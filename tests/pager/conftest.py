@@ -1,9 +1,11 @@
-"""pager tests: structlog at info level (hv's per-page debug lines drown a failure's log)."""
+"""pager tests: each runs with structlog at info level (the `info_logs` fixture); hv's and
+the pager's per-page debug lines would drown a failure's log."""
 
 from __future__ import annotations
 
-import logging
+import pytest
 
-import structlog
 
-structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
+@pytest.fixture(autouse=True)
+def _info_logs(info_logs: None) -> None:
+    """Every pager test wants it: most run hv and a pager in-process."""

@@ -1,7 +1,8 @@
 """Harness for pager tests: hv, pagers and a scripted guest in one trio run.
 
-Everything meets over Unix socket pairs, as the processes do (so the transport's direct
-writes, and the pager's inline page-in that needs them, run here too).
+Everything meets over Unix socket pairs, as the processes do, or, with
+`open_stack(..., streams="memory")`, over `trio.testing.memory_stream_pair` (the transport
+takes the same code paths over both).
 A pager runs in its own task; a crash point (`raise_simulated_crash`) ends that task with
 `SimulatedCrash`, and the harness records it so the test can start the next pager on the
 same state directory.
@@ -26,6 +27,7 @@ from pager import (
     Pager,
     PagerConfig,
     PagerStats,
+    open_store,
     parse_faults,
     raise_simulated_crash,
     run_pager,
@@ -134,14 +136,22 @@ class Guest:
 class Stack:
     """hv plus whatever connects to it, inside one nursery."""
 
-    def __init__(self, nursery: trio.Nursery, hv: Hypervisor, state_dir: Path) -> None:
+    def __init__(
+        self, nursery: trio.Nursery, hv: Hypervisor, state_dir: Path, streams: str = "socket"
+    ) -> None:
         self.nursery = nursery
         self.hv = hv
         self.state_dir = state_dir
+        self.streams = streams
 
     def connect(self, socket: str) -> trio.abc.Stream:
         """A client stream to hv's `socket`, served by hv in the background."""
-        ours, theirs = (trio.SocketStream(s) for s in trio.socket.socketpair())
+        ours: trio.abc.Stream
+        theirs: trio.abc.Stream
+        if self.streams == "memory":
+            ours, theirs = trio.testing.memory_stream_pair()
+        else:
+            ours, theirs = (trio.SocketStream(s) for s in trio.socket.socketpair())
         self.nursery.start_soon(self.hv.serve_stream, theirs, socket)
         return ours
 
@@ -184,15 +194,26 @@ class Stack:
             else parse_faults(faults, crash=raise_simulated_crash)
         )
 
+        config = config or PagerConfig()
+
         async def runner() -> None:
             try:
+                try:
+                    store = await open_store(
+                        state_dir or self.state_dir,
+                        faults=spec,
+                        io=io,
+                        lock_timeout=config.lock_timeout,
+                    )
+                except BaseException:
+                    await trio.aclose_forcefully(stream)
+                    raise
                 run.stats = await run_pager(
                     stream,
-                    state_dir or self.state_dir,
-                    config or PagerConfig(),
+                    store,
+                    config,
                     faults=spec,
                     stop=run.stop,
-                    io=io,
                     task_status=RunStatus(run),  # type: ignore[arg-type]
                 )
             except BaseException as exc:
@@ -220,12 +241,15 @@ class Stack:
 
 
 @asynccontextmanager
-async def open_stack(tmp_path: Path, **hv_config: Any) -> AsyncIterator[Stack]:
-    """hv with `hv_config`, torn down at the end of the block."""
+async def open_stack(
+    tmp_path: Path, *, streams: str = "socket", **hv_config: Any
+) -> AsyncIterator[Stack]:
+    """hv with `hv_config`, torn down at the end of the block; connections over Unix
+    socket pairs (`streams="socket"`) or memory stream pairs (`"memory"`)."""
     hv = Hypervisor(HvConfig(**hv_config))
     try:
         async with trio.open_nursery() as nursery:
-            stack = Stack(nursery, hv, tmp_path / "state")
+            stack = Stack(nursery, hv, tmp_path / "state", streams)
             yield stack
             nursery.cancel_scope.cancel()
     finally:

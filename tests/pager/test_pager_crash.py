@@ -16,22 +16,17 @@ import pytest
 import trio
 from pager_harness import Guest, PagerRun, Stack, open_stack, page_bytes
 
-from pager import PagerConfig, PageStore, SimulatedCrash
+from pager import CrashPoint, PagerConfig, PageStore, SimulatedCrash
 from protocol import P2MType
 
 NR = 192
 VCPUS = 4
 TARGET = 48
 
-PAGEOUT_POINTS = [
-    "after_nominate",
-    "after_map",
-    "after_write",
-    "after_fsync",
-    "after_index_commit",
-    "after_evict",
-]
-PAGEIN_POINTS = ["after_read", "after_prep", "before_resume", "after_resume"]
+# From the enumeration in the code: a point added there is crash-tested here.
+PAGEOUT_POINTS = [p.value for p in CrashPoint if p.phase == "pageout"]
+PAGEIN_POINTS = [p.value for p in CrashPoint if p.phase == "pagein"]
+RECOVERY_POINTS = [p.value for p in CrashPoint if p.phase == "recovery"]
 
 
 def config(**kw: object) -> PagerConfig:
@@ -157,12 +152,11 @@ async def test_crash_during_recovery(tmp_path: Path) -> None:
     one still loses nothing."""
     with trio.fail_after(40):
         runs = await crash_then_recover(
-            tmp_path, "after_index_commit@3", "after_audit@1", "after_reconcile@1"
+            tmp_path, "after_index_commit@3", *(f"{p}@1" for p in RECOVERY_POINTS)
         )
-    assert [r.error.point for r in runs[:3]] == [  # type: ignore[union-attr]
+    assert [r.error.point for r in runs[: 1 + len(RECOVERY_POINTS)]] == [  # type: ignore[union-attr]
         "after_index_commit",
-        "after_audit",
-        "after_reconcile",
+        *RECOVERY_POINTS,
     ]
 
 

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from pager import CRASH_POINTS, FaultSpecError, SimulatedCrash, parse_faults, raise_simulated_crash
+from pager import (
+    CRASH_POINTS,
+    CrashPoint,
+    FaultSpecError,
+    SimulatedCrash,
+    parse_faults,
+    raise_simulated_crash,
+)
 
 
-def crashes(spec: str, point: str, passes: int) -> list[int]:
+def crashes(spec: str, point: CrashPoint, passes: int) -> list[int]:
     """The passes (1-based) at which `point` crashes."""
     seen: list[int] = []
     count = [0]
@@ -24,15 +31,15 @@ def crashes(spec: str, point: str, passes: int) -> list[int]:
 
 
 def test_nth_pass() -> None:
-    assert crashes("after_write@3", "after_write", 10) == [3]
-    assert crashes("after_write@3+", "after_write", 5) == [3, 4, 5]
-    assert crashes("after_write@3", "after_fsync", 10) == []
+    assert crashes("after_write@3", CrashPoint.after_write, 10) == [3]
+    assert crashes("after_write@3+", CrashPoint.after_write, 5) == [3, 4, 5]
+    assert crashes("after_write@3", CrashPoint.after_fsync, 10) == []
 
 
 def test_probability_is_seeded() -> None:
-    a = crashes("seed=7,after_evict%0.3", "after_evict", 200)
-    b = crashes("after_evict%0.3,seed=7", "after_evict", 200)
-    c = crashes("seed=8,after_evict%0.3", "after_evict", 200)
+    a = crashes("seed=7,after_evict%0.3", CrashPoint.after_evict, 200)
+    b = crashes("after_evict%0.3,seed=7", CrashPoint.after_evict, 200)
+    c = crashes("seed=8,after_evict%0.3", CrashPoint.after_evict, 200)
     assert a == b and a != c
     assert 30 < len(a) < 90
 
@@ -47,13 +54,26 @@ def test_store_faults() -> None:
 def test_simulated_crash() -> None:
     faults = parse_faults("before_resume@1", crash=raise_simulated_crash)
     with pytest.raises(SimulatedCrash) as info:
-        faults.hit("before_resume")
+        faults.hit(CrashPoint.before_resume)
     assert info.value.point == "before_resume"
 
 
 def test_every_point_is_accepted() -> None:
     assert parse_faults(",".join(f"{p}@1" for p in CRASH_POINTS)).armed
     assert not parse_faults("").armed
+
+
+def test_the_names_are_the_enumeration() -> None:
+    assert CRASH_POINTS == tuple(p.value for p in CrashPoint)
+    assert {p.phase for p in CrashPoint} == {"pageout", "pagein", "recovery"}
+
+
+def test_passing_a_point_that_is_not_one_is_an_error() -> None:
+    faults = parse_faults("after_write@1", crash=raise_simulated_crash)
+    with pytest.raises(ValueError, match="not a crash point"):
+        faults.hit("after_lunch")  # type: ignore[arg-type]  # the mistake under test
+    with pytest.raises(ValueError, match="not a crash point"):
+        parse_faults("").hit("after_lunch")  # type: ignore[arg-type]  # unarmed too
 
 
 @pytest.mark.parametrize(

@@ -75,18 +75,18 @@ async def test_batches_ready_during_a_disk_phase_share_the_next_one(tmp_path: Pa
             run = stack.start_pager(PagerConfig(batch=16, pipeline=8), io=io)
             pager = await run.wait_started()
             phases: list[int] = []  # batches per disk phase
-            persist_group = pager._persist_group
+            persist_group = pager.commit.persist_group
 
-            def counted(group: list[Any], deletes: Any = ()) -> bool:  # in the phase's thread
+            async def counted(group: list[Any], deletes: Any = ()) -> bool:
                 phases.append(len(group))
-                trio.from_thread.run_sync(pager._notify)  # re-check `until`'s condition
-                return persist_group(group, deletes)
+                pager.state.notify()  # re-check `until`'s condition
+                return await persist_group(group, deletes)
 
-            pager._persist_group = counted  # type: ignore[method-assign]
+            pager.commit.persist_group = counted  # type: ignore[method-assign]
             await stack.set_target(NR - 128)  # eight batches of 16
             # The first phase is held; every other batch gets mapped and queues behind it.
             await stack.until(
-                pager, lambda: len(phases) == 1 and phases[0] + len(pager._group) == 8
+                pager, lambda: len(phases) == 1 and phases[0] + len(pager.commit.group) == 8
             )
             assert stack.domain_status()["paged_pages"] == 0  # nothing evicted yet
             io.release.set()
@@ -141,7 +141,7 @@ async def test_a_page_in_during_a_disk_phase_is_freed_by_the_next_one(tmp_path: 
             await stack.set_target(NR - 48)  # one more batch, whose sync is held
             assert await trio.to_thread.run_sync(io.held.wait, 10)
             await guest.read_check(0, gfn)  # a fault served while the phase is held
-            await stack.until(pager, lambda: bool(pager._free_later))  # handed over
+            await stack.until(pager, lambda: bool(pager.commit.free_later))  # handed over
             io.release.set()
             await stack.until(pager, lambda: gfn not in pager.store.rows)
             assert own_deletes == []

@@ -205,6 +205,23 @@ def test_bad_command_lines_exit_2_with_one_line(tmp_path: Path) -> None:
         assert proc.stderr.strip(), extra
 
 
+def test_an_unknown_crash_point_is_refused_at_start(tmp_path: Path) -> None:
+    """Armed by --faults or by XPEMU_FAULTS, a point the code does not have is one line on
+    stderr and exit 2, before anything else happens (no waiting for hv)."""
+    base = [PY, "-m", "pager", "--run-dir", str(tmp_path), "--state-dir", str(tmp_path / "s")]
+    for argv, env in (
+        ([*base, "--faults", "after_write@1,after_lunch@2"], {}),
+        (base, {"XPEMU_FAULTS": "after_lunch%0.5"}),
+    ):
+        proc = subprocess.run(
+            argv, capture_output=True, text=True, timeout=30, env={**os.environ, **env}
+        )
+        assert proc.returncode == 2, (argv, env)
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert "after_lunch" in proc.stderr and "unknown crash point" in proc.stderr
+        assert not (tmp_path / "s").exists()  # refused before the store was touched
+
+
 def test_no_hv_is_one_clear_error(tmp_path: Path) -> None:
     proc = subprocess.run(
         [

@@ -15,7 +15,15 @@ import trio
 import trio.testing
 from pager_harness import Guest, PagerRun, RunStatus, Stack, open_stack
 
-from pager import ConnectionLost, DiskIO, Faults, PagerConfig, PagerError, run_pager
+from pager import (
+    ConnectionLost,
+    DiskIO,
+    Faults,
+    PagerConfig,
+    PagerError,
+    open_store,
+    run_pager,
+)
 from protocol import Errno, OpError, P2MType
 
 NR = 64
@@ -361,9 +369,10 @@ async def test_connection_cut_mid_frame(tmp_path: Path) -> None:
 
             async def pager() -> None:
                 try:
+                    store = await open_store(stack.state_dir, lock_timeout=1.0)
                     await run_pager(
                         pager_end,
-                        stack.state_dir,
+                        store,
                         config(target=16),
                         stop=run.stop,
                         task_status=RunStatus(run),  # type: ignore[arg-type]

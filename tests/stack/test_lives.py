@@ -4,11 +4,17 @@ that match what the full list would have given."""
 from __future__ import annotations
 
 import random
+from collections import Counter
+from collections.abc import Iterable
 
 import pytest
 
-from stack.harness import FINAL_KILL, PagerLife, Stack, StackOptions
 from stack.lives import LifeLog
+from stack.supervisor import FINAL_KILL, PagerLife, life_counts
+
+
+def _counts(lives: Iterable[PagerLife]) -> Counter[str]:
+    return life_counts(lives, final_n=2000)  # the last life: the end phase's
 
 
 def _lives(n: int, seed: int) -> list[PagerLife]:
@@ -25,21 +31,19 @@ def _lives(n: int, seed: int) -> list[PagerLife]:
 
 @pytest.mark.parametrize("seed", range(3))
 def test_folded_counts_equal_the_counts_of_the_full_list(seed: int) -> None:
-    stack = Stack(StackOptions(), lambda _: None)
     full = _lives(2000, seed)
-    log: LifeLog[PagerLife] = LifeLog(stack._life_stats, keep=16)
+    log: LifeLog[PagerLife] = LifeLog(_counts, keep=16)
     for life in full:
         log.append(life)
     assert len(log) == 2000 and len(list(log)) == 16  # held: bounded by `keep`
-    assert log.stats() == stack._life_stats(full)
+    assert log.stats() == _counts(full)
     assert log[-1] is full[-1] and log[1999] is full[-1] and log[1984] is full[1984]
     with pytest.raises(IndexError):
         log[10]  # folded away
 
 
 def test_a_running_life_is_never_folded() -> None:
-    stack = Stack(StackOptions(), lambda _: None)
-    log: LifeLog[PagerLife] = LifeLog(stack._life_stats, keep=2)
+    log: LifeLog[PagerLife] = LifeLog(_counts, keep=2)
     running = PagerLife(1, 1, 0.0)
     log.append(running)
     for life in _lives(5, 0):
@@ -49,4 +53,4 @@ def test_a_running_life_is_never_folded() -> None:
     log.append(PagerLife(7, 7, 0.0))
     assert len(list(log)) == 2 and len(log) == 7
     with pytest.raises(ValueError):
-        LifeLog(stack._life_stats, keep=0)
+        LifeLog(_counts, keep=0)

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from pager.faults import parse_faults
 from protocol import encode_frame
 from stack import FaultProxy, FrameTracker, make_schedule, parse_kinds
-from stack.harness import PagerLife
 from stack.schedule import DEFAULT_KINDS
+from stack.supervisor import PagerLife
 from transport import serve_unix
 
 

@@ -230,7 +230,7 @@ async def test_unix_server_isolates_each_connection(tmp_path: Path) -> None:
         assert not await trio.Path(path).exists()
 
 
-def test_configure_logging_json_binds_proc() -> None:
+def test_configure_logging_json_binds_proc(structlog_restored: None) -> None:
     out = io.StringIO()
     configure_logging("hv", json=True, stream=out, domid=1)
     import structlog
@@ -239,7 +239,6 @@ def test_configure_logging_json_binds_proc() -> None:
     line = json.loads(out.getvalue().splitlines()[-1])
     assert line["event"] == "page.evicted" and line["proc"] == "hv" and line["domid"] == 1
     assert line["level"] == "info" and line["timestamp"].endswith("Z")
-    structlog.reset_defaults()
 
 
 async def test_reply_to_a_cancelled_request_is_dropped_quietly() -> None:

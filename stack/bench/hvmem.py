@@ -1,4 +1,4 @@
-"""Startup time and memory per gfn of a large domain: `python -m hv.bench_memory`.
+"""Startup time and memory per gfn of a large domain: `python -m stack.bench.hvmem`.
 
 Creates an hv whose domain 1 has `--nr-gfns` gfns (default 1,048,576: 4 GiB of guest
 memory, all zero) and prints the time it took and what it costs beyond the frames the
@@ -16,11 +16,9 @@ import os
 import time
 import tracemalloc
 
+from hv import HvConfig, Hypervisor
 from protocol import PAGE_SIZE
 from transport import configure_logging
-
-from .config import HvConfig
-from .hypervisor import Hypervisor
 
 
 def _rss() -> int:
@@ -31,7 +29,7 @@ def _rss() -> int:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the measurement and print the figures."""
-    p = argparse.ArgumentParser(prog="python -m hv.bench_memory", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m stack.bench.hvmem", description=__doc__)
     p.add_argument("--nr-gfns", type=int, default=1 << 20)
     p.add_argument("--touch", type=int, default=4096, help="gfns to write after startup")
     p.add_argument(

@@ -13,7 +13,7 @@ import types
 import pytest
 
 from guest import Latencies
-from protocol.histogram import LatencyHistogram
+from transport.histogram import LatencyHistogram
 
 
 def deep_size(obj: object) -> int:

@@ -1,7 +1,7 @@
-"""``python -m pager.bench``: page-out / page-in throughput and recovery time.
+"""``python -m stack.bench.inproc``: page-out / page-in throughput and recovery time.
 
-Everything runs in one trio run over memory streams, with the real `hv` (imported here
-only: the pager itself never imports hv) and the real store on disk, so the numbers
+Everything runs in one trio run over memory streams, with the real `hv` (the stack may
+import both; the pager itself never imports hv) and the real store on disk, so the numbers
 include msgpack framing, hv's work, pwrite + fdatasync and the SQLite commits.
 
 - page-out: a pager with target = nr_gfns starts; the target drops to 0; pages/s until
@@ -11,7 +11,8 @@ include msgpack framing, hv's work, pwrite + fdatasync and the SQLite commits.
   of request-driven page-ins (read, verify, prep, resume, free);
 - recovery: `--recovery-pages` pages out, the pager killed (simulated crash), a guest vCPU
   touches a paged gfn (its request waits on the ring), a new pager starts: seconds from
-  `run_pager` to that access being served, and the pager's own recovery time.
+  `run_pager` to that access being served, and the pager's own recovery time;
+- the same recovery with hv and pagers as real processes (`process_recovery.py`).
 
 `run_bench(...)` returns the numbers as a dict for the benchmark harness.
 """
@@ -32,11 +33,31 @@ import structlog
 import trio
 import trio.testing
 
+from hv import HvConfig, Hypervisor
+from pager.commit import open_store
+from pager.core import Pager, PagerConfig, PagerStats, run_pager
+from pager.faults import NO_FAULTS, Faults, parse_faults, raise_simulated_crash
 from protocol import PAGE_SIZE
-from transport import open_client, open_unix_client
+from transport import open_client
 
-from .core import Pager, PagerConfig, run_pager
-from .faults import parse_faults, raise_simulated_crash
+from .process_recovery import recovery_process
+
+
+async def _open_and_run(
+    stream: trio.abc.Stream,
+    state_dir: Path,
+    config: PagerConfig,
+    *,
+    faults: Faults = NO_FAULTS,
+    **kw: Any,
+) -> PagerStats:
+    """Open the store in `state_dir` (as `python -m pager` does), then run a pager on it."""
+    try:
+        store = await open_store(state_dir, faults=faults, lock_timeout=config.lock_timeout)
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+    return await run_pager(stream, store, config, faults=faults, **kw)
 
 
 class _Started:
@@ -49,11 +70,12 @@ class _Started:
     async def run(self, *args: Any, **kw: Any) -> None:
         """run_pager, recording start and end (stop it with `self.stop`, then wait)."""
         try:
-            await run_pager(*args, stop=self.stop, task_status=self, **kw)  # type: ignore[arg-type]
+            await _open_and_run(*args, stop=self.stop, task_status=self, **kw)
         finally:
             self.finished.set()
 
-    def started(self, value: Pager) -> None:
+    def started(self, value: Pager | None = None) -> None:
+        """What trio.TaskStatus.started does: record the started pager."""
         self.pager = value
         self.event.set()
 
@@ -64,8 +86,6 @@ async def _until(pager: Pager, pred: Any) -> None:
 
 
 async def _throughput(batch: int, nr: int, vcpus: int, state_dir: Path) -> dict[str, Any]:
-    from hv import HvConfig, Hypervisor  # the benchmark wires a real hv in-process
-
     hv = Hypervisor(HvConfig(nr_gfns=nr, vcpus=vcpus))
     dom = hv.domains[1]
 
@@ -92,18 +112,18 @@ async def _throughput(batch: int, nr: int, vcpus: int, state_dir: Path) -> dict[
             # page-out
             t0 = time.perf_counter()
             config.target = 0
-            pager._wake()
+            pager.state.wake()
             await _until(pager, lambda: paged() == nr)
             out["pageout_pps"] = nr / (time.perf_counter() - t0)
             # proactive page-in
             t0 = time.perf_counter()
             config.target = nr
-            pager._wake()
+            pager.state.wake()
             await _until(pager, lambda: paged() == 0)
             out["pagein_proactive_pps"] = nr / (time.perf_counter() - t0)
             # request-driven page-in: every gfn out again, then the guest touches them all
             config.target = 0
-            pager._wake()
+            pager.state.wake()
             await _until(pager, lambda: paged() == nr)
             config.balance = False  # faults alone bring pages in: no page-out, no proactive
             async with open_client(connect("guest.sock"), "guest") as guest:
@@ -129,8 +149,6 @@ async def _throughput(batch: int, nr: int, vcpus: int, state_dir: Path) -> dict[
 
 
 async def _recovery(pages: int, state_dir: Path) -> dict[str, Any]:
-    from hv import HvConfig, Hypervisor
-
     nr = pages + 1024
     hv = Hypervisor(HvConfig(nr_gfns=nr, vcpus=2, ring_size=64))
     out: dict[str, Any] = {"paged_out": pages}
@@ -147,12 +165,12 @@ async def _recovery(pages: int, state_dir: Path) -> dict[str, Any]:
 
             async def first() -> None:
                 try:
-                    await run_pager(
+                    await _open_and_run(
                         connect("privcmd.sock"),
                         state_dir,
                         PagerConfig(batch=256, target=nr - pages, recheck_interval=0.01),
                         faults=parse_faults("after_resume@1", crash=raise_simulated_crash),
-                        task_status=status,  # type: ignore[arg-type]
+                        task_status=status,
                     )
                 except BaseException as exc:
                     if type(exc).__name__ != "SimulatedCrash":
@@ -208,129 +226,6 @@ async def _recovery(pages: int, state_dir: Path) -> dict[str, Any]:
     return out
 
 
-async def _status(run_dir: Path) -> dict[str, Any]:
-    async with open_unix_client(str(run_dir / "privcmd.sock"), "control") as control:
-        await control.hello()
-        return (await control.call("status"))["domains"][0]
-
-
-async def _poll_status(run_dir: Path, pred: Any) -> dict[str, Any]:
-    """Poll a separate hv process's status until `pred` holds (no event crosses processes)."""
-    while True:
-        try:
-            st = await _status(run_dir)
-            if pred(st):
-                return st
-        except OSError:
-            pass  # hv still starting
-        await trio.sleep(0.01)
-
-
-async def _recovery_process(pages: int, tmp: Path) -> dict[str, Any]:
-    """The same as `_recovery`, with hv and both pagers as real processes."""
-    run_dir, state = tmp / "run", tmp / "state"
-    run_dir.mkdir()
-    nr = pages + 1024
-    py = sys.executable
-    pager_argv = [
-        py,
-        "-m",
-        "pager",
-        "--run-dir",
-        str(run_dir),
-        "--state-dir",
-        str(state),
-        "--batch",
-        "256",
-        "--log-level",
-        "warning",
-    ]
-    procs: list[trio.Process] = []
-    out: dict[str, Any] = {"paged_out": pages}
-    try:
-        procs.append(
-            await trio.lowlevel.open_process(
-                [
-                    py,
-                    "-m",
-                    "hv",
-                    "--run-dir",
-                    str(run_dir),
-                    "--nr-gfns",
-                    str(nr),
-                    "--vcpus",
-                    "64",
-                    "--target",
-                    "1024",
-                    "--log-level",
-                    "warning",
-                ]
-            )
-        )
-        await _poll_status(run_dir, lambda st: True)
-        first = await trio.lowlevel.open_process(pager_argv)
-        procs.append(first)
-        t0 = time.perf_counter()
-        await _poll_status(run_dir, lambda st: st["paged_pages"] >= pages)
-        out["setup_pageout_s"] = time.perf_counter() - t0
-        first.kill()
-        await first.wait()
-        async with open_unix_client(str(run_dir / "guest.sock"), "guest") as guest:
-            await guest.hello(1)
-            served = trio.Event()
-            async with open_unix_client(str(run_dir / "privcmd.sock"), "control") as control:
-                await control.hello()
-                audit = await control.call("audit", domid=1, start=0, count=nr)
-            gfn = audit["types"].index(2)  # a paged gfn
-
-            async def touch() -> None:
-                await guest.call("read", vcpu=0, gfn=gfn, off=0, len=PAGE_SIZE)
-                served.set()
-
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(touch)
-                await _poll_status(run_dir, lambda st: st["ring"]["used"] >= 1)
-                t0 = time.perf_counter()
-                procs.append(await trio.lowlevel.open_process(pager_argv))
-                await served.wait()
-                out["process_start_to_first_served_s"] = time.perf_counter() - t0
-            out["pageout_pps"] = pages / out["setup_pageout_s"]
-            # Proactive page-in across processes: raise the target, time until none is out.
-            async with open_unix_client(str(run_dir / "privcmd.sock"), "control") as control:
-                await control.hello()
-                await control.call("set_target", domid=1, tot_pages=nr)
-                t0 = time.perf_counter()
-                await _poll_status(run_dir, lambda st: st["paged_pages"] == 0)
-                out["pagein_proactive_pps"] = pages / (time.perf_counter() - t0)
-                # Faults across processes: `faults` pages out, then 64 guest vCPUs (in this
-                # process) touch them while the pager keeps the target (pages others out).
-                faults = min(pages, 20000)
-                await control.call("set_target", domid=1, tot_pages=nr - faults)
-                await _poll_status(run_dir, lambda st: st["paged_pages"] >= faults)
-                audit = await control.call("audit", domid=1, start=0, count=nr)
-            todo = [g for g, t in enumerate(audit["types"]) if t == 2]
-            async with open_unix_client(str(run_dir / "guest.sock"), "guest") as guest:
-                await guest.hello(1)
-                t0 = time.perf_counter()
-                async with trio.open_nursery() as nursery:
-                    for v in range(64):
-
-                        async def run(v: int = v) -> None:
-                            for g in todo[v::64]:
-                                await guest.call("read", vcpu=v, gfn=g, off=0, len=8)
-
-                        nursery.start_soon(run)
-                out["pagein_faults_pps"] = len(todo) / (time.perf_counter() - t0)
-    finally:
-        for proc in procs:
-            if proc.returncode is None:
-                proc.kill()
-        with trio.CancelScope(shield=True):
-            for proc in procs:
-                await proc.wait()
-    return out
-
-
 async def run_bench(
     batches: tuple[int, ...] = (1, 16, 64, 256),
     pages: int = 20000,
@@ -350,13 +245,15 @@ async def run_bench(
             results["recovery"] = await _recovery(recovery_pages, Path(tmp))
     if recovery_pages and process:
         with tempfile.TemporaryDirectory(prefix="pager-bench-") as tmp:
-            results["recovery_process"] = await _recovery_process(recovery_pages, Path(tmp))
+            results["recovery_process"] = await recovery_process(recovery_pages, Path(tmp))
     return results
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse options, run, print a table (or JSON)."""
-    p = argparse.ArgumentParser(prog="python -m pager.bench", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m stack.bench.inproc", description=__doc__.split("\n")[0]
+    )
     p.add_argument("--batches", default="1,16,64,256")
     p.add_argument("--pages", type=int, default=20000, help="gfns per throughput run")
     p.add_argument("--pages-batch1", type=int, default=2000, help="gfns for batch size 1")
@@ -368,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         batches = tuple(int(b) for b in args.batches.split(","))
     except ValueError:
-        print("pager.bench: --batches is a comma-separated list of ints", file=sys.stderr)
+        print("stack.bench.inproc: --batches is a comma-separated list of ints", file=sys.stderr)
         return 2
     structlog.configure(
         wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR),

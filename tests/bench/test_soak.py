@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from stack.bench_soak import render, run_soak, slope_per_hour, summarise
+from stack.bench.soak import render, run_soak, slope_per_hour, summarise
 
 TREND_BOUND_MB_PER_H = 20.0
 #: RSS may move this much between the first minute and the end of a 5-minute run.
@@ -65,7 +65,7 @@ async def test_five_minutes_at_full_load_show_no_upward_memory_trend(tmp_path: P
     table = render(res)
     print(table)
     assert res["xpemu_exit"] == 0 and res["run_ok"] is True, table
-    # hv less the host frames in use: the guests' memory follows tot_pages (see bench_soak).
+    # hv less the host frames in use: the guests' memory follows tot_pages (see bench/soak.py).
     for name in ("xpemu", "hv-frames", "pager", "guest"):
         fig = res["processes"][name]
         assert fig["samples"] >= 25, table  # every 10 s for 5 minutes

@@ -4,7 +4,8 @@ A thin wrapper around HdrHistogram (the `hdrhistogram` package) that every packa
 use for durations (guest access latencies, populate round trips, vCPU pauses): values are
 recorded in seconds, kept in microsecond buckets with `digits` significant decimal digits
 (3: every reported percentile is within 0.1% of the exact nearest-rank value), and
-summarised in milliseconds. Pure computation, no I/O, so it lives in `protocol/`.
+summarised in milliseconds. Pure computation, no I/O; it lives in `transport/` because
+`protocol/` may import only the standard library and msgpack (tests/test_layout.py).
 
 The count, the exact sum (for the mean), the exact minimum and maximum are plain numbers
 beside the bucket array; a sample above `highest_s` is counted in the top bucket and still

@@ -1,0 +1,102 @@
+"""The pager's calls to hv, each in the chunks the protocol allows (written once here)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from protocol import MAX_LIST, MAX_PAGES_PER_FRAME, bit
+from transport import Client
+
+#: One element of a batched op's `results`: 0, or the errno name (PROTOCOL.md §3).
+Result = int | str
+
+
+def chunks(seq: Sequence[Any], n: int) -> Iterable[Sequence[Any]]:
+    """`seq` in slices of at most `n`."""
+    for i in range(0, len(seq), n):
+        yield seq[i : i + n]
+
+
+class HvCalls:
+    """hv's privcmd operations over one client, split into protocol-sized requests."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    async def accessed(self, start: int, count: int) -> bytes:
+        """The accessed bits of [start, start + count), cleared as read."""
+        reply = await self.client.call("accessed", start=start, count=count, clear=True)
+        return reply["bits"]  # a checked reply field
+
+    async def audit(self, start: int, count: int) -> dict[str, Any]:
+        """`audit` of [start, start + count); count 0 gives the counters only."""
+        return await self.client.call("audit", start=start, count=count)
+
+    async def audit_gfns(self, gfns: Iterable[int]) -> dict[int, tuple[int, bool]]:
+        """gfn -> (p2m code, has frame), audited in as few ranges as is reasonable."""
+        out: dict[int, tuple[int, bool]] = {}
+        todo = sorted(set(gfns))
+        i = 0
+        while i < len(todo):
+            start = todo[i]
+            j = i
+            while j + 1 < len(todo) and todo[j + 1] - start < 4096:
+                j += 1
+            reply = await self.audit(start, todo[j] - start + 1)
+            for g in todo[i : j + 1]:
+                out[g] = (reply["types"][g - start], bit(reply["frames"], g - start))
+            i = j + 1
+        return out
+
+    async def batched(self, op: str, gfns: Sequence[int]) -> list[Any]:
+        """A per-gfn op (`nominate`, `evict`, `mark_broken`): its results, in order."""
+        out: list[Any] = []
+        for chunk in chunks(gfns, MAX_LIST):
+            out += (await self.client.call(op, gfns=list(chunk)))["results"]
+        return out
+
+    async def map(self, gfns: Sequence[int]) -> list[Any]:
+        """`map`: each gfn's page (bytes) or errno, in order."""
+        out: list[Any] = []
+        for chunk in chunks(gfns, MAX_PAGES_PER_FRAME):
+            out += (await self.client.call("map", gfns=list(chunk)))["pages"]
+        return out
+
+    async def prep(self, gfns: Sequence[int], pages: Sequence[bytes | None]) -> list[Result]:
+        """`prep` (load `pages` into `gfns`; None: no data): each gfn's result, in order."""
+        out: list[Result] = []
+        for i in range(0, len(gfns), MAX_PAGES_PER_FRAME):
+            reply = await self.client.call(
+                "prep",
+                gfns=list(gfns[i : i + MAX_PAGES_PER_FRAME]),
+                pages=list(pages[i : i + MAX_PAGES_PER_FRAME]),
+            )
+            out += reply["results"]
+        return out
+
+    async def resume(self, rsps: Sequence[dict[str, Any]]) -> list[Result]:
+        """`resume` with these responses: each one's result, in order."""
+        out: list[Result] = []
+        for chunk in chunks(rsps, MAX_LIST):
+            out += (await self.client.call("resume", rsps=list(chunk)))["results"]
+        return out
+
+    async def nominate_and_map(self, gfns: list[int]) -> tuple[list[int], list[Any]]:
+        """`nominate` and `map` of `gfns` (at most one request's worth) in one write: their
+        results and pages, in order. hv serves the two in order, so each nominated gfn is
+        mapped as `paging_out`."""
+        client = self.client
+        nom_id, map_id = await client.send_requests(
+            [("nominate", {"gfns": gfns}), ("map", {"gfns": gfns})]
+        )
+        try:
+            results = (await client.call_reply(nom_id))["results"]
+            pages = (await client.call_reply(map_id))["pages"]
+        finally:
+            client.forget(nom_id)
+            client.forget(map_id)
+        return results, pages
+
+
+__all__ = ["HvCalls", "Result", "chunks"]

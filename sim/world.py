@@ -1,0 +1,426 @@
+"""One simulated run: hv, the pager and the guest in one trio run, a pure function of a seed.
+
+`run_seed(seed)` builds the world of SIM.md: hv's real core (`Hypervisor`, served over
+`sim.net` links), the guest's real workload (`guest.run_workload`), the pager through a
+`sim.pager_node.PagerNode`, all under `MockClock(autojump_threshold=0)` with trio's
+scheduler shuffle and every generator seeded from the seed. The plan's faults fire at
+their instants; then faults stop and the checks of SIM.md run (`sim.checks`). The result
+carries the verdict, what fired, and the hash of the trace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import random
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import structlog
+import trio
+import trio.testing
+
+from guest import GuestConfig, Shadow, run_workload
+from hv import HvConfig, Hypervisor
+from pager import ConnectionLost, PagerConfig, PagerError, SimulatedCrash
+from transport import Client, ConnectionClosed, open_client
+
+from .checks import MEDIA_FAULTS, Checks, guest_problems, watch
+from .disk import DiskFaults
+from .net import Link
+from .pager_node import PagerNode, make_pager_node
+from .plan import Plan, make_plan
+from .player import FaultPlayer
+from .trace import Trace, as_proc, capture_logs
+
+log = structlog.get_logger("sim")
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """The shape of a world and how long its fault window lasts (simulated seconds)."""
+
+    name: str
+    nr_gfns: int
+    vcpus: int
+    ops: int
+    window: float  # faults fall in [0, window) from the workload's start
+    target: float = 0.5  # share of the gfns the domain may keep resident
+    latency: float = 0.0002  # one way, per link
+    ring_size: int = 64
+    ring_mode: str = "reattach"
+    restart_delay: float = 0.01
+    liveness_s: float = 5.0  # paused vCPUs resume, and pages come in, within this
+    batch: int = 16
+    hot_shifts: int = 4  # times the guest's hot set moves over the fault window
+    base: tuple[tuple[str, int], ...] = ()  # kinds that fire at least this often per seed
+
+    @property
+    def stuck_after(self) -> float:
+        """A vCPU pending longer than this is stuck: the whole window plus the bound."""
+        return self.window + self.liveness_s
+
+
+#: Named scenarios: `tiny` for the test suite's hundreds of seeds, `small` the command's
+#: default (quick to run and to shrink), `default` the issue's benchmark scenario.
+SCENARIOS: Final = {
+    "tiny": Scenario("tiny", nr_gfns=16, vcpus=2, ops=60, window=0.03, batch=4),
+    "small": Scenario("small", nr_gfns=64, vcpus=2, ops=300, window=0.12, batch=8),
+    "default": Scenario(
+        "default",
+        nr_gfns=1024,
+        vcpus=4,
+        ops=5000,
+        window=1.0,
+        target=0.3,
+        hot_shifts=24,
+        base=(("kill", 10), ("power", 2)),
+    ),
+}
+
+
+@dataclass
+class SimResult:
+    """What one run did and found."""
+
+    seed: int
+    scenario: str
+    plan: Plan
+    ok: bool = False
+    failures: list[str] = field(default_factory=list)
+    stalled: bool = False  # xen ring mode: a lost pager orphaned the ring (as stress says)
+    fired: Counter[str] = field(default_factory=Counter)
+    crash_points: Counter[str] = field(default_factory=Counter)
+    lives: int = 0
+    sim_time: float = 0.0
+    wall_s: float = 0.0
+    guest: dict[str, Any] = field(default_factory=dict)
+    hv_counters: dict[str, int] = field(default_factory=dict)
+    trace_hash: str = ""
+    trace_events: int = 0
+    trace: Trace | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able summary."""
+        return {
+            "seed": self.seed,
+            "scenario": self.scenario,
+            "ok": self.ok,
+            "failures": self.failures,
+            "stalled": self.stalled,
+            "fired": dict(sorted(self.fired.items())),
+            "crash_points": dict(sorted(self.crash_points.items())),
+            "pager_lives": self.lives,
+            "sim_time": round(self.sim_time, 6),
+            "wall_s": round(self.wall_s, 3),
+            "guest_ops": self.guest.get("ops", 0),
+            "page_outs": self.hv_counters.get("page.evicted", 0),
+            "page_ins": self.hv_counters.get("page.prepped", 0),
+            "trace_hash": self.trace_hash,
+            "trace_events": self.trace_events,
+            "plan": self.plan.to_dict(),
+        }
+
+
+# ---------------------------------------------------------------------- determinism
+
+
+@contextlib.contextmanager
+def seeded_identities(seed: int) -> Iterator[None]:
+    """`uuid.uuid4` drawn from the seed for the block: hv's `instance` ids (and any other
+    identity a component draws) are then the same on every run of the seed."""
+    rng = random.Random(f"xpemu-sim-identity/{seed}")
+    original = uuid.uuid4
+    uuid.uuid4 = lambda: uuid.UUID(int=rng.getrandbits(128), version=4)
+    try:
+        yield
+    finally:
+        uuid.uuid4 = original
+
+
+@contextlib.contextmanager
+def seeded_scheduler(seed: int) -> Iterator[None]:
+    """trio's run-queue shuffle, seeded (as Hypothesis seeds it), for the block."""
+    core = trio._core._run
+    flag, state = core._ALLOW_DETERMINISTIC_SCHEDULING, core._r.getstate()
+    core._ALLOW_DETERMINISTIC_SCHEDULING = True  # type: ignore[misc]
+    core._r.seed(f"xpemu-sim-scheduler/{seed}")
+    try:
+        yield
+    finally:
+        core._ALLOW_DETERMINISTIC_SCHEDULING = flag  # type: ignore[misc]
+        core._r.setstate(state)
+
+
+def run_seed(
+    seed: int,
+    *,
+    scenario: Scenario | str = "small",
+    plan: Plan | None = None,
+    keep_trace: bool = False,
+    ring_mode: str | None = None,
+) -> SimResult:
+    """One whole run of `seed` (its own plan unless `plan` is given); never raises for a
+    failed check: the result says what failed."""
+    sc = SCENARIOS[scenario] if isinstance(scenario, str) else scenario
+    if ring_mode is not None:
+        sc = Scenario(**{**_fields(sc), "ring_mode": ring_mode})
+    if plan is None:
+        plan = make_plan(seed, sc.window, nr_gfns=sc.nr_gfns, base=dict(sc.base))
+    trace = Trace(keep=keep_trace)
+    result = SimResult(seed, sc.name, plan, trace=trace if keep_trace else None)
+    t0 = time.perf_counter()
+    with seeded_scheduler(seed), seeded_identities(seed), capture_logs(trace):
+        # Built inside the capture: hv's domain binds its logger at construction.
+        world = World(seed, sc, plan, trace, result)
+        try:
+            trio.run(world.run, clock=trio.testing.MockClock(autojump_threshold=0))
+        except Exception as exc:  # a component blew up: that is a finding too
+            result.failures.append(f"the world crashed: {_leaf(exc)!r}")
+            trace.add("sim", "crashed", error=repr(_leaf(exc)))
+        finally:
+            world.close()
+    result.wall_s = time.perf_counter() - t0
+    result.trace_hash = trace.hexdigest()
+    result.trace_events = trace.count
+    result.ok = not result.failures
+    return result
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """`exc` itself or the first `kind` inside (nested) exception groups."""
+    if isinstance(exc, kind):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            if (found := _find(inner, kind)) is not None:
+                return found
+    return None
+
+
+def _fields(sc: Scenario) -> dict[str, Any]:
+    return {f: getattr(sc, f) for f in sc.__dataclass_fields__}
+
+
+# ---------------------------------------------------------------------- the world
+
+
+class World:
+    """The components of one run and the fault player."""
+
+    def __init__(self, seed: int, sc: Scenario, plan: Plan, trace: Trace, result: SimResult):
+        self.seed = seed
+        self.sc = sc
+        self.plan = plan
+        self.trace = trace
+        self.result = result
+        self.rng = random.Random(f"xpemu-sim/{seed}")
+        ring = 2 if "ring_full" in plan.toggles else sc.ring_size
+        config = HvConfig(
+            nr_gfns=sc.nr_gfns,
+            vcpus=sc.vcpus,
+            ring_size=ring,
+            ring_mode=sc.ring_mode,
+            target=int(sc.nr_gfns * sc.target),
+        )
+        if "rng" in inspect.signature(Hypervisor).parameters:  # instance ids from a seed
+            self.hv = Hypervisor(config, rng=random.Random(f"xpemu-sim-hv/{seed}"))
+        else:  # hv draws them with uuid4, which seeded_identities replaced
+            self.hv = Hypervisor(config)
+        pager_config = PagerConfig(
+            batch=sc.batch,
+            concurrency=2,
+            pipeline=4,
+            hello_timeout=sc.liveness_s,
+            lock_timeout=1.0,
+        )
+        self.node: PagerNode = make_pager_node(pager_config, self.rng, self.emit)
+        self.armed = ""  # the fault spec the next pager life starts with
+        self.life_scope: trio.CancelScope | None = None
+        self.link: Link | None = None
+        self.pager_wanted = True
+        self.pager_up = trio.Event()
+        self.control: Client | None = None
+        self.losses_allowed = False
+        self.restart_hold: trio.Event | None = None
+        self.player = FaultPlayer(self)
+        self.checks = Checks(self)
+
+    def emit(self, event: str, **fields: Any) -> None:
+        """A sim event into the trace."""
+        component, _, name = event.partition(".")
+        self.trace.add(component, name or event, **fields)
+
+    def close(self) -> None:
+        """Release the host frames and the pager's directory."""
+        self.hv.close()
+        self.node.close()
+
+    # ------------------------------------------------------------------ plumbing
+
+    def connect(self, nursery: trio.Nursery, socket: str, name: str) -> Link:
+        """A link whose server end hv serves as `socket`."""
+        link = Link(name, self.emit, latency=self.sc.latency)
+        nursery.start_soon(as_proc, "hv", self.hv.serve_stream, link.ends[1], socket)
+        return link
+
+    async def run(self) -> None:
+        """The whole run: workload under faults, then the checks once faults stop."""
+        sc = self.sc
+        self.emit("sim.start", seed=self.seed, scenario=sc.name, toggles=sorted(self.plan.toggles))
+        async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            async with open_client(
+                self.connect(nursery, "privcmd.sock", "control").ends[0], "control"
+            ) as control:
+                await control.hello(None)
+                self.control = control
+                nursery.start_soon(as_proc, "pager", self.supervise)
+                async with open_client(
+                    self.connect(nursery, "guest.sock", "guest").ends[0], "guest"
+                ) as guest:
+                    await guest.hello(1)
+                    with trio.move_on_after(sc.stuck_after * 4 + 60) as bound:
+                        await self._phases(nursery, guest)
+                    if bound.cancelled_caught:
+                        self.result.failures.append(
+                            f"hang: the run had not ended at t={bound.deadline:g} s (simulated)"
+                        )
+                self.pager_wanted = False
+                if self.life_scope is not None:
+                    self.life_scope.cancel()
+            nursery.cancel_scope.cancel()
+        self.result.sim_time = trio.current_time()
+
+    async def _phases(self, nursery: trio.Nursery, guest: Client) -> None:
+        sc, res = self.sc, self.result
+        shadow = Shadow(sc.nr_gfns, self.seed)
+        config = GuestConfig(
+            seed=self.seed,
+            pattern="hotset",
+            hot_fraction=max(2 / sc.nr_gfns, 0.001) if "race" in self.plan.toggles else 0.1,
+            hot_shift_s=sc.window / sc.hot_shifts,
+            duration=None,
+            ops=sc.ops,
+            balloon_every=sc.window / 8 if "balloon" in self.plan.toggles else 0.0,
+            fault_ms=1e6,
+            stuck_after=sc.stuck_after,
+        )
+        await self.pager_up.wait()
+        t0 = trio.current_time()
+        player_done = trio.Event()
+
+        async def player() -> None:
+            try:
+                await self.player.play(t0)
+            finally:
+                player_done.set()
+
+        nursery.start_soon(as_proc, "sim", player)
+        report = await as_proc("guest", run_workload, guest, config, shadow=shadow)
+        res.guest = report.to_dict()
+        self.losses_allowed = any(
+            f.kind == "disk" and f.params.get("fault") in MEDIA_FAULTS for f in self.plan.faults
+        )
+        res.failures += [
+            f"guest: {p}" for p in guest_problems(res.guest, losses_allowed=self.losses_allowed)
+        ]
+        await player_done.wait()
+        # Faults stop here: the disk behaves, a pager is (re)started; liveness from now on.
+        self.node.set_disk_faults(DiskFaults())
+        self.emit("sim.faults_stopped")
+        await self.checks.check_store()
+        await self.checks.check_liveness(shadow)
+        violations = self.hv.check()
+        if violations:
+            res.failures.append(f"hv check: {violations[0]} ({len(violations)} in all)")
+        res.hv_counters = dict(self.hv.domains[1].counters)
+        status = self.hv.domains[1].status()
+        if sc.ring_mode == "xen" and status["pager"]["orphaned"]:
+            res.stalled = True
+            res.failures.append("stall: a lost pager orphaned the ring (xen ring mode)")
+        self.emit("sim.end", failures=len(res.failures))
+
+    # ------------------------------------------------------------------ the pager
+
+    async def supervise(self) -> None:
+        """Run pager lives one after the other, as a restarting supervisor does."""
+        while self.pager_wanted:
+            if self.restart_hold is not None:  # a check reads the dead pager's store
+                await self.restart_hold.wait()
+            spec, self.armed = self.armed, ""
+            link = self.link = self.connect(
+                self.nursery, "privcmd.sock", f"pager{self.result.lives}"
+            )
+            self.result.lives += 1
+            self.emit("pager.start", life=self.result.lives, spec=spec)
+            stop = trio.Event()
+            outcome = "stopped"
+            with trio.CancelScope() as scope:
+                self.life_scope = scope
+                watcher = self.nursery.start_soon
+                watcher(self._mark_up, stop)
+                try:
+                    await self.node.life(link.ends[0], spec, stop)
+                except BaseException as exc:  # the pager may hand it over in a group
+                    outcome = self._ended(exc)
+            stop.set()
+            self.life_scope = None
+            if scope.cancelled_caught:
+                outcome = "killed"
+            self.node.crashed()
+            self.emit("pager.end", life=self.result.lives, outcome=outcome)
+            await trio.sleep(self.sc.restart_delay)
+
+    def _ended(self, exc: BaseException) -> str:
+        """How a pager life ended, from what it raised (re-raised when not the pager's:
+        a cancellation, ours or the world's, or an interrupt)."""
+        crash = _find(exc, SimulatedCrash)
+        if isinstance(crash, SimulatedCrash):
+            self.result.crash_points[crash.point] += 1
+            return f"crash:{crash.point}"
+        if isinstance(exc, BaseExceptionGroup):
+            cancelled, rest = exc.split(trio.Cancelled)
+            if rest is None:
+                raise exc
+            if cancelled is not None and self.life_scope is not None:
+                if self.life_scope.cancel_called:  # killed while it was failing anyway
+                    return "killed"
+                raise exc
+            exc = rest
+        elif not isinstance(exc, Exception):  # Cancelled, KeyboardInterrupt: not ours
+            raise exc
+        if _find(exc, ConnectionLost) or _find(exc, ConnectionClosed):
+            return "connection_lost"
+        error = _find(exc, PagerError)
+        if error is not None:
+            return f"error:{error}"
+        self.result.failures.append(f"pager raised {exc!r}")  # a bug in the pager
+        return f"bug:{exc!r}"
+
+    async def _mark_up(self, stop: trio.Event) -> None:
+        # The first life's hello is what the workload waits for (hv has a pager).
+        await watch(lambda: stop.is_set() or self.hv.domains[1].pager is not None, 0.001)
+        if self.hv.domains[1].pager is not None:
+            self.pager_up.set()
+
+    def kill(self) -> None:
+        """The pager process dies now."""
+        if self.life_scope is not None:
+            self.node.dying()
+            self.life_scope.cancel()
+
+    # ------------------------------------------------------------------ faults
+
+
+__all__ = ["SCENARIOS", "Scenario", "SimResult", "run_seed", "seeded_scheduler"]

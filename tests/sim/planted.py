@@ -1,0 +1,142 @@
+"""Known bugs, planted in the real pager for one test each, that the sim must catch.
+
+Each `plant_*` patches production code through pytest's `monkeypatch` (undone after the
+test). Bodies copied from the pager keep their original shape with the one change marked
+`# BUG`. They name the pager's private methods: when those move, `monkeypatch.setattr`
+fails loudly and the plant is ported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import pager.store
+from pager import StoreError
+from pager.drops import Drops, rsp
+from pager.hvcalls import HvCalls
+from pager.pagein import PageIn
+from pager.pageout import PageOut
+from protocol import P2MType
+
+
+def plant_evict_before_durable(mp: pytest.MonkeyPatch) -> None:
+    """Page-out evicts its batch before the slots are synced and the rows committed."""
+    finish, batched = PageOut._finish, HvCalls.batched
+    early: dict[tuple[int, ...], Any] = {}
+
+    async def early_finish(self: Any, batch: Any) -> int:
+        key = tuple(batch.gfns)
+        early[key] = await batched(self.hv, "evict", batch.gfns)  # BUG: before it is durable
+        return await finish(self, batch)
+
+    async def planted_batched(self: Any, op: str, gfns: Any) -> Any:
+        if op == "evict" and tuple(gfns) in early:
+            return early.pop(tuple(gfns))  # the evict the real code makes, already made
+        return await batched(self, op, gfns)
+
+    mp.setattr(PageOut, "_finish", early_finish)
+    mp.setattr(HvCalls, "batched", planted_batched)
+
+
+def plant_free_before_prep(mp: pytest.MonkeyPatch) -> None:
+    """Page-in frees a copy's row before its prep answered."""
+    original = PageIn._prep_and_resume
+
+    async def prep_and_resume(self: Any, jobs: Any, rows: Any, pages: Any, done: Any) -> None:
+        early = [(j.gfn, r.gen) for j, r in zip(jobs, rows, strict=True) if r is not None]
+        await self.commit.free_rows(early)  # BUG: the copy goes before the prep answered 0
+        await original(self, jobs, rows, pages, done)
+
+    mp.setattr(PageIn, "_prep_and_resume", prep_and_resume)
+
+
+def plant_stale_drop(mp: pytest.MonkeyPatch) -> None:
+    """DROP_PAGE frees the copy without checking the gfn is still ballooned out."""
+
+    async def serve(self: Any, reqs: list[dict[str, Any]]) -> None:
+        rows = self.commit.store.rows
+        keys = []
+        for r in reqs:  # BUG: no audit: a stale request frees a live copy
+            row = rows.get(r["gfn"])
+            if row is not None:
+                keys.append((row.gfn, row.gen))
+            self.policy.dropped(r["gfn"])
+        await self.commit.free_rows(keys)
+        await self.hv.resume([rsp(r) for r in reqs])
+        for r in reqs:
+            self.state.seqs.discard(r["seq"])
+        self.state.notify()
+
+    mp.setattr(Drops, "serve", serve)
+    assert P2MType.invalid  # the check the real code makes
+
+
+def plant_resume_without_prep(mp: pytest.MonkeyPatch) -> None:
+    """Page-in answers the requests without loading the page (no prep)."""
+
+    async def prep_and_resume(self: Any, jobs: Any, rows: Any, pages: Any, done: Any) -> None:
+        sent, requests = self._requests(jobs, pages, done)
+        resume_id = (await self.client.send_requests(requests[1:]))[0]  # BUG: prep not sent
+        try:
+            results = (await self.client.call_reply(resume_id))["results"]
+        finally:
+            self.client.forget(resume_id)
+        self._resumed(sent.rsps, results)
+        self._close_jobs(jobs + done)
+        self._paged_in(jobs + done, [])
+
+    mp.setattr(PageIn, "_prep_and_resume", prep_and_resume)
+
+
+def plant_skip_checksum(mp: pytest.MonkeyPatch) -> None:
+    """Slot reads are served without verifying their checksum."""
+
+    def verified(r: Any, data: bytes) -> bytes | StoreError:
+        return data  # BUG: no checksum
+
+    mp.setattr(pager.store, "_verified", verified)
+
+
+def plant_skip_pageout_sync(mp: pytest.MonkeyPatch) -> None:
+    """The rebuilt store's disk phase (page-out batch, or frees) skips its sync: pages are
+    evicted before their copy is durable. Only a power loss shows it (the sim disk)."""
+    from pager.store import PageStore
+
+    persist = PageStore.persist
+
+    class _NoSync:
+        def __init__(self, file: Any) -> None:
+            self._file = file
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._file, name)
+
+        async def sync(self) -> None:
+            """BUG: returns without making anything durable."""
+
+    async def planted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        real = self._file
+        self._file = _NoSync(real) if real is not None else None
+        try:
+            return await persist(self, *args, **kwargs)
+        finally:
+            self._file = real
+
+    mp.setattr(PageStore, "persist", planted)
+
+
+#: Plants that need the pager's store on `pager.disk.Disk` (power loss is simulated).
+NEEDS_DISK_STORE = {"skip_pageout_sync"}
+
+
+PLANTED: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
+    "evict_before_durable": plant_evict_before_durable,
+    "free_before_prep": plant_free_before_prep,
+    "stale_drop": plant_stale_drop,
+    "resume_without_prep": plant_resume_without_prep,
+    "skip_checksum": plant_skip_checksum,
+    "skip_pageout_sync": plant_skip_pageout_sync,
+}
