@@ -15,7 +15,11 @@ import trio
 import stack.guardian as guardian_mod
 from stack.procs import Guardian
 
-STUBBORN = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"
+#: Says "ready" once SIGTERM is ignored (before that, SIGTERM alone would stop it).
+STUBBORN = (
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    "print('ready', flush=True); time.sleep(600)"
+)
 
 
 async def test_end_of_file_stops_even_a_child_that_ignores_sigterm(tmp_path: Path) -> None:
@@ -23,8 +27,15 @@ async def test_end_of_file_stops_even_a_child_that_ignores_sigterm(tmp_path: Pat
     with trio.fail_after(30):
         await g.start(tmp_path / "guardian.log")
         assert g.proc is not None
-        child = await trio.lowlevel.open_process([sys.executable, "-c", STUBBORN])
+        child = await trio.lowlevel.open_process(
+            [sys.executable, "-c", STUBBORN], stdout=subprocess.PIPE
+        )
         try:
+            assert child.stdout is not None
+            said = b""
+            while b"\n" not in said:
+                said += await child.stdout.receive_some()
+            assert said == b"ready\n"
             g.watch(child.pid)
             await g.stop()  # our end closed: the guardian stops what it holds, then exits
             assert await child.wait() == -signal.SIGKILL
@@ -33,6 +44,8 @@ async def test_end_of_file_stops_even_a_child_that_ignores_sigterm(tmp_path: Pat
             if child.returncode is None:
                 child.kill()
                 await child.wait()
+            assert child.stdout is not None
+            await child.stdout.aclose()
     assert (tmp_path / "guardian.log").read_bytes() == b""
 
 
