@@ -1,14 +1,15 @@
 """pager: a xenpaging that survives its own crash.
 
 A user-space pager for the emulated hypervisor (`hv`), speaking PROTOCOL.md over any trio
-stream, with a durable paging store (4 KiB slots + a SQLite index) in a state directory,
+stream, with a durable paging store (a self-describing pages file: 4 KiB slots under
+checksummed header records, one sync per page-out batch) in a state directory,
 batched page-out and page-in pipelines, three replacement policies (`xenpaging`, `clock`, `car`),
 recovery from nothing but the state directory, named crash points and disk faults.
 
 Public API:
 
-- `open_store(state_dir, *, faults, io, lock_timeout)`: lock and open a state directory's
-  store (PagerError if it cannot be).
+- `open_store(disk, *, faults, lock_timeout)`: lock and open the store on a `Disk` (a
+  state directory's `RealDisk`, or the simulator's disk); PagerError if it cannot be.
 - `run_pager(stream, store, config, *, faults, stop, task_status)`: run one pager over
   an open stream to hv's privcmd socket with an open store, owning both from then on (see
   its docstring); returns `PagerStats`.
@@ -18,7 +19,8 @@ Public API:
   ``run_dir/privcmd.sock`` and connect to it.
 - `parse_faults(spec, crash=...)` / `Faults`, `SimulatedCrash`, `raise_simulated_crash`,
   `CrashPoint` (and `CRASH_POINTS`, its names): fault injection (grammar in `pager.faults`).
-- `PageStore`, `Row`, `DiskIO`, `checksum`: the store, for tests and tools.
+- `PageStore`, `Row`, `checksum`, `RealDisk`: the store and the production `Disk`, for
+  tests and tools.
 - `XenpagingPolicy`, `ClockPolicy`, `CarPolicy`, `make_policy`: replacement policies.
 
 ``python -m pager --run-dir DIR --state-dir DIR [--domid D] [--policy xenpaging|clock|car]
@@ -47,8 +49,9 @@ from .faults import (
 )
 from .net import connect_privcmd
 from .policy import POLICIES, CarPolicy, ClockPolicy, XenpagingPolicy, make_policy
+from .realdisk import RealDisk
 from .rowindex import Row
-from .store import ChecksumError, DiskIO, PageStore, StoreError, StoreLocked, checksum
+from .store import ChecksumError, PageStore, StoreError, StoreLocked, checksum
 
 __all__ = [
     "CRASH_POINTS",
@@ -59,7 +62,6 @@ __all__ = [
     "ClockPolicy",
     "ConnectionLost",
     "CrashPoint",
-    "DiskIO",
     "FaultSpecError",
     "Faults",
     "PageStore",
@@ -67,6 +69,7 @@ __all__ = [
     "PagerConfig",
     "PagerError",
     "PagerStats",
+    "RealDisk",
     "Row",
     "SimulatedCrash",
     "StoreError",

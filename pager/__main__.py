@@ -26,6 +26,7 @@ from .core import find_exception, run_pager
 from .faults import ENV_VAR, FaultSpecError, parse_faults
 from .net import connect_privcmd
 from .policy import POLICIES
+from .realdisk import RealDisk
 
 #: Exit status when hv went away: "try again later" (sysexits.h EX_TEMPFAIL).
 EXIT_CONNECTION_LOST: Final = 75
@@ -113,7 +114,7 @@ async def _main(args: argparse.Namespace, config: PagerConfig, faults_spec: str)
             if stream is not None:
                 try:
                     store = await open_store(
-                        args.state_dir, faults=faults, lock_timeout=config.lock_timeout
+                        RealDisk(args.state_dir), faults=faults, lock_timeout=config.lock_timeout
                     )
                 except BaseException:
                     await trio.aclose_forcefully(stream)

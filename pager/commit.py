@@ -2,11 +2,12 @@
 
 Every store operation that touches the disk is here, and nowhere else in the pager; the
 other modules use the store's in-memory side only (its `rows`, slot reservations). A disk
-phase (`Committer.persist`) keeps the order that makes a crash anywhere safe: a batch's
-slots are written, then synced, then the rows naming them committed, in one transaction
-with the deletion of rows of paged-in copies; only then is the batch evicted. Blocking
-store calls run in worker threads; every crash point is hit on the event loop, between
-them.
+phase (`Committer.persist`, one `PageStore.persist`) keeps the order that makes a crash
+anywhere safe: the batches' slots and the header records naming them are written together
+with the free records of paged-in copies, then synced once (the sync is the commit; a
+record is never trusted without its slot's checksum); only then is a batch evicted. The
+store is async over its `Disk` (whose blocking calls run in worker threads); every crash
+point is hit on the event loop.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import errno as _errno
 import functools
 import math
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -23,10 +23,12 @@ import structlog
 import trio
 
 from .config import PagerError, PagerStats
+from .disk import Disk
 from .faults import NO_FAULTS, CrashPoint, Faults
 from .rowindex import Row
 from .state import PagerState
-from .store import DiskIO, PageStore, StoreError, disk_io_for
+from .store import PageStore, StoreError
+from .store_faults import faulty_disk
 
 log = structlog.get_logger("pager")
 
@@ -34,46 +36,35 @@ log = structlog.get_logger("pager")
 FULL_RETRY: Final = 10.0
 
 #: Seconds the freer holds rows to delete before committing their deletion itself: a
-#: page-out's disk phase that starts meanwhile deletes them in its own transaction, which
-#: saves the freer's commit and its sync (a guest at its target pages one gfn out per
+#: page-out's disk phase that starts meanwhile writes their free records with its own, which
+#: saves the freer's write and its sync (a guest at its target pages one gfn out per
 #: fault, so one is usually about to start). A delay here only delays a slot's reuse.
 FREE_WAIT: Final = 0.002
 
 
-async def open_store(
-    state_dir: str | os.PathLike[str],
-    *,
-    faults: Faults = NO_FAULTS,
-    io: DiskIO | None = None,
-    lock_timeout: float,
-) -> PageStore:
-    """Lock and open the store in `state_dir`; PagerError (one line) if it cannot be.
-    `io` replaces the store's disk layer (default: plain, or faulty when `faults` names
-    store faults)."""
-    opener = functools.partial(
-        PageStore.open,
-        state_dir,
-        io=io if io is not None else disk_io_for(faults),
-        lock_timeout=lock_timeout,
-    )
+async def open_store(disk: Disk, *, faults: Faults = NO_FAULTS, lock_timeout: float) -> PageStore:
+    """Lock and open the store on `disk` (`RealDisk(state_dir)` in production, the
+    simulator's disk in a simulation), waiting at most `lock_timeout` s for the lock;
+    PagerError (one line) if it cannot be. The disk is wrapped in the store-fault layer
+    when `faults` names store faults."""
     try:
-        return await trio.to_thread.run_sync(opener)
+        return await PageStore.open(faulty_disk(disk, faults), lock_wait=lock_timeout)
     except StoreError as exc:
         raise PagerError(str(exc)) from None
 
 
 async def bind_instance(store: PageStore, instance: str) -> str:
     """Bind the store to hv's instance (a new one sets the old pages aside); the outcome."""
-    return await trio.to_thread.run_sync(store.bind_instance, instance)
+    return await store.bind_instance(instance)
 
 
-def close_store(store: PageStore, *, crashed: bool) -> None:
-    """Close the store at the end of a run; after a crash only drop its descriptors, as
-    the kernel does for a dead process."""
+async def close_store(store: PageStore, *, crashed: bool) -> None:
+    """Close the store at the end of a run (shielded from cancellation); after a crash
+    only drop its descriptors, as the kernel does for a dead process."""
     if crashed:
-        store.abandon()
+        await store.abandon()
     else:
-        store.close()
+        await store.close()
 
 
 @dataclass(slots=True)
@@ -125,7 +116,7 @@ class Committer:
     async def read(self, rows: Sequence[Row]) -> list[bytes | StoreError]:
         """Read and verify the rows' slots: each one's bytes, or its error."""
         # Slots in the page cache need no worker thread (a thread trip costs more than the
-        # read); anything that would block on the disk goes to the thread as before.
+        # read); anything that would block on the disk goes to the disk's worker thread.
         cached = self.store.read_slots_cached(rows)
         if cached is not None:
             self.stats.cached_reads += len(rows)
@@ -133,7 +124,7 @@ class Committer:
         self.stats.disk_reads += len(rows)
         self.store.pin(rows)
         try:
-            return await trio.to_thread.run_sync(self.store.read_slots, rows)
+            return await self.store.read_slots(rows)
         finally:
             self.store.unpin(rows)
 
@@ -145,12 +136,10 @@ class Committer:
         if not todo:
             return
         try:
-            await trio.to_thread.run_sync(self.store.delete_rows_sync, todo)
+            await self.store.delete_rows(todo)  # the store's index changes once it is durable
         except StoreError as exc:
             self.stats.store_errors += 1
             log.warning("store.free_failed", rows=len(todo), error=str(exc))
-            return
-        self.store.applied_delete(todo)
 
     def queue_free(self, keys: list[tuple[int, int]]) -> None:
         """Hand rows whose copy a prep loaded (answered 0) to the freer."""
@@ -187,13 +176,13 @@ class Committer:
     # -- group commit -----------------------------------------------------------------
 
     async def persist(self, batch: Batch) -> None:
-        """Make `batch` durable: slots written, synced, then the rows naming them committed
-        (and mirrored in `store.rows`).
+        """Make `batch` durable: its slots and the records naming them written, then synced
+        (the store's `rows` then hold its rows).
 
         Group commit: batches that become ready while a disk phase runs wait for the next
-        one, which writes all of them, syncs the pages file once and commits all their rows
-        in one transaction (`_committer`). StoreError if this batch's write, or the shared
-        sync or commit, failed (then none of this batch's rows is committed)."""
+        one, which writes all of them in one `pwritev` and syncs the pages file once
+        (`_committer`). StoreError if the shared write or sync failed (then no record of
+        this batch is trusted and the store's `rows` are unchanged)."""
         entry = _GroupEntry(batch)
         self.group.append(entry)
         self.state.notify()
@@ -203,7 +192,6 @@ class Committer:
         await entry.done.wait()
         if entry.error is not None:
             raise entry.error
-        self.store.applied_commit(batch.rows)
 
     async def _committer(self) -> None:
         """Run disk phases while batches wait for one (or rows the freer handed over)."""
@@ -223,9 +211,7 @@ class Committer:
                     for e in group:
                         e.done.set()
                     self.pending_free.difference_update(keys)
-                if deleted:
-                    self.store.applied_delete(deletes)
-                elif deletes:  # the commit failed: left for the next reconcile
+                if deletes and not deleted:  # the phase failed: left for the next reconcile
                     self.stats.store_errors += 1
                     log.warning("store.free_failed", rows=len(deletes))
                 if keys:
@@ -242,26 +228,24 @@ class Committer:
     async def persist_group(
         self, group: list[_GroupEntry], deletes: Sequence[tuple[int, int]] = ()
     ) -> bool:
-        """One disk phase, in the order that makes a crash anywhere safe: slots written,
-        synced, then the rows naming them committed, in one transaction with the deletion
-        of `deletes` (rows of paged-in copies). True if that transaction committed. Each
-        step runs in a worker thread; the crash points between them fire here, on the
-        event loop."""
-        store = self.store
-        written = await trio.to_thread.run_sync(_write_group, store, group)
+        """One disk phase (`PageStore.persist`): every batch's slots and records and the
+        free records of `deletes` (rows of paged-in copies) in one write, then one sync.
+        True if it was synced (the store's index then holds it); on a StoreError every
+        batch of the group gets it. `after_write` fires between the write and the sync,
+        `after_fsync` after the sync, both on the event loop."""
+        if not group and not deletes:
+            return False
+        rows = [r for e in group for r in e.batch.rows]
+        pages = [p for e in group for p in e.batch.pages]
+        written = functools.partial(self.faults.hit, CrashPoint.after_write) if group else None
         try:
-            if written:
-                self.faults.hit(CrashPoint.after_write)
-                await trio.to_thread.run_sync(store.sync_slots)
-                self.faults.hit(CrashPoint.after_fsync)
-            elif not deletes:
-                return False
-            rows = [r for e in written for r in e.batch.rows]
-            await trio.to_thread.run_sync(store.commit_rows_sync, rows, deletes)
+            await self.store.persist(rows, pages, deletes, written=written)
         except StoreError as exc:
-            for e in written:
+            for e in group:
                 e.error = exc
             return False
+        if group:
+            self.faults.hit(CrashPoint.after_fsync)
         return True
 
     # -- a full or failing disk -------------------------------------------------------
@@ -292,20 +276,6 @@ class Committer:
         else:
             self.stats.store_errors += 1
             log.error("store.write_failed", error=str(exc), errno=_errno.errorcode.get(exc.errno))
-
-
-def _write_group(store: PageStore, group: list[_GroupEntry]) -> list[_GroupEntry]:
-    # In a worker thread: write every batch's slots (no sync); the entries written. A
-    # failed write is that batch's error; the others go on.
-    written = []
-    for e in group:
-        try:
-            store.write_slots(e.batch.slots, e.batch.pages)
-        except StoreError as exc:
-            e.error = exc
-        else:
-            written.append(e)
-    return written
 
 
 __all__ = ["Batch", "Committer", "bind_instance", "close_store", "open_store"]

@@ -4,8 +4,9 @@
 privcmd socket, with a store opened by the caller (`pager.commit.open_store`). Crash
 safety rests on three orders, each kept by one module:
 
-- page-out (`pager.pageout`, `pager.commit`): nominate -> map -> write slots -> fdatasync
-  -> commit rows -> evict, so a gfn is never frameless before its copy is durable;
+- page-out (`pager.pageout`, `pager.commit`): nominate -> map -> write slots and the
+  records naming them -> sync (the commit) -> evict, so a gfn is never frameless before
+  its copy is durable;
 - page-in (`pager.pagein`, `pager.proactive`): read + verify -> prep -> resume -> free the
   row (only after prep answered 0), so a crash leaves the copy for the redelivered request;
 - recovery (`pager.recovery`): audit, free rows of gfns that have a frame (or are gone),
@@ -277,7 +278,7 @@ async def run_pager(
             raise error from None
         raise
     finally:
-        close_store(store, crashed=crashed)
+        await close_store(store, crashed=crashed)
 
 
 __all__ = [

@@ -6,7 +6,7 @@ in worker threads) and over the simulator's in-memory disk (synchronous, with po
 torn writes, latent sector errors, misdirected writes, ENOSPC, EIO and slow syncs).
 
 Names are paths relative to the disk's root (the state directory), with ``/`` as separator
-(``"pages.bin"``, ``"aside-1/pages.bin"``). Errors are `OSError` with an errno
+(``"pages.xp"``, ``"aside-1/pages.xp"``). Errors are `OSError` with an errno
 (``ENOENT``, ``ENOSPC``, ``EIO``, ...), as the real calls raise them.
 
 Durability model (what a power loss may do): a write is durable once a `DiskFile.sync` of

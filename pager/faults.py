@@ -16,6 +16,11 @@ Grammar (items separated by commas, whitespace ignored)::
     ACTION  := ENOSPC | EIO                       (any OP: the operation raises that OSError)
              | corrupt                            (read only: one byte of the data read flips)
 
+Store faults act on the pages file through a `Disk` wrapper (pager/store_faults.py): a
+pass of ``write`` is one disk phase's `pwritev` (a group of page-out batches and the frees
+riding with it, or a free on its own); ``fsync`` and ``commit`` are each counted on every
+sync of the pages file (the sync is the commit); ``read`` is each slot read.
+
 Crash points (the `CrashPoint` enumeration; ``CRASH_POINTS`` lists their names), in
 pipeline order:
 
@@ -163,8 +168,8 @@ class Faults:
     """A parsed fault spec: crash points and store faults, with their pass counters.
 
     `hit(point)` is called by the pipelines at each crash point, always on the event
-    loop; `store_fault(op)` by the storage layer (from worker threads, hence the lock)
-    before each operation.
+    loop; `store_fault(op)` by the store's fault wrapper before each operation (also on
+    the event loop; the lock is for callers in other threads).
     """
 
     spec: str = ""

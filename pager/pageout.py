@@ -66,10 +66,10 @@ class PageOut:
     async def pipelined(self, excess: int) -> bool:
         """Page out `excess` gfns in batches, pipelined: up to `config.pipeline` batches are
         on their way at once, each in its own task (nominate and map, write, sync, commit,
-        evict), and the disk phases of the batches that are ready together share one
-        fdatasync and one index commit (`Committer.persist`). Each batch keeps the
-        crash-safe order: its rows are committed only after a fdatasync that followed its
-        writes, and it is evicted only after that commit. False if no batch got going."""
+        evict), and the disk phases of the batches that are ready together share one write
+        and one sync (`Committer.persist`). Each batch keeps the crash-safe order: its
+        slots and the records naming them are written, then synced (the commit), and it
+        is evicted only after that sync returned. False if no batch got going."""
         slots = trio.Semaphore(self.config.pipeline)
         started = False
 
@@ -151,7 +151,7 @@ class PageOut:
         return Batch(mapped, slots, pages, rows, nominate)
 
     async def _finish(self, batch: Batch) -> int:
-        """Page-out, second half: write, fdatasync, commit, evict; the number evicted."""
+        """Page-out, second half: write slots and records, sync, evict; the number evicted."""
         rows = batch.rows
         try:
             await self.commit.persist(batch)

@@ -1,22 +1,21 @@
 """Invariant 4 from outside the pager: read its store and hold it against hv's `audit`.
 
-The pager's store format (pager/store.py): `index.sqlite` holds `pages(gfn, gen, slot,
-crc)`, `pages.bin` holds slot i at offset i * 4096, and `crc` is `pager.store.checksum(gfn,
-gen, data)`. This check runs only while no pager owns the store: it takes the same `flock`
-the pager takes, so a running pager makes it fail loudly instead of reading a moving target.
+The store is read with the pager's own code (`pager.store.PageStore` over a `RealDisk`):
+the rows its pages file describes, each copy verified against its checksum. This check
+runs only while no pager owns the store: it takes the same lock the pager takes, so a
+running pager makes it fail loudly instead of reading a moving target.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import os
-import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pager.store import SLOT_SIZE, checksum
+import trio
+
+from pager import PageStore, RealDisk, StoreError, StoreLocked
+from pager.store import PAGES
 from protocol import P2MType, bit
 
 _FRAMELESS_PAGING = (P2MType.paged, P2MType.paging_in_start)
@@ -67,55 +66,42 @@ class StoreCheck:
 
 
 def check_store(state_dir: Path, types: bytes, frames: bytes) -> StoreCheck:
-    """Compare the store in `state_dir` with an audit (`types`, `frames` bitmap) of every gfn."""
+    """Compare the store in `state_dir` with an audit (`types`, `frames` bitmap) of every gfn
+    (blocking: runs its own trio loop; call it from a worker thread)."""
+    return trio.run(_check_store, state_dir, types, frames)
+
+
+async def _check_store(state_dir: Path, types: bytes, frames: bytes) -> StoreCheck:
     result = StoreCheck()
-    result.frameless = sum(
-        1 for g, t in enumerate(types) if t in _FRAMELESS_PAGING and not bit(frames, g)
-    )
-    index = state_dir / "index.sqlite"
-    if not index.exists():
-        result.missing = [
-            g for g, t in enumerate(types) if t in _FRAMELESS_PAGING and not bit(frames, g)
-        ]
+    paging = [g for g, t in enumerate(types) if t in _FRAMELESS_PAGING and not bit(frames, g)]
+    result.frameless = len(paging)
+    if not (state_dir / PAGES).exists():
+        result.missing = paging
         return result
-    lock_fd = os.open(state_dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            result.error = "store is locked: a pager still owns it"
-            return result
-        rows = _rows(index)
-        result.rows = len(rows)
-        by_gfn = {gfn: (gen, slot, crc) for gfn, gen, slot, crc in rows}
-        with open(state_dir / "pages.bin", "rb") as pages:
-            for gfn, (gen, slot, crc) in sorted(by_gfn.items()):
-                if gfn >= len(types):
-                    result.bad_checksum.append(gfn)
-                    continue
-                if bit(frames, gfn):
-                    result.resident_rows.append(gfn)
-                    continue
-                data = os.pread(pages.fileno(), SLOT_SIZE, slot * SLOT_SIZE)
-                if len(data) != SLOT_SIZE or checksum(gfn, gen, data) != crc:
-                    result.bad_checksum.append(gfn)
-        for g, t in enumerate(types):
-            if t in _FRAMELESS_PAGING and not bit(frames, g) and g not in by_gfn:
-                result.missing.append(g)
-    except (OSError, sqlite3.Error) as exc:
+        store = await PageStore.open(RealDisk(state_dir), lock_wait=0)
+    except StoreLocked:
+        result.error = "store is locked: a pager still owns it"
+        return result
+    except (OSError, StoreError) as exc:
+        result.error = f"cannot read the store: {exc}"
+        return result
+    try:
+        result.rows = len(store.rows)
+        to_read = []
+        for gfn, row in sorted(store.rows.items()):
+            if gfn >= len(types):
+                result.bad_checksum.append(gfn)
+            elif bit(frames, gfn):
+                result.resident_rows.append(gfn)
+            else:
+                to_read.append(row)
+        for row, data in zip(to_read, await store.read_slots(to_read), strict=True):
+            if not isinstance(data, bytes):
+                result.bad_checksum.append(row.gfn)
+        result.missing = [g for g in paging if g not in store.rows]
+    except OSError as exc:
         result.error = f"cannot read the store: {exc}"
     finally:
-        with contextlib.suppress(OSError):
-            fcntl.flock(lock_fd, fcntl.LOCK_UN)
-        os.close(lock_fd)
+        await store.close()
     return result
-
-
-def _rows(index: Path) -> list[tuple[int, int, int, int]]:
-    # Read-write open (not mode=ro): a WAL database left by a killed writer needs its -shm
-    # rebuilt, which a read-only connection cannot do. We hold the pager's lock meanwhile.
-    db = sqlite3.connect(index, isolation_level=None)
-    try:
-        return db.execute("SELECT gfn, gen, slot, crc FROM pages").fetchall()
-    finally:
-        db.close()

@@ -28,9 +28,7 @@ FORBIDDEN = frozenset(
 )
 
 #: Files left as they are, each with the reason (remove an entry when its reason goes).
-EXEMPT = {
-    "pager/store.py": "the store's lock wait and aside name: the store rewrite replaces them",
-}
+EXEMPT: dict[str, str] = {}
 
 
 def wall_clock_calls(source: str) -> list[str]:

@@ -2,7 +2,7 @@
 
 Everything runs in one trio run over memory streams, with the real `hv` (the stack may
 import both; the pager itself never imports hv) and the real store on disk, so the numbers
-include msgpack framing, hv's work, pwrite + fdatasync and the SQLite commits.
+include msgpack framing, hv's work, the pages file's writes and syncs.
 
 - page-out: a pager with target = nr_gfns starts; the target drops to 0; pages/s until
   every gfn is paged out, per batch size;
@@ -37,6 +37,7 @@ from hv import HvConfig, Hypervisor
 from pager.commit import open_store
 from pager.core import Pager, PagerConfig, PagerStats, run_pager
 from pager.faults import NO_FAULTS, Faults, parse_faults, raise_simulated_crash
+from pager.realdisk import RealDisk
 from protocol import PAGE_SIZE
 from transport import open_client
 
@@ -53,7 +54,9 @@ async def _open_and_run(
 ) -> PagerStats:
     """Open the store in `state_dir` (as `python -m pager` does), then run a pager on it."""
     try:
-        store = await open_store(state_dir, faults=faults, lock_timeout=config.lock_timeout)
+        store = await open_store(
+            RealDisk(state_dir), faults=faults, lock_timeout=config.lock_timeout
+        )
     except BaseException:
         await trio.aclose_forcefully(stream)
         raise

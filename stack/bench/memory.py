@@ -38,21 +38,27 @@ def probe_hv_memory(nr_gfns: int) -> dict[str, float]:
 
 
 def probe_pager_index(state_dir: str) -> dict[str, float]:
-    """The pager's in-memory index (rows and free list) per row, and on disk per row."""
-    from pager.store import PageStore
+    """The pager's in-memory index (everything the open store holds) per row, and on disk
+    per row (the pages file's header pages and meta.json)."""
+    from pager import PageStore, RealDisk
+    from pager.store import META, PAGES
+    from pager.store_format import SLOT_SIZE, extents_in
 
-    gc.collect()
-    tracemalloc.start()
-    store = PageStore.open(state_dir, lock_timeout=10)
-    traced, _ = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    rows = len(store.rows)
-    store.close()
-    disk = sum(
-        os.path.getsize(os.path.join(state_dir, n))
-        for n in ("index.sqlite", "index.sqlite-wal")
-        if os.path.exists(os.path.join(state_dir, n))
-    )
+    async def opened() -> tuple[int, int]:
+        gc.collect()
+        tracemalloc.start()
+        store = await PageStore.open(RealDisk(state_dir), lock_wait=10)
+        traced, _ = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        rows = len(store.rows)
+        await store.close()
+        return traced, rows
+
+    traced, rows = trio.run(opened)
+    pages = os.path.join(state_dir, PAGES)
+    disk = extents_in(os.path.getsize(pages)) * SLOT_SIZE if os.path.exists(pages) else 0
+    if os.path.exists(os.path.join(state_dir, META)):
+        disk += os.path.getsize(os.path.join(state_dir, META))
     return {
         "rows": rows,
         "memory_per_row": traced / max(rows, 1),

@@ -36,7 +36,7 @@ async def bench_recovery(sizes: Sizes, work: Path, say: Callable[[str], None]) -
 
 async def start_floor(repeats: int) -> float:
     """Seconds for `python -c "import pager.__main__"`: what any pager start costs before it
-    can do anything (interpreter, trio, structlog, sqlite3), median of `repeats`."""
+    can do anything (interpreter, trio, structlog, crc32c), median of `repeats`."""
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import trio
 
+from pager import PageStore, RealDisk, Row, checksum
 from pager.policy import POLICIES
-from pager.store import PageStore, Row, checksum
 from stack import bench
 from stack.bench import (
     BenchOptions,
@@ -194,13 +194,15 @@ def test_recovered_seconds_reads_the_last_recovery_line(tmp_path: Path) -> None:
 
 
 def test_pager_index_probe_counts_rows(tmp_path: Path) -> None:
-    store = PageStore.open(tmp_path, lock_timeout=1)
-    page = bytes(4096)
-    rows = [Row(g, g + 1, g, checksum(g, g + 1, page)) for g in range(500)]
-    store.write_slots([r.slot for r in rows], [page] * len(rows))
-    store.sync_slots()
-    store.commit_rows_sync(rows)
-    store.close()
+    async def write() -> None:
+        store = await PageStore.open(RealDisk(tmp_path), lock_wait=1)
+        page = bytes(4096)
+        slots = store.reserve(500)
+        rows = [Row(g, g + 1, slots[g], checksum(g, g + 1, page)) for g in range(500)]
+        await store.persist(rows, [page] * len(rows))
+        await store.close()
+
+    trio.run(write)
     probe = bench.probe_pager_index(str(tmp_path))
     assert probe["rows"] == 500
     assert probe["memory_per_row"] > 0 and probe["disk_per_row"] > 16

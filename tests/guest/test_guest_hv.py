@@ -10,7 +10,7 @@ import trio
 
 from guest import GfnState, GuestConfig, Shadow, run_workload, verify_all
 from hv import HvConfig, Hypervisor
-from pager import PagerConfig, open_store, run_pager
+from pager import PagerConfig, RealDisk, open_store, run_pager
 from transport import open_client
 
 
@@ -76,7 +76,7 @@ async def test_guest_with_real_pager_pages_move_and_bytes_survive(tmp_path: Path
                 done = trio.Event()
 
                 async def pager() -> None:
-                    store = await open_store(tmp_path / "state", lock_timeout=1.0)
+                    store = await open_store(RealDisk(tmp_path / "state"), lock_timeout=1.0)
                     await run_pager(pa, store, PagerConfig(), stop=stop)
                     done.set()
 

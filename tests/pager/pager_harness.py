@@ -22,16 +22,17 @@ import trio.testing
 
 from hv import HvConfig, Hypervisor
 from pager import (
-    DiskIO,
     Faults,
     Pager,
     PagerConfig,
     PagerStats,
+    RealDisk,
     open_store,
     parse_faults,
     raise_simulated_crash,
     run_pager,
 )
+from pager.disk import Disk
 from protocol import PAGE_SIZE
 from transport import Client, open_client
 
@@ -183,7 +184,7 @@ class Stack:
         config: PagerConfig | None = None,
         faults: str | Faults | None = None,
         state_dir: Path | None = None,
-        io: DiskIO | None = None,
+        disk: Disk | None = None,
     ) -> PagerRun:
         """Start a pager task; crash points raise SimulatedCrash in-process."""
         run = PagerRun()
@@ -200,9 +201,8 @@ class Stack:
             try:
                 try:
                     store = await open_store(
-                        state_dir or self.state_dir,
+                        disk if disk is not None else RealDisk(state_dir or self.state_dir),
                         faults=spec,
-                        io=io,
                         lock_timeout=config.lock_timeout,
                     )
                 except BaseException:

@@ -16,7 +16,7 @@ import pytest
 import trio
 from pager_harness import Guest, PagerRun, Stack, open_stack, page_bytes
 
-from pager import CrashPoint, PagerConfig, PageStore, SimulatedCrash
+from pager import CrashPoint, PagerConfig, PageStore, RealDisk, SimulatedCrash
 from protocol import P2MType
 
 NR = 192
@@ -61,11 +61,11 @@ async def finish(stack: Stack, guest: Guest, run: PagerRun) -> None:
     await guest.verify_all(stack.hv.config.vcpus)
 
 
-def check_store_covers(stack: Stack, guest: Guest) -> None:
+async def check_store_covers(stack: Stack, guest: Guest) -> None:
     """Invariant 4, checked on the dead pager's state directory: every frameless gfn in the
     paging path has a durable copy whose bytes are the last ones the guest wrote."""
     p2m = stack.hv.domains[1].p2m
-    store = PageStore.open(stack.state_dir, lock_timeout=1.0)
+    store = await PageStore.open(RealDisk(stack.state_dir), lock_wait=1.0)
     try:
         frameless = [
             g
@@ -74,11 +74,11 @@ def check_store_covers(stack: Stack, guest: Guest) -> None:
         ]
         missing = [g for g in frameless if g not in store.rows]
         assert missing == [], f"frameless gfns without a durable copy: {missing}"
-        datas = store.read_slots([store.rows[g] for g in frameless])
+        datas = await store.read_slots([store.rows[g] for g in frameless])
         for g, data in zip(frameless, datas, strict=True):
             assert data == page_bytes(g, guest.versions[g]), f"gfn {g}: stored copy is wrong"
     finally:
-        store.close()
+        await store.close()
 
 
 async def settle(stack: Stack, run: PagerRun) -> None:
@@ -118,7 +118,7 @@ async def crash_then_recover(tmp_path: Path, faults: str, *more_faults: str) -> 
                     nursery.start_soon(run_workload)
                 await run.finished.wait()
                 assert isinstance(run.error, SimulatedCrash), f"{spec}: {run.error!r}"
-                check_store_covers(stack, guest)
+                await check_store_covers(stack, guest)
             assert not done.is_set()
             last = stack.start_pager(config())
             runs.append(last)
@@ -231,7 +231,7 @@ async def test_random_crash_storm(tmp_path: Path, seed: int) -> None:
                             inner.cancel_scope.cancel()
                         if isinstance(run.error, SimulatedCrash):
                             crashes += 1
-                            check_store_covers(stack, guest)
+                            await check_store_covers(stack, guest)
                         elif run.error is not None:
                             raise AssertionError(f"{spec}: {run.error!r}")
                     last = stack.start_pager(config())

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
+from hookdisk import HookedDisk
 from pager_harness import open_stack
 
-from pager import PagerConfig
-from pager.store import DiskIO
+from pager import PagerConfig, RealDisk
 
 NR = 256
 VCPUS = 4
@@ -43,23 +42,17 @@ async def test_page_out_to_target_touch_every_page_read_back(tmp_path: Path, pol
             await guest.verify_all(VCPUS)
 
 
-class _HeldSyncIO(DiskIO):
-    """Counts syncs and writes; the first fdatasync waits until the test lets it go."""
+def _held_sync_disk(state_dir: Path) -> tuple[HookedDisk, trio.Event]:
+    """Counts syncs and writes; the first sync waits until the test sets the event."""
+    disk = HookedDisk(RealDisk(state_dir))
+    release = trio.Event()
 
-    def __init__(self) -> None:
-        self.release = threading.Event()
-        self.syncs = 0
-        self.writes = 0
+    async def hold() -> None:
+        if disk.syncs == 1:
+            await release.wait()
 
-    def pwrite(self, fd: int, data: bytes, offset: int) -> None:
-        self.writes += 1
-        super().pwrite(fd, data, offset)
-
-    def fdatasync(self, fd: int) -> None:
-        self.syncs += 1
-        if self.syncs == 1:
-            assert self.release.wait(10), "the test never released the first sync"
-        super().fdatasync(fd)
+    disk.before_sync = hold
+    return disk, release
 
 
 async def test_batches_ready_during_a_disk_phase_share_the_next_one(tmp_path: Path) -> None:
@@ -71,8 +64,8 @@ async def test_batches_ready_during_a_disk_phase_share_the_next_one(tmp_path: Pa
     with trio.fail_after(30):
         async with open_stack(tmp_path, nr_gfns=NR, vcpus=VCPUS) as stack, stack.guest() as guest:
             await guest.fill(VCPUS)
-            io = _HeldSyncIO()
-            run = stack.start_pager(PagerConfig(batch=16, pipeline=8), io=io)
+            io, release = _held_sync_disk(stack.state_dir)
+            run = stack.start_pager(PagerConfig(batch=16, pipeline=8), disk=io)
             pager = await run.wait_started()
             phases: list[int] = []  # batches per disk phase
             persist_group = pager.commit.persist_group
@@ -89,7 +82,7 @@ async def test_batches_ready_during_a_disk_phase_share_the_next_one(tmp_path: Pa
                 pager, lambda: len(phases) == 1 and phases[0] + len(pager.commit.group) == 8
             )
             assert stack.domain_status()["paged_pages"] == 0  # nothing evicted yet
-            io.release.set()
+            release.set()
             await stack.until(pager, lambda: stack.domain_status()["paged_pages"] >= 128)
             assert sum(phases) == 8
             assert io.syncs == len(phases) <= 2  # one per phase; the queued batches shared one
@@ -99,20 +92,19 @@ async def test_batches_ready_during_a_disk_phase_share_the_next_one(tmp_path: Pa
             stack.assert_clean()
 
 
-class _HoldArmedSyncIO(DiskIO):
-    """Holds the first fdatasync after `armed` is set until the test releases it."""
+class _HoldArmedSync:
+    """Holds the first sync after `armed` is set until the test releases it."""
 
     def __init__(self) -> None:
         self.armed = False
-        self.held = threading.Event()
-        self.release = threading.Event()
+        self.held = trio.Event()
+        self.release = trio.Event()
 
-    def fdatasync(self, fd: int) -> None:
+    async def __call__(self) -> None:
         if self.armed:
             self.armed = False
             self.held.set()
-            assert self.release.wait(10), "the test never released the held sync"
-        super().fdatasync(fd)
+            await self.release.wait()
 
 
 async def test_a_page_in_during_a_disk_phase_is_freed_by_the_next_one(tmp_path: Path) -> None:
@@ -123,23 +115,25 @@ async def test_a_page_in_during_a_disk_phase_is_freed_by_the_next_one(tmp_path: 
     with trio.fail_after(30):
         async with open_stack(tmp_path, nr_gfns=NR, vcpus=VCPUS) as stack, stack.guest() as guest:
             await guest.fill(VCPUS)
-            io = _HoldArmedSyncIO()
-            run = stack.start_pager(PagerConfig(batch=16), io=io)
+            io = _HoldArmedSync()
+            disk = HookedDisk(RealDisk(stack.state_dir))
+            disk.before_sync = io
+            run = stack.start_pager(PagerConfig(batch=16), disk=disk)
             pager = await run.wait_started()
             await stack.set_target(NR - 32)
             await stack.until(pager, lambda: stack.domain_status()["paged_pages"] >= 32)
             gfn = min(pager.store.rows)
             own_deletes: list[list[tuple[int, int]]] = []
-            delete_rows_sync = pager.store.delete_rows_sync
+            delete_rows = pager.store.delete_rows
 
-            def spied(keys: Any) -> None:
+            async def spied(keys: Any) -> None:
                 own_deletes.append(list(keys))
-                delete_rows_sync(keys)
+                await delete_rows(keys)
 
-            pager.store.delete_rows_sync = spied  # type: ignore[method-assign]
+            pager.store.delete_rows = spied  # type: ignore[method-assign]
             io.armed = True
             await stack.set_target(NR - 48)  # one more batch, whose sync is held
-            assert await trio.to_thread.run_sync(io.held.wait, 10)
+            await io.held.wait()
             await guest.read_check(0, gfn)  # a fault served while the phase is held
             await stack.until(pager, lambda: bool(pager.commit.free_later))  # handed over
             io.release.set()
@@ -150,13 +144,6 @@ async def test_a_page_in_during_a_disk_phase_is_freed_by_the_next_one(tmp_path: 
             stack.assert_clean()
 
 
-class _CountedReadIO(DiskIO):
-    """Every read through `pread` (so none from the page cache path)."""
-
-    def pread(self, fd: int, size: int, offset: int) -> bytes:
-        return super().pread(fd, size, offset)
-
-
 @pytest.mark.parametrize("cache", [True, False])
 async def test_the_pager_counts_where_its_reads_came_from(tmp_path: Path, cache: bool) -> None:
     """`cached_reads` (page cache, no thread) and `disk_reads` (a worker thread): what the
@@ -164,8 +151,8 @@ async def test_the_pager_counts_where_its_reads_came_from(tmp_path: Path, cache:
     with trio.fail_after(30):
         async with open_stack(tmp_path, nr_gfns=NR, vcpus=VCPUS) as stack, stack.guest() as guest:
             await guest.fill(VCPUS)
-            io = DiskIO() if cache else _CountedReadIO()
-            run = stack.start_pager(PagerConfig(batch=32), io=io)
+            disk = HookedDisk(RealDisk(stack.state_dir), no_cache=not cache)
+            run = stack.start_pager(PagerConfig(batch=32), disk=disk)
             pager = await run.wait_started()
             await stack.set_target(NR // 2)
             await stack.until(pager, lambda: stack.domain_status()["tot_pages"] <= NR // 2)

@@ -1,26 +1,32 @@
 """The store against a tiny model under random operation sequences, crashes included.
 
-Operations follow the pipelines' protocol (reserve, write, sync, commit, then mirror;
-free by (gfn, gen)); a crash abandons the store at any step of a page-out (slots written
-but not synced or not committed) and reopens it. After every step: every committed row
-reads back the bytes of its generation, no two rows share a slot, no free slot is named
-by a row, and the model's rows are exactly the store's.
+Operations follow the pipelines' protocol (reserve, one persist: write, sync, mirror; free
+by (gfn, gen)) over an in-memory disk; a crash cuts the power at a step of a page-out
+(slots and records written but not synced, or synced) and reopens the store. After every
+step: every durable row reads back the bytes of its generation, no two rows share a slot,
+no free slot is named by a row, and the model's rows are exactly the store's.
 """
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from pathlib import Path
+from collections.abc import Awaitable, Callable
+from typing import Any
 
+import pytest
+import trio
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from memdisk import MemDisk, PowerCut
 
 from pager import PageStore, Row, checksum
 from protocol import PAGE_SIZE
 
 GFNS = st.integers(0, 15)
+
+
+def run(fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+    return trio.run(fn, *args)
 
 
 def data_for(gfn: int, gen: int) -> bytes:
@@ -32,13 +38,15 @@ def data_for(gfn: int, gen: int) -> bytes:
 class StoreModel(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.dir = Path(tempfile.mkdtemp(prefix="store-model-"))
-        self.store = PageStore.open(self.dir, lock_timeout=1.0)
+        self.disk = MemDisk()
+        self.store: PageStore = run(self._open)
         self.model: dict[int, int] = {}  # gfn -> gen of its durable row
 
+    async def _open(self) -> PageStore:
+        return await PageStore.open(self.disk, lock_wait=1.0)
+
     def teardown(self) -> None:
-        self.store.close()
-        shutil.rmtree(self.dir)
+        run(self.store.close)
 
     @rule(gfns=st.lists(GFNS, min_size=1, max_size=5, unique=True), crash=st.integers(0, 3))
     def page_out(self, gfns: list[int], crash: int) -> None:
@@ -49,16 +57,16 @@ class StoreModel(RuleBasedStateMachine):
         for g, s in zip(gfns, slots, strict=True):
             gen = store.next_gen()
             rows.append(Row(g, gen, s, checksum(g, gen, data_for(g, gen))))
-        store.write_slots(slots, [data_for(r.gfn, r.gen) for r in rows])
         if crash == 1:
+            self.disk.crash_in(2)  # the write lands, the sync never runs
+            with pytest.raises(PowerCut):
+                run(store.persist, rows, [data_for(r.gfn, r.gen) for r in rows])
             return self._crash()
-        store.sync_slots()
-        if crash == 2:
-            return self._crash()
-        store.commit_rows_sync(rows)
-        store.applied_commit(rows)
+        run(store.persist, rows, [data_for(r.gfn, r.gen) for r in rows])
         for r in rows:
             self.model[r.gfn] = r.gen
+        if crash == 2:
+            return self._crash()
 
     @rule(gfn=GFNS, stale=st.booleans())
     def free(self, gfn: int, stale: bool) -> None:
@@ -66,9 +74,7 @@ class StoreModel(RuleBasedStateMachine):
         if row is None:
             return
         gen = row.gen - 1 if stale else row.gen  # a stale key must not free the new row
-        keys = self.store.to_delete([(gfn, gen)])
-        self.store.delete_rows_sync(keys)
-        self.store.applied_delete(keys)
+        run(self.store.delete_rows, [(gfn, gen)])
         if not stale:
             del self.model[gfn]
 
@@ -77,8 +83,9 @@ class StoreModel(RuleBasedStateMachine):
         self._crash()
 
     def _crash(self) -> None:
-        self.store.abandon()
-        self.store = PageStore.open(self.dir, lock_timeout=1.0)
+        run(self.store.abandon)
+        self.disk.power_loss()
+        self.store = run(self._open)
 
     @invariant()
     def agrees_with_the_model(self) -> None:
@@ -88,7 +95,7 @@ class StoreModel(RuleBasedStateMachine):
         assert len(slots) == len(set(slots))
         assert not set(slots) & set(store._free)
         rows = list(store.rows.values())
-        assert store.read_slots(rows) == [data_for(r.gfn, r.gen) for r in rows]
+        assert run(store.read_slots, rows) == [data_for(r.gfn, r.gen) for r in rows]
 
 
 StoreModel.TestCase.settings = settings(max_examples=40, stateful_step_count=25, deadline=None)

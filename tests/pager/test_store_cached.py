@@ -1,51 +1,59 @@
 """Page-cache reads without a worker thread (`read_slots_cached`): the same bytes and the
-same verdicts as `read_slots`, and never used when a DiskIO subclass owns `pread`."""
+same verdicts as `read_slots`, and never used while read faults are armed (every read
+then passes the fault wrapper)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pager import ChecksumError, DiskIO, PageStore, Row, checksum
+from pager import ChecksumError, PageStore, RealDisk, Row, StoreError, checksum, parse_faults
+from pager.disk import Disk
+from pager.store_faults import FaultyDisk
 
 
-def _store_with_rows(path: Path, io: DiskIO | None = None) -> tuple[PageStore, list[Row]]:
-    store = PageStore.open(path, io=io, lock_timeout=1)
+async def _store_with_rows(disk: Disk) -> tuple[PageStore, list[Row]]:
+    store = await PageStore.open(disk, lock_wait=1)
     pages = [bytes([g]) * 4096 for g in range(8)]
-    rows = [Row(g, g + 1, g, checksum(g, g + 1, pages[g])) for g in range(8)]
-    store.write_slots([r.slot for r in rows], pages)
-    store.sync_slots()
-    store.commit_rows_sync(rows)
-    store.applied_commit(rows)
+    slots = store.reserve(8)
+    rows = [Row(g, g + 1, slots[g], checksum(g, g + 1, pages[g])) for g in range(8)]
+    await store.persist(rows, pages)
     return store, rows
 
 
-def test_cached_read_matches_the_thread_read(tmp_path: Path) -> None:
-    store, rows = _store_with_rows(tmp_path)
+async def test_cached_read_matches_the_thread_read(tmp_path: Path) -> None:
+    store, rows = await _store_with_rows(RealDisk(tmp_path))
     try:
         bad = Row(rows[0].gfn, rows[0].gen, rows[1].slot, rows[0].crc)  # another gfn's slot
         cached = store.read_slots_cached([*rows, bad])
         assert cached is not None  # just written: in the page cache
-        assert cached[:8] == store.read_slots(rows) == [bytes([g]) * 4096 for g in range(8)]
+        assert cached[:8] == await store.read_slots(rows) == [bytes([g]) * 4096 for g in range(8)]
         assert isinstance(cached[8], ChecksumError)
         past_end = Row(9, 10, 1000, 0)
         assert store.read_slots_cached([past_end]) is None  # short read: the thread decides
     finally:
-        store.close()
+        await store.close()
 
 
-def test_a_diskio_that_overrides_pread_sees_every_read(tmp_path: Path) -> None:
-    class Counting(DiskIO):
-        reads = 0
-
-        def pread(self, fd: int, size: int, offset: int) -> bytes:
-            Counting.reads += 1
-            return super().pread(fd, size, offset)
-
-    store, rows = _store_with_rows(tmp_path, Counting())
+async def test_armed_read_faults_see_every_read(tmp_path: Path) -> None:
+    faults = parse_faults("store.read=EIO@100")
+    store, rows = await _store_with_rows(FaultyDisk(RealDisk(tmp_path), faults))
     try:
         assert store.read_slots_cached(rows) is None
-        assert Counting.reads == 0
-        store.read_slots(rows)
-        assert Counting.reads == 8
+        assert faults._store["read"][0].trigger.passes == 0
+        await store.read_slots(rows)
+        assert faults._store["read"][0].trigger.passes == 8
     finally:
-        store.close()
+        await store.close()
+
+
+async def test_read_faults_count_slot_reads_not_the_header_pages(tmp_path: Path) -> None:
+    store, rows = await _store_with_rows(RealDisk(tmp_path))
+    await store.close()
+    faults = parse_faults("store.read=EIO@1+")
+    again = await PageStore.open(FaultyDisk(RealDisk(tmp_path), faults), lock_wait=1)
+    try:
+        assert again.rows == {r.gfn: r for r in rows}  # the header pages were read
+        assert faults._store["read"][0].trigger.passes == 0
+        assert all(isinstance(x, StoreError) for x in await again.read_slots(rows))
+    finally:
+        await again.close()

@@ -157,24 +157,20 @@ async def test_proxy_cuts_to_pager_strictly_inside_a_frame(tmp_path: Path) -> No
 
 
 def _make_store(state: Path, rows: dict[int, bytes]) -> None:
-    """A store in the pager's format (pager/store.py): index rows and 4 KiB slots."""
-    import sqlite3
+    """A store in the pager's format, written by the pager's store code."""
+    from pager import PageStore, RealDisk, Row, checksum
 
-    from pager.store import checksum
+    async def write() -> None:
+        store = await PageStore.open(RealDisk(state), lock_wait=1)
+        slots = store.reserve(len(rows))
+        items = sorted(rows.items())
+        await store.persist(
+            [Row(g, 7, s, checksum(g, 7, d)) for (g, d), s in zip(items, slots, strict=True)],
+            [d for _, d in items],
+        )
+        await store.close()
 
-    state.mkdir()
-    db = sqlite3.connect(state / "index.sqlite")
-    db.execute(
-        "CREATE TABLE pages (gfn INTEGER PRIMARY KEY, gen INTEGER, slot INTEGER, crc INTEGER)"
-    )
-    with open(state / "pages.bin", "wb") as pages:
-        for slot, (gfn, data) in enumerate(sorted(rows.items())):
-            pages.write(data)
-            db.execute(
-                "INSERT INTO pages VALUES (?, ?, ?, ?)", (gfn, 7, slot, checksum(gfn, 7, data))
-            )
-    db.commit()
-    db.close()
+    trio.run(write)
 
 
 def test_store_check_finds_missing_corrupt_and_stale_rows(tmp_path: Path) -> None:
@@ -195,8 +191,11 @@ def test_store_check_finds_missing_corrupt_and_stale_rows(tmp_path: Path) -> Non
     frames = pack_bits(bytes([1, 1, 0, 0, 0, 0]))
     state = tmp_path / "state"
     _make_store(state, {1: b"\x01" * 4096, 2: b"\x02" * 4096, 3: b"\x03" * 4096, 5: b"\x05" * 4096})
-    with open(state / "pages.bin", "r+b") as f:  # flip one byte of gfn 3's slot (slot 2)
-        f.seek(2 * 4096 + 10)
+    from pager.store import PAGES
+    from pager.store_format import slot_offset
+
+    with open(state / PAGES, "r+b") as f:  # flip one byte of gfn 3's slot (slot 2)
+        f.seek(slot_offset(2) + 10)
         f.write(b"\xff")
     result = check_store(state, types, frames)
     assert result.rows == 4 and result.frameless == 4

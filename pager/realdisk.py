@@ -1,0 +1,198 @@
+"""`RealDisk`: the production `Disk` (pager/disk.py) over a state directory of real files.
+
+Every blocking call runs in a trio worker thread, one thread round trip per call (a whole
+`preadv` or `pwritev` list is one trip). `pread_cached` reads on the event loop with
+RWF_NOWAIT, which never blocks on the disk. The lock is `flock` on ``<root>/lock``, polled
+with trio sleeps for at most `wait` seconds of trio time (flock has no timeout).
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import fcntl
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Final
+
+import trio
+
+#: Seconds between attempts to take the lock while another process holds it.
+LOCK_POLL: Final = 0.05
+
+#: The lock file's name in the root (kept out of `listdir`'s concerns: it is just a file).
+LOCK_NAME: Final = "lock"
+
+
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
+class RealDiskFile:
+    """One open file of a `RealDisk` (see `pager.disk.DiskFile`)."""
+
+    def __init__(self, name: str, fd: int) -> None:
+        self.name = name
+        self._fd = fd
+
+    async def pread(self, size: int, offset: int) -> bytes:
+        """`size` bytes at `offset`, in a worker thread."""
+        return await trio.to_thread.run_sync(os.pread, self._fd, size, offset)
+
+    def pread_cached(self, size: int, offset: int) -> bytes | None:
+        """The bytes if the page cache holds them all (RWF_NOWAIT), else None; never raises."""
+        buf = bytearray(size)
+        try:
+            n = os.preadv(self._fd, [buf], offset, os.RWF_NOWAIT)
+        except (OSError, ValueError):  # EAGAIN (not cached), EOPNOTSUPP, closed, a real error
+            return None
+        return bytes(buf) if n == size else None
+
+    async def preadv(self, reads: Sequence[tuple[int, int]]) -> list[bytes | OSError]:
+        """Each (size, offset) read, in one worker thread trip."""
+        fd = self._fd
+
+        def run() -> list[bytes | OSError]:
+            out: list[bytes | OSError] = []
+            for size, offset in reads:
+                try:
+                    out.append(os.pread(fd, size, offset))
+                except OSError as exc:
+                    out.append(exc)
+            return out
+
+        got = await trio.to_thread.run_sync(run)
+        out = list(got)
+        got.clear()  # the worker thread keeps its last result until its next job
+        return out
+
+    async def pwritev(self, writes: Sequence[tuple[int, bytes]]) -> None:
+        """Each (offset, data) written whole, in order, in one worker thread trip."""
+        fd = self._fd
+
+        def run() -> None:
+            for offset, data in writes:
+                _pwrite_all(fd, data, offset)
+
+        await trio.to_thread.run_sync(run)
+
+    async def sync(self) -> None:
+        """fdatasync, in a worker thread."""
+        await trio.to_thread.run_sync(os.fdatasync, self._fd)
+
+    async def truncate(self, size: int) -> None:
+        """ftruncate, in a worker thread."""
+        await trio.to_thread.run_sync(os.ftruncate, self._fd, size)
+
+    async def size(self) -> int:
+        """The file's size (fstat; no disk access: on the event loop)."""
+        return os.fstat(self._fd).st_size
+
+    async def close(self) -> None:
+        """Close the descriptor (unsynced writes stay with the kernel)."""
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
+
+
+class RealDiskLock:
+    """The flock held on ``<root>/lock``; released by closing its descriptor."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    async def release(self) -> None:
+        """Give the lock back (closing the descriptor drops the flock)."""
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
+
+
+class RealDisk:
+    """The state directory `root` as a `Disk`; created if missing."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    def path(self, name: str = "") -> Path:
+        """The real path of `name` (for tools and tests, never for the store's I/O)."""
+        if name.startswith("/") or ".." in name.split("/"):
+            raise OSError(_errno.EINVAL, f"{name!r} is not a name inside the disk")
+        return self.root / name if name else self.root
+
+    async def open(self, name: str, *, create: bool = False) -> RealDiskFile:
+        """Open `name` read-write (created empty if `create`)."""
+        flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if create else 0)
+        path = self.path(name)
+        if create:
+            await self.mkdir("")
+        fd = await trio.to_thread.run_sync(os.open, path, flags, 0o600)
+        return RealDiskFile(name, fd)
+
+    async def exists(self, name: str) -> bool:
+        """True if `name` exists."""
+        return await trio.to_thread.run_sync(os.path.lexists, self.path(name))
+
+    async def listdir(self, name: str = "") -> list[str]:
+        """The sorted entries of directory `name` (empty if the root does not exist yet)."""
+        path = self.path(name)
+        try:
+            return sorted(await trio.to_thread.run_sync(os.listdir, path))
+        except FileNotFoundError:
+            if name:
+                raise
+            return []
+
+    async def mkdir(self, name: str) -> None:
+        """Create directory `name` and its parents (no error if it exists)."""
+        await trio.to_thread.run_sync(lambda: os.makedirs(self.path(name), exist_ok=True))
+
+    async def rename(self, src: str, dst: str) -> None:
+        """os.rename, atomic, replacing a file `dst`."""
+        await trio.to_thread.run_sync(os.rename, self.path(src), self.path(dst))
+
+    async def remove(self, name: str) -> None:
+        """os.unlink."""
+        await trio.to_thread.run_sync(os.unlink, self.path(name))
+
+    async def sync_dir(self, name: str = "") -> None:
+        """fsync the directory: its creates, renames and removes are durable."""
+        path = self.path(name)
+
+        def run() -> None:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+        await trio.to_thread.run_sync(run)
+
+    async def lock(self, wait: float) -> RealDiskLock:
+        """flock ``lock`` exclusively, polling with trio sleeps for at most `wait` seconds;
+        BlockingIOError when the holder kept it that long."""
+        await self.mkdir("")
+        path = self.path(LOCK_NAME)
+        fd = await trio.to_thread.run_sync(
+            os.open, path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+        )
+        deadline = trio.current_time() + wait
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # never blocks
+                    return RealDiskLock(fd)
+                except BlockingIOError:
+                    left = deadline - trio.current_time()
+                    if left <= 0:
+                        raise BlockingIOError(
+                            _errno.EWOULDBLOCK, f"{path} is locked (waited {wait:g} s)"
+                        ) from None
+                    # Only a second pager on one store waits here.
+                    await trio.sleep(min(LOCK_POLL, left))
+        except BaseException:
+            os.close(fd)
+            raise
