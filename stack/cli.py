@@ -23,12 +23,14 @@ from guest import PATTERNS
 from pager.policy import POLICIES
 from protocol import ProtocolError, RingMode
 from transport import ConnectionClosed, configure_logging, open_unix_client
+from transport.logs import CappedLog
 
 from .argtypes import nonneg_int, positive_float, positive_int
 from .errors import StackError
 from .harness import run_stack
 from .options import StackOptions
 from .power import POWER_KINDS, POWER_SPACING, fuse_problem
+from .procs import LOG_MAX_BYTES
 from .report import summary_text
 from .rundir import prepare_run_dir
 from .schedule import DEFAULT_KINDS, make_schedule, parse_kinds
@@ -260,7 +262,7 @@ def _cmd_stack(args: argparse.Namespace) -> int:
         opts.run_dir = prepare_run_dir(opts.run_dir, use_proxy=opts.use_proxy)
     except (StackError, ValueError) as exc:
         return _fail(str(exc))
-    with open(opts.run_dir / "xpemu.log", "a") as stack_log:
+    with CappedLog(opts.run_dir / "xpemu.log", LOG_MAX_BYTES) as stack_log:
         configure_logging("xpemu", stream=stack_log, json=True)
         if args.command == "stress":
             _say(f"xpemu stress: seed {opts.seed}, {len(opts.schedule)} faults scheduled")

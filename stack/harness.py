@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import sys
 import time
@@ -27,6 +28,7 @@ from transport import Client, ConnectionClosed, open_unix_client
 from .endcheck import EndPhase, load_guest_report
 from .errors import StackError, decisive, hv_death
 from .live import LiveFacts, display
+from .lives import LifeLog
 from .options import StackOptions
 from .power import POWER_KINDS, PowerControl, open_power
 from .procs import Child, ChildSet, StartError, last_line, open_children
@@ -91,8 +93,8 @@ class Stack:
         return trio.current_time() - self.t0
 
     @property
-    def lives(self) -> list[PagerLife]:
-        """The pager's incarnations so far."""
+    def lives(self) -> list[PagerLife] | LifeLog[PagerLife]:
+        """The pager's incarnations so far (the latest ones: lives.py)."""
         return self.sup.lives if self.sup is not None else []
 
     @property
@@ -256,6 +258,8 @@ class Stack:
             return
         try:
             with open(self.guest.log_path, "rb") as f:
+                if os.fstat(f.fileno()).st_size < self._guest_log_pos:
+                    self._guest_log_pos = 0  # the guest rotated its log: a new file
                 f.seek(self._guest_log_pos)
                 chunk = f.read()
         except OSError:

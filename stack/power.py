@@ -30,6 +30,7 @@ from typing import Any, Final, Protocol
 import structlog
 import trio
 
+from .lives import LifeLog
 from .procs import StartError, last_line
 from .schedule import Fault
 from .supervisor import PagerLife, Spawner
@@ -97,7 +98,7 @@ class PagerHost(Protocol):
 
     restart_gate: trio.Event
     pager: Spawner
-    lives: list[PagerLife]
+    lives: LifeLog[PagerLife]
     stopped: bool
 
     def kill(self, why: str) -> bool: ...

@@ -9,14 +9,15 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
+from .lives import LifeLog
 from .options import StackOptions
 from .schedule import schedule_to_list
-from .supervisor import PagerLife
+from .supervisor import FINAL_KILL, PagerLife, life_counts
 
-#: Why the end phase kills the pager (not a fault: the store check needs it dead).
-FINAL_KILL: Final = "final_store_check"
+# FINAL_KILL: imported from here by the end phase and the tests.
+__all__ = ["FINAL_KILL", "RunFacts", "build_report", "summary_text"]
 
 
 @dataclass
@@ -25,7 +26,7 @@ class RunFacts:
 
     opts: StackOptions
     run_dir: Path
-    lives: list[PagerLife]
+    lives: list[PagerLife] | LifeLog[PagerLife]  # a LifeLog holds only the latest in full
     final_n: int  # the pager incarnation asked to page everything in at the end
     counters: dict[str, int]  # hv's counters for domain 1
     last_epoch: int  # hv's attach epoch when last seen
@@ -52,18 +53,12 @@ def build_report(f: RunFacts) -> dict[str, Any]:
     """The report dict of a finished run: `ok` and every figure behind it."""
     o, guest, final = f.opts, f.guest, f.final
     violations = list(f.violations)
-    deaths = Counter(life.cause for life in f.lives if life.rc is not None)
-    # Deaths during the run: every end except the end phase's own kill and SIGTERM.
-    mid_run = [
-        life
-        for life in f.lives
-        if life.rc is not None and life.killed_by != FINAL_KILL and life.n != f.final_n
-    ]
-    kills = sum(1 for life in mid_run if life.killed_by)
-    crash_fired = sum(1 for life in mid_run if life.cause == "crash_point")
+    # Every life's counts, those a LifeLog let go included (supervisor.life_counts).
+    folded = f.lives.folded if isinstance(f.lives, LifeLog) else Counter[str]()
+    lives = folded + life_counts(f.lives, f.final_n)
+    deaths = {k[5:]: v for k, v in sorted(lives.items()) if k.startswith("ends:")}
     # Restarts that followed a death during the run (not the end phase's own restart).
-    final_restarts = sum(1 for life in f.lives if life.killed_by == FINAL_KILL)
-    restarts = max(0, len(f.lives) - 1 - final_restarts)
+    restarts = max(0, len(f.lives) - 1 - lives["final_kills"])
     stuck = list(guest["stuck_vcpus"]) if guest else []
     integrity = (guest["integrity_errors"] if guest else 0) + (
         final["integrity_errors"] if final else 0
@@ -105,17 +100,16 @@ def build_report(f: RunFacts) -> dict[str, Any]:
         "pager": {
             "starts": len(f.lives),
             "restarts_survived": restarts,
-            "kills": kills,
-            "crash_points_fired": crash_fired,
-            "pager_deaths": len(mid_run),
+            "kills": lives["kills"],
+            "crash_points_fired": lives["crash_points"],
+            "pager_deaths": lives["mid_run"],
             "cuts_fired": f.cuts_fired,
-            "ends": dict(deaths),
+            "ends": deaths,
             "attaches": f.last_epoch,
             # Pagers that ended without ever attaching (xen mode: refused with EBUSY).
-            "never_attached": sum(
-                1 for life in f.lives if life.rc is not None and not life.attached
-            ),
+            "never_attached": lives["never_attached"],
             "paged_everything_in": f.paged_in,
+            # The latest lives (lives.py: older ones only in the counts above).
             "lives": [vars(life) | {"cause": life.cause} for life in f.lives],
         },
         "pages": {

@@ -3,13 +3,16 @@
 The supervisor is handed its spawner (a `procs.Child` in production, a stand-in in the
 tests), so its restart rules run without processes: restart at once after a kill, back off
 when a pager dies without attaching, give up after MAX_FAILED_STARTS, arm the next start
-with a scheduled fault, and hold restarts while the gate is closed.
+with a scheduled fault, and hold restarts while the gate is closed. The history stays
+bounded however long the stack runs (lives.py): the latest lives in full, the older ones
+folded into the counts the report gives (`life_counts`).
 """
 
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Protocol
@@ -17,12 +20,16 @@ from typing import Final, Protocol
 import structlog
 import trio
 
+from .lives import LifeLog
 from .schedule import Fault
 
 log = structlog.get_logger("stack")
 
 #: Consecutive pager starts that never attach before the stack gives up on the pager.
 MAX_FAILED_STARTS: Final = 6
+
+#: Why the end phase kills the pager (not a fault: the store check needs it dead).
+FINAL_KILL: Final = "final_store_check"
 
 
 class Spawner(Protocol):
@@ -71,6 +78,24 @@ class PagerLife:
         return f"exit:{self.rc}"
 
 
+def life_counts(lives: Iterable[PagerLife], final_n: int) -> Counter[str]:
+    """The report's counts over `lives` (`final_n`: the life asked to page everything in at
+    the end); additive, so LifeLog folds old lives through it and adds the rest later."""
+    c: Counter[str] = Counter()
+    for life in lives:
+        c["final_kills"] += life.killed_by == FINAL_KILL
+        if life.rc is None:
+            continue
+        c[f"ends:{life.cause}"] += 1
+        c["never_attached"] += not life.attached
+        # Deaths during the run: every end except the end phase's own kill and SIGTERM.
+        if life.killed_by != FINAL_KILL and life.n != final_n:
+            c["mid_run"] += 1
+            c["kills"] += bool(life.killed_by)
+            c["crash_points"] += life.cause == "crash_point"
+    return c
+
+
 def _never() -> bool:
     return False
 
@@ -88,13 +113,16 @@ class PagerSupervisor:
         self.pager = spawner
         self.elapsed = elapsed  # seconds since the workload started, for the record
         self.orphaned = orphaned  # faithful Xen: no pager can attach to an orphaned ring
-        self.lives: list[PagerLife] = []
+        self.lives: LifeLog[PagerLife] = LifeLog(self._fold)
         self.arm_next: Fault | None = None  # the fault the next start carries
         self.stopped = False  # no more restarts
         self.exited = trio.Event()  # set (and replaced) each time a life ends
         self.restart_gate = trio.Event()  # cleared while the end phase reads the store
         self.restart_gate.set()
         self.final_n = 0  # the incarnation asked to page everything in at the end
+
+    def _fold(self, lives: Iterable[PagerLife]) -> Counter[str]:
+        return life_counts(lives, self.final_n)
 
     async def run(self) -> None:
         """Start the pager, restart it whenever it dies (until told to stop)."""
@@ -150,8 +178,8 @@ class PagerSupervisor:
 
     async def wait_down(self) -> None:
         """Wait until the latest life has been reaped (callers bound the wait)."""
-        n = len(self.lives)
-        while self.lives[n - 1].rc is None:
+        life = self.lives[-1]
+        while life.rc is None:
             await self.exited.wait()
 
     @property

@@ -1,4 +1,4 @@
-"""`xpemu bench`'s command line: options, the run, the table, the JSON."""
+"""`xpemu bench`'s command line: options, the run, the table, the JSON (`--soak`: soak.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import trio
 
-from ..argtypes import positive_int
+from ..argtypes import positive_float, positive_int
 from .options import SECTIONS, BenchError, BenchOptions
 from .run import run_bench
 from .table import render_table
@@ -18,6 +18,12 @@ from .table import render_table
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of `xpemu bench`."""
     p.add_argument("--full", action="store_true", help="the long version (100,000-page recovery)")
+    p.add_argument(
+        "--soak",
+        type=positive_float,
+        metavar="MINUTES",
+        help="instead: the stack at full load this long, each process's RSS growth per hour",
+    )
     p.add_argument("--json", type=Path, dest="json_path", help="write every figure here")
     p.add_argument("--repeats", type=positive_int, help="runs per figure (3 quick, 5 full)")
     p.add_argument(
@@ -48,6 +54,10 @@ def main(args: argparse.Namespace) -> int:
     if args.json_path is not None and not args.json_path.parent.is_dir():
         print(f"xpemu: error: no directory {args.json_path.parent} for --json", file=sys.stderr)
         return 2
+    if args.soak is not None:
+        from . import soak  # soak.py: its own run and table
+
+        return soak.main(args.soak, args.work_dir, args.json_path)
     configure_logging("xpemu-bench", level="warning")
     opts = BenchOptions(
         full=args.full,

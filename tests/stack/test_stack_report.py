@@ -6,9 +6,10 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from stack.lives import LifeLog
 from stack.options import StackOptions
 from stack.report import FINAL_KILL, RunFacts, build_report, summary_text
-from stack.supervisor import PagerLife
+from stack.supervisor import PagerLife, life_counts
 
 
 def _guest(**over: Any) -> dict[str, Any]:
@@ -69,6 +70,16 @@ def test_a_clean_run_is_ok_and_counts_only_the_deaths_during_the_run() -> None:
     assert r["pages"]["out"] == 40 and r["pages"]["in"] == 30 and r["pages"]["broken"] == 0
     assert r["config"]["target"] == 128 and r["logs"]["pager"] == "/run/x/pager.log"
     assert "PASSED" in summary_text(r | {"elapsed_s": 1.0})
+
+
+def test_lives_folded_away_still_count_in_the_report() -> None:
+    full = _facts()
+    held: LifeLog[PagerLife] = LifeLog(lambda ls: life_counts(ls, full.final_n), keep=1)
+    for life in full.lives:
+        held.append(life)
+    r, r_held = build_report(full), build_report(_facts(lives=held))
+    assert len(r_held["pager"].pop("lives")) == 1 and len(r["pager"].pop("lives")) == 4
+    assert r_held == r  # every count, the three folded lives included
 
 
 def test_a_failed_guest_fails_the_run_without_touching_the_recorded_violations() -> None:

@@ -128,7 +128,7 @@ async def test_an_attached_pager_that_dies_resets_the_count_of_failed_starts(
                 sup.note_attached()
             await trio.sleep(0.6)
         assert not sup.stopped
-        assert [life.attached for life in sup.lives[:4]] == [True, False, True, False]
+        assert [life.attached for life in list(sup.lives)[:4]] == [True, False, True, False]
         assert all(life.cause == "exit:1" for life in sup.lives if life.rc is not None)
         sup.stopped = True
         pager.kill()
