@@ -27,6 +27,14 @@ def test_many_seeds_pass_and_reach_every_crash_point() -> None:
     assert len(reached) >= len(CRASH_POINTS) - 2, summary.uncovered
 
 
+@pytest.mark.timeout(1800)
+def test_same_seed_same_trace_in_the_default_scenario() -> None:
+    seeds = range(20 if os.environ.get("XPEMU_SLOW") else 1)
+    summary = run_seeds(seeds, scenario="default", check_determinism=True)
+    assert summary.ok, summary.failed[:3]
+    assert summary.mismatched == []
+
+
 def test_same_seed_same_trace() -> None:
     summary = run_seeds(range(20), scenario="tiny", check_determinism=True)
     assert summary.seeds == 20
