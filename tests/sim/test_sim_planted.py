@@ -53,6 +53,8 @@ def test_planted_bug_is_found_and_shrunk(bug: str, monkeypatch: pytest.MonkeyPat
     # And it replays: the same seed and plan fail the same way.
     again = run_seed(seed, plan=shrunk.plan)
     assert again.failures == shrunk.failures
+    monkeypatch.undo()  # and it is the bug that fails it: without it, the same run passes
+    assert run_seed(seed, plan=shrunk.plan).ok
     if bug in SHRINKS_LONG and len(shrunk.plan.faults) > 3:
         pytest.xfail(SHRINKS_LONG[bug])
     assert len(shrunk.plan.faults) <= 3, [f.describe() for f in shrunk.plan.faults]
