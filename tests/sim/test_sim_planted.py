@@ -13,11 +13,12 @@ SEARCH: int = 200
 #: Planted bugs that take tens of seconds to find and shrink: behind XPEMU_SLOW=1.
 SLOW = {"skip_free_sync"}
 
-#: Planted bugs no fault of the sim can make visible, and why (see the sim2 report).
+#: Planted bugs the sim's faults have not been able to make visible, and why (sim2 report).
 UNREACHABLE = {
-    "stale_drop": "a gfn with a DROP_PAGE pending stays 'paged' in the policy until the drop "
-    "is served, so no page-out can give it a new copy first; after a restart recovery frees "
-    "the old row and the redelivered drop is served before any page-out can persist",
+    "stale_drop": "an unaudited drop frees the row it looks up by (gfn, gen): only a lookup "
+    "between a re-page-out's commit and the drop can free the new copy; balloon storms with "
+    "target swings and slow syncs re-nominate such gfns (a failed page-in clears the "
+    "policy's paged bit) but never hit that window in 30 seeds",
 }
 
 #: Found, but its 1-minimal shrunk schedule is longer than 3 faults (the issue's bound).
