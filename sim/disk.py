@@ -26,6 +26,7 @@ import os
 import random
 from collections import Counter
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -40,6 +41,11 @@ POWER_MODES: Final = ("drop", "subset")
 CACHED_SHARE: Final = 0.5
 
 Emit = Callable[..., None]
+
+#: The disk epoch of the simulated process the current task belongs to (None: no process,
+#: e.g. a test or the checker). Once that process died, every call of its tasks fails
+#: with EBADF before it has any effect: no cleanup of a dead process reaches the disk.
+PROCESS: ContextVar[int | None] = ContextVar("sim_disk_process", default=None)
 
 
 def _noop(event: str, **fields: Any) -> None:
@@ -247,6 +253,7 @@ class SimDisk:
     async def open(self, name: str, *, create: bool = False) -> SimFile:
         """Open `name`; create it empty if `create` (durable after `sync_dir`)."""
         await trio.lowlevel.checkpoint()
+        self._alive()
         parent, leaf = self._parent(name)
         node = parent.entries.get(leaf)
         if node is None:
@@ -260,16 +267,19 @@ class SimDisk:
     async def exists(self, name: str) -> bool:
         """True if a file or directory `name` exists."""
         await trio.lowlevel.checkpoint()
+        self._alive()
         return self._lookup(name) is not None
 
     async def listdir(self, name: str = "") -> list[str]:
         """The entries of directory `name`, sorted."""
         await trio.lowlevel.checkpoint()
+        self._alive()
         return sorted(self._dir(name).entries)
 
     async def mkdir(self, name: str) -> None:
         """Create directory `name` (no error if it exists)."""
         await trio.lowlevel.checkpoint()
+        self._alive()
         parent, leaf = self._parent(name)
         node = parent.entries.get(leaf)
         if node is None:
@@ -280,6 +290,7 @@ class SimDisk:
     async def rename(self, src: str, dst: str) -> None:
         """Move `src` to `dst` atomically, replacing a file `dst`."""
         await trio.lowlevel.checkpoint()
+        self._alive()
         sparent, sleaf = self._parent(src)
         node = sparent.entries.get(sleaf)
         if node is None:
@@ -294,6 +305,7 @@ class SimDisk:
     async def remove(self, name: str) -> None:
         """Remove file `name` (ENOENT if missing)."""
         await trio.lowlevel.checkpoint()
+        self._alive()
         parent, leaf = self._parent(name)
         node = parent.entries.get(leaf)
         if node is None:
@@ -305,6 +317,7 @@ class SimDisk:
     async def sync_dir(self, name: str = "") -> None:
         """Creates, renames and removes in directory `name` become durable."""
         await trio.lowlevel.checkpoint()
+        self._alive()
         node = self._dir(name)
         node.durable = dict(node.entries)
         self.counters["sync_dir"] += 1
@@ -312,6 +325,7 @@ class SimDisk:
     async def lock(self, wait: float) -> SimLock:
         """The exclusive lock, waiting at most `wait` s of trio time (BlockingIOError)."""
         await trio.lowlevel.checkpoint()
+        self._alive()
         with trio.move_on_after(wait):
             while self._lock_holder is not None:
                 await self._lock_free.park()
@@ -319,6 +333,12 @@ class SimDisk:
             raise BlockingIOError(_errno.EWOULDBLOCK, "the store is locked by another holder")
         self._lock_holder = SimLock(self, self.epoch)
         return self._lock_holder
+
+    def _alive(self) -> None:
+        """EBADF if the calling task's process (`PROCESS`) has died."""
+        owner = PROCESS.get()
+        if owner is not None and owner != self.epoch:
+            raise _oserror(_errno.EBADF, "the calling process died")
 
     def _release_lock(self) -> None:
         self._lock_holder = None
@@ -519,4 +539,12 @@ class SimDisk:
         return [node for _, node in sorted(self.files().items())]
 
 
-__all__ = ["NO_DISK_FAULTS", "POWER_MODES", "DiskFaults", "SimDisk", "SimFile", "SimLock"]
+__all__ = [
+    "NO_DISK_FAULTS",
+    "POWER_MODES",
+    "PROCESS",
+    "DiskFaults",
+    "SimDisk",
+    "SimFile",
+    "SimLock",
+]

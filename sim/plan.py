@@ -12,7 +12,8 @@ Scheduled kinds (each an instant of simulated time, seconds from the workload's 
 - `kill`: the pager dies at that instant (whatever it is doing);
 - `crash`: the next pager is armed with crash point `point`, dying the `nth` time it passes;
 - `power`: the machine loses power: the pager dies and the disk loses its unsynced changes
-  (`mode` drop, or subset: some kept, one torn);
+  (`mode` drop, or subset: some kept, one torn); with `point` and `nth`, the next pager
+  is armed and the power goes when it passes that crash point (mid-batch, say);
 - `disk`: the disk misbehaves for `for_s` seconds: `fault` (eio_read, eio_write, eio_sync,
   enospc, latent, misdirect, slow_sync) at per-operation `rate`;
 - `store`: a fault of the pager's own store-fault grammar, as `xpemu stress` arms it;
@@ -183,7 +184,10 @@ def _params(kind: str, rng: random.Random, window: float, nr_gfns: int) -> dict[
     if kind == "crash":
         return {"point": rng.choice(CRASH_POINTS), "nth": rng.choice((1, 1, 2, 3))}
     if kind == "power":
-        return {"mode": rng.choice(("drop", "subset"))}
+        power: dict[str, Any] = {"mode": rng.choice(("drop", "subset"))}
+        if rng.random() < 0.5:  # at a crash point: mid-batch, with writes not yet synced
+            power.update(point=rng.choice(CRASH_POINTS), nth=rng.choice((1, 1, 2, 3)))
+        return power
     if kind == "disk":
         return {
             "fault": rng.choice(DISK_FAULTS),
@@ -295,6 +299,9 @@ def _validate(kind: str, params: Mapping[str, Any]) -> None:
         raise PlanError(f"unknown cut direction {params['direction']!r}")
     if kind == "power" and params.get("mode", "drop") not in ("drop", "subset"):
         raise PlanError(f"unknown power-loss mode {params['mode']!r}")
+    if kind == "power" and "point" in params:
+        if params["point"] not in CRASH_POINTS or "nth" not in params:
+            raise PlanError(f"a power loss at a crash point needs a known point and nth: {params}")
 
 
 __all__ = [

@@ -56,10 +56,13 @@ class FaultPlayer:
             persist = "" if p["op"] == "read" else "+"
             self.w.armed = f"store.{p['op']}={p['action']}@{p['nth']}{persist}"
             self.w.kill()
+        elif kind == "power" and "point" in p:
+            self.w.armed = f"{p['point']}@{p['nth']}"
+            self.w.node.power_at_crash = p.get("mode", "drop")
+            self.w.kill()
         elif kind == "power":
             self.w.kill()
-            if not self.w.node.power_loss(p.get("mode", "drop")):
-                self.w.emit("power.unsupported", reason="the pager's store is not on a sim Disk")
+            self.w.node.power_loss(p.get("mode", "drop"))
         elif kind == "disk":
             until = trio.current_time() + float(p["for_s"])
             rates: dict[str, Any] = {p["fault"]: float(p["rate"])}

@@ -19,6 +19,7 @@ from pager.drops import Drops, rsp
 from pager.hvcalls import HvCalls
 from pager.pagein import PageIn
 from pager.pageout import PageOut
+from pager.store import PageStore
 from protocol import P2MType
 
 
@@ -100,36 +101,47 @@ def plant_skip_checksum(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(pager.store, "_verified", verified)
 
 
-def plant_skip_pageout_sync(mp: pytest.MonkeyPatch) -> None:
-    """The rebuilt store's disk phase (page-out batch, or frees) skips its sync: pages are
-    evicted before their copy is durable. Only a power loss shows it (the sim disk)."""
-    from pager.store import PageStore
+class _NoSync:
+    """A pages file whose `sync` makes nothing durable (every other call goes through)."""
 
+    def __init__(self, file: Any) -> None:
+        self._file = file
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._file, name)
+
+    async def sync(self) -> None:
+        """BUG: returns without making anything durable."""
+
+
+def _skip_sync(mp: pytest.MonkeyPatch, *, page_outs: bool) -> None:
+    """`PageStore.persist` skips its sync in the disk phases that write page-out rows
+    (`page_outs`), or in those that only free slots (free records, the tombstones)."""
     persist = PageStore.persist
 
-    class _NoSync:
-        def __init__(self, file: Any) -> None:
-            self._file = file
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self._file, name)
-
-        async def sync(self) -> None:
-            """BUG: returns without making anything durable."""
-
-    async def planted(self: Any, *args: Any, **kwargs: Any) -> Any:
+    async def planted(self: Any, rows: Any, *args: Any, **kwargs: Any) -> Any:
+        if bool(rows) != page_outs:
+            return await persist(self, rows, *args, **kwargs)
         real = self._file
         self._file = _NoSync(real) if real is not None else None
         try:
-            return await persist(self, *args, **kwargs)
+            return await persist(self, rows, *args, **kwargs)
         finally:
             self._file = real
 
     mp.setattr(PageStore, "persist", planted)
 
 
-#: Plants that need the pager's store on `pager.disk.Disk` (power loss is simulated).
-NEEDS_DISK_STORE = {"skip_pageout_sync"}
+def plant_skip_pageout_sync(mp: pytest.MonkeyPatch) -> None:
+    """A page-out's disk phase skips its sync: pages are evicted before their copy is
+    durable. Only a power loss shows it."""
+    _skip_sync(mp, page_outs=True)
+
+
+def plant_skip_free_sync(mp: pytest.MonkeyPatch) -> None:
+    """A disk phase that only frees slots (a paged-in copy's, a dropped one's, recovery's
+    stale rows) skips its sync: the free records are not durable when it returns."""
+    _skip_sync(mp, page_outs=False)
 
 
 PLANTED: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
@@ -139,4 +151,5 @@ PLANTED: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
     "resume_without_prep": plant_resume_without_prep,
     "skip_checksum": plant_skip_checksum,
     "skip_pageout_sync": plant_skip_pageout_sync,
+    "skip_free_sync": plant_skip_free_sync,
 }

@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from pager.disk import SECTOR, Disk
-from sim.disk import DiskFaults, SimDisk
+from sim.disk import PROCESS, DiskFaults, SimDisk
 
 
 def _disk(seed: int = 1, **faults: float) -> SimDisk:
@@ -50,6 +50,29 @@ async def test_process_crash_keeps_unsynced_writes_and_kills_handles() -> None:
         await f.pread(1, 0)
     assert info.value.errno == errno.EBADF
     assert disk.contents("f") == b"B" * 1024
+
+
+async def test_a_dead_process_changes_nothing_on_the_disk() -> None:
+    disk = _disk()
+    await _file(disk, "a", b"x")
+    token = PROCESS.set(disk.epoch)  # this task belongs to the process that dies now
+    try:
+        disk.crash()
+        for op in (
+            disk.rename("a", "b"),
+            disk.remove("a"),
+            disk.mkdir("d"),
+            disk.open("c", create=True),
+            disk.sync_dir(),
+            disk.lock(0.0),
+        ):
+            with pytest.raises(OSError) as err:
+                await op
+            assert err.value.errno == errno.EBADF
+    finally:
+        PROCESS.reset(token)
+    assert await disk.listdir() == ["a"]  # a live caller sees the tree untouched
+    await (await disk.lock(0.0)).release()  # and the lock was never taken
 
 
 async def test_power_loss_drop_loses_every_unsynced_write_only() -> None:

@@ -7,6 +7,7 @@ import json
 import os
 
 import pytest
+import trio
 
 from pager.faults import CRASH_POINTS
 from sim import KINDS, SCENARIOS, Plan, SimFault, make_plan, plan_from_json, run_seed, run_seeds
@@ -24,6 +25,14 @@ def test_many_seeds_pass_and_reach_every_crash_point() -> None:
     # Coverage of the named crash points is reported; most must be reached.
     reached = [p for p in CRASH_POINTS if summary.crash_points[p]]
     assert len(reached) >= len(CRASH_POINTS) - 2, summary.uncovered
+
+
+@pytest.mark.timeout(1800)
+def test_same_seed_same_trace_in_the_default_scenario() -> None:
+    seeds = range(20 if os.environ.get("XPEMU_SLOW") else 1)
+    summary = run_seeds(seeds, scenario="default", check_determinism=True)
+    assert summary.ok, summary.failed[:3]
+    assert summary.mismatched == []
 
 
 def test_same_seed_same_trace() -> None:
@@ -155,3 +164,21 @@ def test_a_component_that_blows_up_is_a_failed_run_not_a_crash(
     r = run_seed(0, scenario="tiny", plan=Plan())
     assert not r.ok
     assert r.failures == ["the world crashed: RuntimeError('planted')"]
+
+
+def test_no_threads_and_a_power_loss_really_loses_unsynced_writes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_threads(*_: object, **__: object) -> None:
+        raise AssertionError("the sim must never wait on a thread")
+
+    monkeypatch.setattr(trio.to_thread, "run_sync", no_threads)
+    mid_batch = {"mode": "drop", "point": "after_write", "nth": 1}  # written, not synced
+    plan = Plan(faults=(SimFault(0.01, "power", mid_batch), SimFault(0.05, "power", {})))
+    r = run_seed(3, plan=plan, keep_trace=True)
+    assert r.ok, r.failures
+    assert r.trace is not None
+    losses = [json.loads(line) for line in r.trace.lines if '"power_loss"' in line]
+    assert len(losses) == 2
+    assert losses[0]["lost"] > 0  # the batch's unsynced writes were there, and went
+    assert not any("unsupported" in line for line in r.trace.lines)
