@@ -56,7 +56,9 @@ class Scenario:
         rows = list(store.rows.values())
         for row, data in zip(rows, await store.read_slots(rows), strict=True):
             if isinstance(data, bytes):
-                assert data == self.written[(row.gfn, row.gen)], f"wrong bytes for {row}"
+                # A bool, not `assert a == b`: pytest would diff 4 KiB of bytes (minutes, CI set).
+                same = data == self.written[(row.gfn, row.gen)]
+                assert same, f"wrong bytes for {row}"
             assert row.gfn not in self.frameless or data == self.frameless[row.gfn], (
                 f"gfn {row.gfn}: its only copy does not read back: {data!r:.60}"
             )
@@ -87,7 +89,9 @@ class Scenario:
         finally:
             store.unpin(rows)
         for g, data in zip(gfns, datas, strict=True):
-            assert data == self.frameless[g]
+            # A bool, not `assert a == b`: pytest would diff 4 KiB of bytes (minutes, CI set).
+            same = data == self.frameless[g]
+            assert same, f"gfn {g}: wrong bytes"
             version = self.rng.randrange(1 << 20)
             self.resident[g] = self._data(g, version)  # prep answered 0; the guest writes
             del self.frameless[g]
