@@ -1,0 +1,130 @@
+"""`xpemu campaign`: seeds on Dask fill the ledger; resume, a planted bug, bad input."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from distributed import LocalCluster
+
+from stack.cli import main
+
+
+def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own errors
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _rows(ledger: Path, kind: str = "run") -> list[tuple[int, str, str]]:
+    with sqlite3.connect(ledger) as db:
+        return db.execute(
+            "SELECT seed, verdict, worker FROM runs WHERE kind = ? ORDER BY seed", (kind,)
+        ).fetchall()
+
+
+def _planted() -> ModuleType:
+    path = Path(__file__).resolve().parent.parent / "sim" / "planted.py"
+    spec = importlib.util.spec_from_file_location("campaign_planted", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def threads_cluster() -> Iterator[str]:
+    """Two Dask workers in this process, so a monkeypatched pager reaches them."""
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+    ) as cluster:
+        yield cluster.scheduler_address
+
+
+@pytest.mark.timeout(180)
+def test_local_campaign_fills_the_ledger_and_resume_runs_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["campaign", "--seeds", "1-20", "--scenario", "tiny", "--workers", "2"]
+    argv += ["--run-dir", str(tmp_path), "--recheck", "0.2", "--json", str(tmp_path / "c.json")]
+    code, out, err = _run(argv, capsys)
+    assert code == 0, out + err
+    rows = _rows(tmp_path / "campaign.sqlite")
+    assert [seed for seed, _, _ in rows] == list(range(1, 21))
+    assert {verdict for _, verdict, _ in rows} == {"passed"}
+    assert len({worker for _, _, worker in rows}) == 2  # both workers ran blocks
+    rechecked = _rows(tmp_path / "campaign.sqlite", "recheck")
+    assert rechecked, "a 20% share of 20 passing seeds is re-run"
+    doc = json.loads((tmp_path / "c.json").read_text())
+    assert doc["seeds"] == 20 and doc["lost_determinism"] == [] and doc["failing"] == []
+    assert doc["rechecked"] == [seed for seed, _, _ in rechecked]
+    assert "20/20 seeds, 0 failing" in err
+    assert "every trace hash matched" in out
+    code, out, err = _run([*argv, "--resume"], capsys)
+    assert code == 0, out + err
+    assert "20 seeds already run" in out and " 0 seeds (tiny) in 0 blocks" not in out
+    assert len(_rows(tmp_path / "campaign.sqlite")) == 20
+
+
+@pytest.mark.timeout(180)
+def test_resume_runs_only_the_missing_seeds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], threads_cluster: str
+) -> None:
+    base = ["campaign", "--scenario", "tiny", "--scheduler", threads_cluster, "--recheck", "0"]
+    base += ["--ledger", str(tmp_path / "l.sqlite")]
+    code, out, err = _run([*base, "--seeds", "1-5"], capsys)
+    assert code == 0, out + err
+    code, out, err = _run([*base, "--seeds", "1-8", "--resume"], capsys)
+    assert code == 0, out + err
+    assert "5 seeds already run" in out and "3 seeds (tiny)" in out
+    assert [seed for seed, _, _ in _rows(tmp_path / "l.sqlite")] == list(range(1, 9))
+
+
+@pytest.mark.timeout(180)
+def test_a_planted_bug_fails_the_campaign_with_replay_commands(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    threads_cluster: str,
+) -> None:
+    _planted().PLANTED["evict_before_durable"](monkeypatch)  # fails tiny seeds 3, 4, 7, ...
+    argv = ["campaign", "--seeds", "1-10", "--scenario", "tiny", "--scheduler", threads_cluster]
+    argv += ["--ledger", str(tmp_path / "l.sqlite"), "--block", "3"]
+    code, out, err = _run(argv, capsys)
+    assert code == 1, out + err
+    failing = [seed for seed, verdict, _ in _rows(tmp_path / "l.sqlite") if verdict != "passed"]
+    assert 3 in failing and 7 in failing
+    for seed in failing:
+        assert f"replay: xpemu sim --seed {seed} --scenario tiny\n" in out
+        assert f"shrink: xpemu sim --seed {seed} --scenario tiny --shrink\n" in out
+    assert len(_rows(tmp_path / "l.sqlite")) == 10
+
+
+@pytest.mark.timeout(60)
+def test_unreachable_scheduler_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["campaign", "--seeds", "1-3", "--scheduler", "tcp://127.0.0.1:1"]
+    argv += ["--connect-timeout", "1", "--run-dir", str(tmp_path)]
+    code, _, err = _run(argv, capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and "cannot reach the scheduler" in err, err
+
+
+@pytest.mark.parametrize(
+    ("seeds", "needle"), [("9-3", "backwards"), ("x", "not a seed range"), ("-4", "seed range")]
+)
+def test_bad_seed_range_is_one_line_and_exit_2(
+    seeds: str, needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = _run(["campaign", f"--seeds={seeds}"], capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and needle in err, err
