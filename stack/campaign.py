@@ -184,7 +184,10 @@ def main(args: argparse.Namespace) -> int:
             _say(f"xpemu campaign: resuming, {len(args.seeds) - len(seeds)} seeds already run")
         if not seeds:
             return _report(args, ledger)
-        client, cluster = _connect(args)
+        try:
+            client, cluster = _connect(args)
+        except KeyboardInterrupt:
+            return EXIT_INTERRUPTED
         if client is None:
             return EXIT_USAGE
         try:
@@ -267,7 +270,7 @@ def _run(args: argparse.Namespace, client: Any, ledger: Any, seeds: list[int]) -
                         args.scenario,
                         args.ring_mode,
                         pure=False,
-                        workers=others,
+                        workers=others or None,
                         allow_other_workers=True,
                     )
                     kinds[again.key] = "recheck"

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import signal
 import sqlite3
-from collections.abc import Iterator
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -132,3 +136,98 @@ def test_bad_seed_range_is_one_line_and_exit_2(
     code, _, err = _run(["campaign", f"--seeds={seeds}"], capsys)
     assert code == 2
     assert err.count("\n") == 1 and needle in err, err
+
+
+def _wait_for(what: str, ready: Callable[[], bool], procs: list[subprocess.Popen[bytes]]) -> None:
+    """Poll `ready` until true; fail at once if a process we depend on died."""
+    deadline = time.monotonic() + 60
+    while not ready():
+        for p in procs:
+            assert p.poll() is None, f"{p.args} exited {p.returncode} while waiting for {what}"
+        assert time.monotonic() < deadline, f"no {what} in 60 s"
+        time.sleep(0.05)  # polling a file another process writes; not synchronisation by time
+
+
+def _count(ledger: Path) -> int:
+    if not ledger.exists():
+        return 0
+    try:
+        return len(_rows(ledger))
+    except sqlite3.OperationalError:  # the table is being created
+        return 0
+
+
+def _address(sched_file: Path) -> str | None:
+    try:
+        return str(json.loads(sched_file.read_text())["address"])
+    except (OSError, ValueError, KeyError):  # not written yet, or half written
+        return None
+
+
+@pytest.mark.timeout(240)
+def test_loopback_deployment_loses_no_seed_when_a_worker_is_killed(tmp_path: Path) -> None:
+    dask = str(Path(sys.executable).with_name("dask"))
+    sched_file = tmp_path / "scheduler.json"
+    ledger = tmp_path / "l.sqlite"
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    cmd = [dask, "scheduler", "--host=127.0.0.1", "--port=0", "--no-dashboard"]
+    scheduler = subprocess.Popen(
+        [*cmd, f"--scheduler-file={sched_file}"],
+        **quiet,  # type: ignore[call-overload]
+    )
+    procs = [scheduler]
+    try:
+        _wait_for("scheduler file", lambda: _address(sched_file) is not None, procs)
+        address = _address(sched_file)
+        assert address is not None
+        cmd = [dask, "worker", address, "--no-nanny", "--nthreads=1", "--no-dashboard"]
+        workers = [
+            subprocess.Popen([*cmd, "--host=127.0.0.1"], **quiet)  # type: ignore[call-overload]
+            for _ in range(2)
+        ]
+        procs += workers
+        cmd = [sys.executable, "-m", "stack", "campaign", "--seeds=1-40", "--scenario=tiny"]
+        campaign = subprocess.Popen(
+            [*cmd, "--block=2", f"--scheduler={address}", f"--ledger={ledger}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        procs.append(campaign)
+        _wait_for("first ledger rows", lambda: _count(ledger) >= 4, procs[:-1])
+        assert campaign.poll() is None, "the campaign ended before a worker could be killed"
+        workers[0].send_signal(signal.SIGKILL)
+        out, err = campaign.communicate(timeout=180)
+        assert campaign.returncode == 0, (out + err).decode()
+        rows = _rows(ledger)
+        assert [seed for seed, _, _ in rows] == list(range(1, 41))  # each seed exactly once
+        assert {verdict for _, verdict, _ in rows} == {"passed"}
+    finally:
+        for p in reversed(procs):
+            if p.poll() is None:
+                p.kill()
+            p.wait(timeout=30)
+
+
+@pytest.mark.timeout(240)
+def test_ctrl_c_leaves_whole_blocks_that_resume_completes(tmp_path: Path) -> None:
+    ledger = tmp_path / "l.sqlite"
+    cmd = [sys.executable, "-m", "stack", "campaign", "--seeds=1-60", "--scenario=tiny"]
+    cmd += ["--workers=2", "--block=3", "--recheck=0", f"--ledger={ledger}"]
+    campaign = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _wait_for("first ledger rows", lambda: _count(ledger) >= 6, [campaign])
+        campaign.send_signal(signal.SIGINT)
+        out, err = campaign.communicate(timeout=120)
+    finally:
+        if campaign.poll() is None:
+            campaign.kill()
+            campaign.wait(timeout=30)
+    assert campaign.returncode == 130, (out + err).decode()
+    assert b"--resume continues" in err
+    seeds = [seed for seed, _, _ in _rows(ledger)]
+    assert 6 <= len(seeds) < 60
+    assert all(seed % 3 == 1 and seed + 2 in seeds for seed in seeds[::3])  # whole blocks
+    resumed = subprocess.run([*cmd, "--resume"], capture_output=True, timeout=180, check=False)
+    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr).decode()
+    assert f"{len(seeds)} seeds already run".encode() in resumed.stdout
+    assert [seed for seed, _, _ in _rows(ledger)] == list(range(1, 61))
