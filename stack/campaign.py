@@ -16,6 +16,7 @@ import argparse
 import json
 import logging
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -208,7 +209,7 @@ def _connect(args: argparse.Namespace) -> tuple[Any, Any]:
 
     for name in ("distributed", "tornado", "asyncio"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
-    dask.config.set({"distributed.logging.distributed": "error", "distributed.comm.retry.count": 0})
+    dask.config.set({"distributed.comm.retry.count": 0})
     if args.scheduler:
         if args.workers is not None:
             _fail("--workers sizes a local cluster: not with --scheduler")
@@ -219,6 +220,9 @@ def _connect(args: argparse.Namespace) -> tuple[Any, Any]:
             _fail(f"cannot reach the scheduler {args.scheduler}: {exc or type(exc).__name__}")
             return None, None
     n = args.workers or os.cpu_count() or 1
+    # The local workers are new processes that read their log level from the environment:
+    # a cancelled task's warning at Ctrl-C is not news for the user.
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
     cluster = LocalCluster(
         n_workers=n,
         threads_per_worker=1,
@@ -235,17 +239,24 @@ def _quiet_close(client: Any, cluster: Any) -> None:
         cluster.close()
 
 
+def _key(kind: str, seeds: list[int]) -> str:
+    """A task key: Dask's own (uuid4) would not do, as the sim seeds `uuid.uuid4` while it
+    runs, and with workers in this process (threads) two blocks could draw the same key."""
+    return f"xpemu-{kind}-{seeds[0]}-{seeds[-1]}-{secrets.token_hex(8)}"
+
+
 def _run(args: argparse.Namespace, client: Any, ledger: Any, seeds: list[int]) -> int:
     """Hand the blocks out, record results as they arrive, print progress on stderr."""
     from distributed import as_completed
 
     workers = list(client.scheduler_info()["workers"])
-    size = args.block or max(1, min(25, len(seeds) // max(1, 4 * len(workers))))
+    size = args.block or max(1, min(10, len(seeds) // max(1, 4 * len(workers))))
     blocks = _blocks(seeds, size)
     where = args.scheduler or f"local cluster of {len(workers)} worker(s)"
     _say(f"xpemu campaign: {len(seeds)} seeds ({args.scenario}) in {len(blocks)} blocks on {where}")
     futures = [
-        client.submit(run_block, b, args.scenario, args.ring_mode, pure=False) for b in blocks
+        client.submit(run_block, b, args.scenario, args.ring_mode, key=_key("block", b))
+        for b in blocks
     ]
     kinds = {f.key: "run" for f in futures}
     pending = as_completed(futures)
@@ -269,7 +280,7 @@ def _run(args: argparse.Namespace, client: Any, ledger: Any, seeds: list[int]) -
                         [r["seed"]],
                         args.scenario,
                         args.ring_mode,
-                        pure=False,
+                        key=_key("recheck", [r["seed"]]),
                         workers=others or None,
                         allow_other_workers=True,
                     )

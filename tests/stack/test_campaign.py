@@ -9,9 +9,11 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 from distributed import LocalCluster
@@ -231,3 +233,32 @@ def test_ctrl_c_leaves_whole_blocks_that_resume_completes(tmp_path: Path) -> Non
     assert resumed.returncode == 0, (resumed.stdout + resumed.stderr).decode()
     assert f"{len(seeds)} seeds already run".encode() in resumed.stdout
     assert [seed for seed, _, _ in _rows(ledger)] == list(range(1, 61))
+
+
+@pytest.mark.timeout(180)
+def test_a_recheck_with_another_trace_hash_is_lost_determinism(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    threads_cluster: str,
+) -> None:
+    import sim
+
+    real = sim.run_seed
+    runs: Counter[int] = Counter()
+
+    def flaky(seed: int, **kw: Any) -> Any:  # planted: seed 2's second run differs
+        result = real(seed, **kw)
+        runs[seed] += 1
+        if seed == 2 and runs[seed] > 1:
+            result.trace_hash = "0" * 32
+        return result
+
+    monkeypatch.setattr(sim, "run_seed", flaky)
+    argv = ["campaign", "--seeds", "1-3", "--scenario", "tiny", "--scheduler", threads_cluster]
+    argv += ["--ledger", str(tmp_path / "l.sqlite"), "--recheck", "1", "--json", "j.json"]
+    monkeypatch.chdir(tmp_path)
+    code, out, err = _run(argv, capsys)
+    assert code == 1, out + err
+    assert "3 seeds re-run on another worker, LOST on [2]" in out
+    assert json.loads((tmp_path / "j.json").read_text())["lost_determinism"] == [2]
