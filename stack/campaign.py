@@ -229,6 +229,9 @@ def _connect(args: argparse.Namespace) -> tuple[Any, Any]:
         processes=True,
         dashboard_address=None,
         host="127.0.0.1",
+        # No dashboard, but the scheduler still serves /health and /metrics: on a free
+        # loopback port, not on 8787 (taken by another cluster it warns and moves).
+        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
     )
     return Client(cluster), cluster
 
@@ -237,6 +240,28 @@ def _quiet_close(client: Any, cluster: Any) -> None:
     client.close()
     if cluster is not None:
         cluster.close()
+
+
+def _results(fut: Any, block: list[int]) -> list[dict[str, Any]]:
+    """A finished task's results; a task that raised (or killed its workers, as Dask's
+    KilledWorker says) counts each of its seeds as an error, recorded like a verdict."""
+    try:
+        return list(fut.result())
+    except Exception as exc:
+        failure = f"the task raised {type(exc).__name__}: {exc}"
+        return [
+            {
+                "seed": seed,
+                "verdict": "error",
+                "duration_s": 0.0,
+                "faults": {},
+                "crash_points": {},
+                "trace_hash": "",
+                "worker": "",
+                "failures": [failure],
+            }
+            for seed in block
+        ]
 
 
 def _key(kind: str, seeds: list[int]) -> str:
@@ -258,15 +283,15 @@ def _run(args: argparse.Namespace, client: Any, ledger: Any, seeds: list[int]) -
         client.submit(run_block, b, args.scenario, args.ring_mode, key=_key("block", b))
         for b in blocks
     ]
-    kinds = {f.key: "run" for f in futures}
+    kinds = {f.key: ("run", b) for f, b in zip(futures, blocks, strict=True)}
     pending = as_completed(futures)
     done = failed = 0
     t0 = time.perf_counter()
     last = 0.0
     try:
         for fut in pending:
-            results = fut.result()
-            kind = kinds.pop(fut.key)
+            kind, block = kinds.pop(fut.key)
+            results = _results(fut, block)
             ledger.record(results, kind)
             if kind != "run":
                 continue
@@ -284,7 +309,7 @@ def _run(args: argparse.Namespace, client: Any, ledger: Any, seeds: list[int]) -
                         workers=others or None,
                         allow_other_workers=True,
                     )
-                    kinds[again.key] = "recheck"
+                    kinds[again.key] = ("recheck", [r["seed"]])
                     pending.add(again)
             now = time.perf_counter()
             if now - last >= 1.0 or done == len(seeds):

@@ -54,7 +54,11 @@ def threads_cluster() -> Iterator[str]:
     one process would share it.
     """
     with LocalCluster(
-        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+        n_workers=1,
+        threads_per_worker=1,
+        processes=False,
+        dashboard_address=None,
+        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
     ) as cluster:
         yield cluster.scheduler_address
 
@@ -173,6 +177,7 @@ def test_loopback_deployment_loses_no_seed_when_a_worker_is_killed(tmp_path: Pat
     ledger = tmp_path / "l.sqlite"
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     cmd = [dask, "scheduler", "--host=127.0.0.1", "--port=0", "--no-dashboard"]
+    cmd += ["--dashboard-address=127.0.0.1:0"]
     scheduler = subprocess.Popen(
         [*cmd, f"--scheduler-file={sched_file}"],
         **quiet,  # type: ignore[call-overload]
@@ -183,6 +188,7 @@ def test_loopback_deployment_loses_no_seed_when_a_worker_is_killed(tmp_path: Pat
         address = _address(sched_file)
         assert address is not None
         cmd = [dask, "worker", address, "--no-nanny", "--nthreads=1", "--no-dashboard"]
+        cmd += ["--dashboard-address=127.0.0.1:0"]
         workers = [
             subprocess.Popen([*cmd, "--host=127.0.0.1"], **quiet)  # type: ignore[call-overload]
             for _ in range(2)
@@ -262,3 +268,36 @@ def test_a_recheck_with_another_trace_hash_is_lost_determinism(
     assert code == 1, out + err
     assert "3 seeds re-run on another worker, LOST on [2]" in out
     assert json.loads((tmp_path / "j.json").read_text())["lost_determinism"] == [2]
+
+
+@pytest.mark.timeout(180)
+def test_a_block_that_raises_records_its_seeds_as_errors(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    threads_cluster: str,
+) -> None:
+    import sim
+
+    real = sim.run_seed
+
+    def broken(seed: int, **kw: Any) -> Any:  # planted: the sim itself crashes on seed 5
+        if seed == 5:
+            raise RuntimeError("planted crash")
+        return real(seed, **kw)
+
+    monkeypatch.setattr(sim, "run_seed", broken)
+    argv = ["campaign", "--seeds", "1-6", "--scenario", "tiny", "--scheduler", threads_cluster]
+    argv += ["--ledger", str(tmp_path / "l.sqlite"), "--block", "3", "--recheck", "0"]
+    code, out, err = _run(argv, capsys)
+    assert code == 1, out + err
+    rows = _rows(tmp_path / "l.sqlite")
+    assert [(seed, verdict) for seed, verdict, _ in rows] == [
+        (1, "passed"),
+        (2, "passed"),
+        (3, "passed"),
+        (4, "error"),
+        (5, "error"),
+        (6, "error"),
+    ]
+    assert "seed 5 ERROR: the task raised RuntimeError: planted crash" in out
