@@ -167,6 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     from . import sim_cmd as _sim_cmd
 
     _sim_cmd.add_arguments(sim)
+    camp = sub.add_parser("campaign", help="many sim seeds on Dask, with a ledger (issue 17)")
+    from . import campaign as _campaign
+
+    _campaign.add_arguments(camp)
     bench = sub.add_parser("bench", help="performance figures, each next to its floor")
     from . import bench as _bench
 
@@ -429,6 +433,10 @@ def main(argv: list[str] | None = None) -> int:
         from . import sim_cmd
 
         return sim_cmd.main(args)
+    if args.command == "campaign":
+        from . import campaign
+
+        return campaign.main(args)
     return _cmd_stack(args)
 
 
