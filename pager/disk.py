@@ -111,3 +111,71 @@ class Disk(Protocol):
         """Take the disk's exclusive lock, waiting at most `wait` seconds of trio time;
         `BlockingIOError` (EWOULDBLOCK) when another holder kept it that long."""
         ...
+
+
+class FileProxy:
+    """A `DiskFile` that hands every call to `inner`: subclass it and override the calls a
+    wrapper changes (fault injection, counting)."""
+
+    def __init__(self, inner: DiskFile) -> None:
+        self.inner = inner
+        self.name = inner.name
+
+    async def pread(self, size: int, offset: int) -> bytes:
+        return await self.inner.pread(size, offset)
+
+    def pread_cached(self, size: int, offset: int) -> bytes | None:
+        return self.inner.pread_cached(size, offset)
+
+    async def preadv(self, reads: Sequence[tuple[int, int]]) -> list[bytes | OSError]:
+        return await self.inner.preadv(reads)
+
+    async def pwritev(self, writes: Sequence[tuple[int, bytes]]) -> None:
+        await self.inner.pwritev(writes)
+
+    async def sync(self) -> None:
+        await self.inner.sync()
+
+    async def truncate(self, size: int) -> None:
+        await self.inner.truncate(size)
+
+    async def size(self) -> int:
+        return await self.inner.size()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+class DiskProxy:
+    """A `Disk` that hands every call to `inner`, each opened file through `wrap`."""
+
+    def __init__(self, inner: Disk) -> None:
+        self.inner = inner
+
+    def wrap(self, name: str, f: DiskFile) -> DiskFile:
+        """The file to hand out for `f`, opened as `name` (`f` here; wrappers override)."""
+        return f
+
+    async def open(self, name: str, *, create: bool = False) -> DiskFile:
+        return self.wrap(name, await self.inner.open(name, create=create))
+
+    async def exists(self, name: str) -> bool:
+        return await self.inner.exists(name)
+
+    async def listdir(self, name: str = "") -> list[str]:
+        return await self.inner.listdir(name)
+
+    async def mkdir(self, name: str) -> None:
+        await self.inner.mkdir(name)
+
+    async def rename(self, src: str, dst: str) -> None:
+        await self.inner.rename(src, dst)
+
+    async def remove(self, name: str) -> None:
+        await self.inner.remove(name)
+
+    async def sync_dir(self, name: str = "") -> None:
+        await self.inner.sync_dir(name)
+
+    async def lock(self, wait: float) -> DiskLock:
+        return await self.inner.lock(wait)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .disk import Disk, DiskFile, DiskLock
+from .disk import Disk, DiskFile, DiskProxy, FileProxy
 from .faults import NO_FAULTS, Faults, store_oserror
 from .store_format import EXTENT_BYTES
 
@@ -32,13 +32,12 @@ def _flipped(data: bytes) -> bytes:
     return bytes(out)
 
 
-class FaultyFile:
+class FaultyFile(FileProxy):
     """A `DiskFile` that consults `faults` before each operation."""
 
     def __init__(self, inner: DiskFile, faults: Faults) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.faults = faults
-        self.name = inner.name
 
     def _read_fault(self, offset: int) -> str | None:
         if offset % EXTENT_BYTES == 0:
@@ -83,47 +82,16 @@ class FaultyFile:
                 raise store_oserror(action, f"store.{op}")
         await self.inner.sync()
 
-    async def truncate(self, size: int) -> None:
-        await self.inner.truncate(size)
 
-    async def size(self) -> int:
-        return await self.inner.size()
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-
-class FaultyDisk:
+class FaultyDisk(DiskProxy):
     """A `Disk` whose pages file fails as `faults` says (module doc)."""
 
     def __init__(self, inner: Disk, faults: Faults) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.faults = faults
 
-    async def open(self, name: str, *, create: bool = False) -> DiskFile:
-        f = await self.inner.open(name, create=create)
+    def wrap(self, name: str, f: DiskFile) -> DiskFile:
         return FaultyFile(f, self.faults) if name.endswith(FAULTY_SUFFIXES) else f
-
-    async def exists(self, name: str) -> bool:
-        return await self.inner.exists(name)
-
-    async def listdir(self, name: str = "") -> list[str]:
-        return await self.inner.listdir(name)
-
-    async def mkdir(self, name: str) -> None:
-        await self.inner.mkdir(name)
-
-    async def rename(self, src: str, dst: str) -> None:
-        await self.inner.rename(src, dst)
-
-    async def remove(self, name: str) -> None:
-        await self.inner.remove(name)
-
-    async def sync_dir(self, name: str = "") -> None:
-        await self.inner.sync_dir(name)
-
-    async def lock(self, wait: float) -> DiskLock:
-        return await self.inner.lock(wait)
 
 
 def faulty_disk(disk: Disk, faults: Faults) -> Disk:
