@@ -45,14 +45,17 @@ class Balancer:
         if not self.config.balance:
             return False
         now = trio.current_time()
+        # A full pages file with no free slot takes no batch: an adoption tried then would
+        # do nothing, and a step that does nothing must not count as one (a busy loop).
+        no_room = self.commit.full() and self.commit.store.free_slots == 0
         adopt = [g for g, t in self.state.adopt.items() if t <= now][: self.config.batch]
-        if adopt:
+        if adopt and not no_room:
             await self.pageout.pageout(adopt, nominate=False)
             return True
         counters = await self.hv.audit(0, 0)
         tot, target = counters["tot_pages"], self.target(counters)
         if tot > target:
-            if self.commit.full() and self.commit.store.free_slots == 0:
+            if no_room:
                 return False
             return await self.pageout.pipelined(tot - target)
         if tot < target and counters["paged_pages"] > 0:
