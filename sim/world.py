@@ -29,6 +29,7 @@ from hv import HvConfig, Hypervisor
 from pager import ConnectionLost, PagerConfig, PagerError, SimulatedCrash
 from transport import Client, ConnectionClosed, open_client
 
+from .bound import RunBound, step_budget
 from .checks import MEDIA_FAULTS, Checks, guest_problems, watch
 from .disk import DiskFaults
 from .net import Link
@@ -93,6 +94,7 @@ class SimResult:
     ok: bool = False
     failures: list[str] = field(default_factory=list)
     stalled: bool = False  # xen ring mode: a lost pager orphaned the ring (as stress says)
+    stuck: bool = False  # the run's bound ended it (steps or simulated time): see failures
     fired: Counter[str] = field(default_factory=Counter)
     crash_points: Counter[str] = field(default_factory=Counter)
     lives: int = 0
@@ -112,6 +114,7 @@ class SimResult:
             "ok": self.ok,
             "failures": self.failures,
             "stalled": self.stalled,
+            "stuck": self.stuck,
             "fired": dict(sorted(self.fired.items())),
             "crash_points": dict(sorted(self.crash_points.items())),
             "pager_lives": self.lives,
@@ -178,12 +181,20 @@ def run_seed(
         # Built inside the capture: hv's domain binds its logger at construction.
         world = World(seed, sc, plan, trace, result)
         try:
-            trio.run(world.run, clock=trio.testing.MockClock(autojump_threshold=0))
+            trio.run(
+                world.run,
+                clock=trio.testing.MockClock(autojump_threshold=0),
+                instruments=[world.bound],
+            )
         except Exception as exc:  # a component blew up: that is a finding too
             result.failures.append(f"the world crashed: {_leaf(exc)!r}")
             trace.add("sim", "crashed", error=repr(_leaf(exc)))
         finally:
             world.close()
+        if world.bound.stuck is not None:
+            result.stuck = True
+            result.failures.insert(0, world.bound.stuck)
+            trace.add("sim", "stuck", why=world.bound.stuck, steps=world.bound.steps)
     result.wall_s = time.perf_counter() - t0
     result.trace_hash = trace.hexdigest()
     result.trace_events = trace.count
@@ -255,11 +266,29 @@ class World:
         self.restart_hold: trio.Event | None = None
         self.player = FaultPlayer(self)
         self.checks = Checks(self)
+        # No seed may hang a campaign: a step budget and a simulated-time limit (sim.bound).
+        self.bound = RunBound(
+            max_steps=step_budget(sc.ops),
+            time_limit=sc.stuck_after * 4 + 60,
+            describe=self.waiting,
+        )
 
     def emit(self, event: str, **fields: Any) -> None:
         """A sim event into the trace."""
         component, _, name = event.partition(".")
         self.trace.add(component, name or event, **fields)
+
+    def waiting(self) -> str:
+        """What the guest was waiting for (for a stuck run's verdict)."""
+        domain = self.hv.domains.get(1)
+        if domain is None:
+            return ""
+        st = domain.status()
+        pager = "attached" if st["pager"]["attached"] else "not attached"
+        return (
+            f"paused vCPUs {st['paused_vcpus']}, {st['ring']['used']} ring requests "
+            f"unanswered, pager {pager} (life {self.result.lives})"
+        )
 
     def close(self) -> None:
         """Release the host frames and the pager's directory."""
@@ -278,28 +307,25 @@ class World:
         """The whole run: workload under faults, then the checks once faults stop."""
         sc = self.sc
         self.emit("sim.start", seed=self.seed, scenario=sc.name, toggles=sorted(self.plan.toggles))
-        async with trio.open_nursery() as nursery:
-            self.nursery = nursery
-            async with open_client(
-                self.connect(nursery, "privcmd.sock", "control").ends[0], "control"
-            ) as control:
-                await control.hello(None)
-                self.control = control
-                nursery.start_soon(as_proc, "pager", self.supervise)
+        with self.bound.scope:  # the bound cancels the whole run (its verdict: stuck)
+            async with trio.open_nursery() as nursery:
+                self.nursery = nursery
+                nursery.start_soon(self.bound.watch_time)
                 async with open_client(
-                    self.connect(nursery, "guest.sock", "guest").ends[0], "guest"
-                ) as guest:
-                    await guest.hello(1)
-                    with trio.move_on_after(sc.stuck_after * 4 + 60) as bound:
+                    self.connect(nursery, "privcmd.sock", "control").ends[0], "control"
+                ) as control:
+                    await control.hello(None)
+                    self.control = control
+                    nursery.start_soon(as_proc, "pager", self.supervise)
+                    async with open_client(
+                        self.connect(nursery, "guest.sock", "guest").ends[0], "guest"
+                    ) as guest:
+                        await guest.hello(1)
                         await self._phases(nursery, guest)
-                    if bound.cancelled_caught:
-                        self.result.failures.append(
-                            f"hang: the run had not ended at t={bound.deadline:g} s (simulated)"
-                        )
-                self.pager_wanted = False
-                if self.life_scope is not None:
-                    self.life_scope.cancel()
-            nursery.cancel_scope.cancel()
+                    self.pager_wanted = False
+                    if self.life_scope is not None:
+                        self.life_scope.cancel()
+                nursery.cancel_scope.cancel()
         self.result.sim_time = trio.current_time()
 
     async def _phases(self, nursery: trio.Nursery, guest: Client) -> None:

@@ -188,7 +188,7 @@ def _single(args: argparse.Namespace, seed: int, plan: Any) -> int:
 
 
 def _print_result(r: Any) -> None:
-    verdict = "PASSED" if r.ok else ("STALLED" if r.stalled else "FAILED")
+    verdict = "PASSED" if r.ok else "STUCK" if r.stuck else "STALLED" if r.stalled else "FAILED"
     fired = ", ".join(f"{k} {v}" for k, v in sorted(r.fired.items())) or "none"
     points = ", ".join(f"{k} {v}" for k, v in sorted(r.crash_points.items())) or "none"
     d = r.to_dict()
