@@ -54,8 +54,13 @@ async def open_store(disk: Disk, *, faults: Faults = NO_FAULTS, lock_timeout: fl
 
 
 async def bind_instance(store: PageStore, instance: str) -> str:
-    """Bind the store to hv's instance (a new one sets the old pages aside); the outcome."""
-    return await store.bind_instance(instance)
+    """Bind the store to hv's instance (a new one sets the old pages aside); the outcome.
+    PagerError (one line naming the file) if the disk fails meanwhile, as `open_store`:
+    the pager cannot start, and a restart starts over from what is durable."""
+    try:
+        return await store.bind_instance(instance)
+    except StoreError as exc:
+        raise PagerError(str(exc)) from None
 
 
 async def close_store(store: PageStore, *, crashed: bool) -> None:
