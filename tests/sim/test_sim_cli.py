@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -87,6 +89,33 @@ def test_a_recorded_stress_schedule_replays(
     code, out, _ = _run(["sim", "--schedule", str(path)], capsys)
     assert code == 0, out
     assert "seed 11" in out and "PASSED" in out
+
+
+@pytest.mark.timeout(300)
+def test_a_report_written_by_a_real_stress_run_replays(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`xpemu stress --report` (real processes) records its fault schedule; `xpemu sim
+    --schedule REPORT` runs that schedule here, every fault of it, under the report's seed."""
+    report = tmp_path / "report.json"
+    argv = ["stress", "--seed", "5", "--duration", "12", "--faults", "5", "--no-live"]
+    argv += ["--run-dir", str(tmp_path / "run"), "--report", str(report)]
+    done = subprocess.run(
+        [sys.executable, "-m", "stack", *argv], capture_output=True, check=False, timeout=240
+    )
+    assert report.exists(), done.stderr.decode()[-2000:]
+    recorded = json.loads(report.read_text())
+    assert recorded["command"] == "stress" and len(recorded["schedule"]) == 5
+    code, out, err = _run(
+        ["sim", "--schedule", str(report), "--json", str(tmp_path / "s.json")], capsys
+    )
+    assert code == 0, out + err
+    assert "seed 5 (small): PASSED" in out
+    run = json.loads((tmp_path / "s.json").read_text())["run"]
+    assert sum(run["fired"].values()) == 5
+    assert [f["kind"] for f in run["plan"]["faults"]] == [
+        f["kind"] for f in sorted(recorded["schedule"], key=lambda f: f["at"])
+    ]
 
 
 def test_a_seed_range_reports_coverage(capsys: pytest.CaptureFixture[str]) -> None:
