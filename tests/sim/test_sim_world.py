@@ -22,9 +22,10 @@ def test_many_seeds_pass_and_reach_every_crash_point() -> None:
     summary = run_seeds(range(SEEDS), scenario="tiny")
     assert summary.ok, summary.failed[:3]
     assert set(summary.fired) == set(KINDS)
-    # Coverage of the named crash points is reported; most must be reached.
-    reached = [p for p in CRASH_POINTS if summary.crash_points[p]]
-    assert len(reached) >= len(CRASH_POINTS) - 2, summary.uncovered
+    # Every named crash point is reached by some seed of the range (issue 15; 300 tiny
+    # seeds reached all 12, after_reconcile the rarest with 5).
+    assert summary.uncovered == [], summary.crash_points
+    assert set(summary.crash_points) == set(CRASH_POINTS)
 
 
 @pytest.mark.timeout(1800)
