@@ -4,10 +4,10 @@ ddmin alone stops at a 1-minimal plan (no single fault can go), which can still 
 when the failure needs faults to line up. So, in rounds until nothing changes: each fault
 is replaced by a simpler one where the run still fails (a power loss at a crash point by a
 plain one, a subset power loss by a drop, a crash or a store fault by a kill, a long disk
-window by a shorter one); sets of 2, 3, ... faults are dropped together (fewest first,
-down to 3 left); and ddmin runs again on what is left. Then the toggles go. A candidate is
-kept while the run still fails (any check). Each run is a pure function of (seed, plan),
-so the result is reproducible; the number of runs is bounded.
+window by a shorter one); while more than 3 are left, sets of 2, 3, ... faults are dropped
+together (fewest first); and ddmin runs again on what is left. Then the toggles go. A
+candidate is kept while the run still fails (any check). Each run is a pure function of
+(seed, plan), so the result is reproducible; the number of runs is bounded.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ T = TypeVar("T")
 #: Runs a shrink may make at most (each is one whole simulated run).
 MAX_RUNS: Final = 400
 
-#: Plans at most this long are not worth a set-removal pass (the issue's bound).
+#: Plans at most this long skip the set-removal pass (the issue's bound).
 SHORT: Final = 3
 
 #: Subsets of one size a set-removal pass tries at most.
@@ -143,9 +143,9 @@ def _simplify(
 def _drop_sets(
     faults: list[SimFault], fails: Callable[[Sequence[SimFault]], bool]
 ) -> list[SimFault]:
-    """The first plan without some 2, 3, ... faults (down to SHORT left) that still
+    """The first plan without some 2, 3, ... faults (one at least left) that still
     fails, fewest dropped first; `faults` if none (MAX_SETS tries per size at most)."""
-    for k in range(2, len(faults) - SHORT + 1):
+    for k in range(2, len(faults)):
         tries = itertools.islice(itertools.combinations(range(len(faults)), k), MAX_SETS)
         for drop in tries:
             candidate = [f for i, f in enumerate(faults) if i not in drop]
