@@ -19,6 +19,8 @@ from .constants import LENGTH_PREFIX, MAX_DEPTH, MAX_FRAME
 from .errors import LocalProtocolError, RemoteProtocolError
 
 _LEN = struct.Struct(">I")
+#: The only key type allowed at the top level (msgpack decodes a str key as exactly `str`).
+_STR: Final = frozenset((str,))
 
 
 class _Sentinel:
@@ -53,25 +55,24 @@ def decode_body(body: bytes) -> dict[str, Any]:
         raise RemoteProtocolError(f"body is not one msgpack value: {type(exc).__name__}") from None
     if not isinstance(msg, dict):
         raise RemoteProtocolError(f"body is a {type(msg).__name__}, not a map")
-    if not all(isinstance(k, str) for k in msg):
+    if not _STR.issuperset(map(type, msg)):  # one C-level pass over the keys
         raise RemoteProtocolError("top-level keys must be strings")
     if _too_deep(msg, MAX_DEPTH):
         raise RemoteProtocolError(f"body nests deeper than {MAX_DEPTH} levels")
     return msg
 
 
+#: The container types a decoded body can hold (msgpack builds exactly these).
+_NESTED: Final = frozenset((dict, list))
+
+
 def _too_deep(value: Any, budget: int) -> bool:
-    if isinstance(value, dict):
-        children: Any = value.values()
-    elif isinstance(value, list):
-        children = value
-    else:
-        return False
     if budget == 0:
         return True
-    # Only containers can nest: scalars (most of a page list or a gfn list) are skipped
-    # without a call each.
-    return any(_too_deep(c, budget - 1) for c in children if isinstance(c, (dict, list)))
+    children = value.values() if type(value) is dict else value
+    if _NESTED.isdisjoint(map(type, children)):
+        return False  # scalars only below (most page lists and gfn lists): one C-level pass
+    return any(_too_deep(c, budget - 1) for c in children if type(c) in _NESTED)
 
 
 class FrameDecoder:

@@ -86,12 +86,31 @@ class SimStream(trio.abc.Stream):
         if self._out.eof:
             raise trio.BrokenResourceError("the connection was cut or the peer closed it")
         data = bytes(data)
-        if self._out.cut_at is not None:
-            keep = int(len(data) * self._out.cut_at)
-            self._out.put(data[:keep])
-            self._link._break(self._direction, keep, len(data))
+        if self._put(data) < len(data):
             raise trio.BrokenResourceError("the connection was cut")
-        self._out.put(data)
+
+    def try_send_some(self, data: bytes) -> int:
+        """Take what a non-blocking socket write would take now, without waiting: all of
+        `data` (a pipe never fills), or, inside an armed cut, the part before the cut (the
+        link then breaks); 0 once this end is closed or the link is gone. A `Connection`
+        offers each frame here first while its writer is idle, as it writes into an idle
+        socket's buffer (`transport.connection.nowait_sender`): the same path as
+        production, and no writer wake-up per frame. The writer sends whatever is not
+        taken and meets the error itself."""
+        if self._closed or self._out.eof:
+            return 0
+        return self._put(bytes(data))
+
+    def _put(self, data: bytes) -> int:
+        """Put `data` on the pipe, cut where a cut is armed; the bytes that went."""
+        out = self._out
+        if out.cut_at is None:
+            out.put(data)
+            return len(data)
+        keep = int(len(data) * out.cut_at)
+        out.put(data[:keep])
+        self._link._break(self._direction, keep, len(data))
+        return keep
 
     async def wait_send_all_might_not_block(self) -> None:
         """A send never blocks here."""

@@ -16,7 +16,7 @@ import random
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -166,9 +166,11 @@ def run_seed(
     plan: Plan | None = None,
     keep_trace: bool = False,
     ring_mode: str | None = None,
+    instruments: Sequence[trio.abc.Instrument] = (),
 ) -> SimResult:
     """One whole run of `seed` (its own plan unless `plan` is given); never raises for a
-    failed check: the result says what failed."""
+    failed check: the result says what failed. `instruments` watch trio's run loop (the
+    benchmark counts its passes with one)."""
     sc = SCENARIOS[scenario] if isinstance(scenario, str) else scenario
     if ring_mode is not None:
         sc = Scenario(**{**_fields(sc), "ring_mode": ring_mode})
@@ -184,7 +186,7 @@ def run_seed(
             trio.run(
                 world.run,
                 clock=trio.testing.MockClock(autojump_threshold=0),
-                instruments=[world.bound],
+                instruments=[world.bound, *instruments],
             )
         except Exception as exc:  # a component blew up: that is a finding too
             result.failures.append(f"the world crashed: {_leaf(exc)!r}")

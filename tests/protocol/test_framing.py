@@ -152,6 +152,17 @@ def test_deeply_nested_bodies(depth: int) -> None:
     assert isinstance(err, RemoteProtocolError)
 
 
+@pytest.mark.parametrize("depth", [MAX_DEPTH, MAX_DEPTH + 3])
+def test_a_deep_value_among_scalars_is_found(depth: int) -> None:
+    # A long list of scalars is passed over in one go: a nested value inside it still counts.
+    deep: object = 0
+    for _ in range(depth - 1):
+        deep = [deep]
+    body = msgpack.packb({"a": 1, "k": [1] * 50 + [deep] + [2] * 50, "m": {"x": [3]}})
+    [err] = feed_all(frame(body))
+    assert isinstance(err, RemoteProtocolError)
+
+
 def test_nesting_within_limit_is_fine() -> None:
     body = b"\x81\xa1k" + b"\x91" * (MAX_DEPTH - 1) + b"\x00"
     [msg] = feed_all(frame(body))

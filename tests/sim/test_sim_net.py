@@ -78,3 +78,33 @@ async def test_latency_delays_arrival_in_trio_time(autojump_clock: trio.testing.
     assert trio.current_time() - t0 == pytest.approx(0.25)
     await client.aclose()
     assert await server.receive_some(10) == b""
+
+
+async def test_an_idle_connection_writes_straight_into_the_link() -> None:
+    # As into a socket's buffer: the frame is on the link before any checkpoint, with no
+    # writer task in between (one scheduler pass less per frame).
+    link = Link("l")
+    client, server = link.ends
+    frame = encode_frame({"a": 1})
+    async with open_connection(client) as conn:
+        conn.send_nowait({"a": 1})
+        assert link.bytes_sent["to_server"] == len(frame)
+        assert await server.receive_some(100) == frame
+
+
+async def test_a_cut_inside_a_direct_write_breaks_the_frame_and_the_connection() -> None:
+    link = Link("l")
+    client, server = link.ends
+    frame = encode_frame({"b": b"x" * 100})
+    with trio.fail_after(5):
+        async with open_connection(client) as conn:
+            link.cut_next("to_server", 0.5)
+            conn.send_nowait({"b": b"x" * 100})  # half goes now, the rest to the writer
+            assert link.cut
+            assert await server.receive_some(1000) == frame[: len(frame) // 2]
+            assert await server.receive_some(1000) == b""
+            await trio.testing.wait_all_tasks_blocked()  # the writer met the broken link
+            assert conn.closed
+            with pytest.raises(ConnectionClosed):
+                conn.send_nowait({"c": 1})
+    assert client.try_send_some(b"late") == 0
