@@ -27,7 +27,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from .argtypes import positive_float
+from .argtypes import nonneg_int, positive_float, positive_int
 from .campaign_seeds import default_timeout, result, run_block
 from .sim_cmd import _seed_range
 
@@ -47,26 +47,6 @@ def _share(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"{text} is not a share between 0 and 1")
-    return value
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not >= 1")
-    return value
-
-
-def _nonneg(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is negative")
     return value
 
 
@@ -95,9 +75,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scenario", choices=sorted(SCENARIOS), help="sim: world shape (default small)")
     p.add_argument("--ring-mode", choices=[m.value for m in RingMode], help="hv's ring mode")
     p.add_argument("--duration", type=positive_float, help="stress: seconds per run (default 30)")
-    p.add_argument("--faults", type=_nonneg, help="stress: faults per run (stress's default)")
+    p.add_argument("--faults", type=nonneg_int, help="stress: faults per run (stress's default)")
     p.add_argument("--kinds", type=_kinds, help="stress: fault kinds and weights (stress's)")
-    p.add_argument("--nr-gfns", type=_positive, help="stress: guest size in pages (2048)")
+    p.add_argument("--nr-gfns", type=positive_int, help="stress: guest size in pages (2048)")
     p.add_argument(
         "--seed-timeout",
         type=positive_float,
@@ -108,9 +88,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--scheduler", help="an existing Dask scheduler, tcp://HOST:PORT")
     p.add_argument(
-        "--workers", type=_positive, help="local worker processes (default: one per core)"
+        "--workers", type=positive_int, help="local worker processes (default: one per core)"
     )
-    p.add_argument("--block", type=_positive, help="sim seeds per task (default: by range size)")
+    p.add_argument("--block", type=positive_int, help="sim seeds per task (default: by range size)")
     p.add_argument("--run-dir", type=Path, help="where the default ledger goes (default: cwd)")
     p.add_argument(
         "--ledger", type=Path, help="the SQLite ledger (default RUN_DIR/campaign.sqlite)"
@@ -242,7 +222,7 @@ def main(args: argparse.Namespace) -> int:
 def _connect(args: argparse.Namespace) -> tuple[Any, Any]:
     """A Dask client on `--scheduler` or a new local cluster; (None, None) after a message."""
     import dask
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     for name in ("distributed", "tornado", "asyncio"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
@@ -257,10 +237,19 @@ def _connect(args: argparse.Namespace) -> tuple[Any, Any]:
             _fail(f"cannot reach the scheduler {args.scheduler}: {exc or type(exc).__name__}")
             return None, None
     n = args.workers or os.cpu_count() or 1
+    cluster = local_cluster(n)
+    return Client(cluster), cluster
+
+
+def local_cluster(n: int) -> Any:
+    """A local Dask cluster of `n` single-threaded worker processes on 127.0.0.1, each
+    offering one `stress` resource (one stress seed per worker at a time)."""
+    from distributed import LocalCluster
+
     # The local workers are new processes that read their log level from the environment:
     # a cancelled task's warning at Ctrl-C is not news for the user.
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
-    cluster = LocalCluster(
+    return LocalCluster(
         n_workers=n,
         threads_per_worker=1,
         processes=True,
@@ -269,10 +258,13 @@ def _connect(args: argparse.Namespace) -> tuple[Any, Any]:
         # No dashboard, but the scheduler still serves /health and /metrics: on a free
         # loopback port, not on 8787 (taken by another cluster it warns and moves).
         scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-        # One stress seed per worker at a time (sim blocks ask for no resource).
         resources={STRESS_RESOURCE: 1},
     )
-    return Client(cluster), cluster
+
+
+def block_size(seeds: int, workers: int) -> int:
+    """Sim seeds per task by default: about four tasks per worker, at most 10 seeds each."""
+    return max(1, min(10, seeds // max(1, 4 * workers)))
 
 
 def _quiet_close(client: Any, cluster: Any) -> None:
@@ -325,7 +317,7 @@ def _run(
         submit["resources"] = {STRESS_RESOURCE: 1}
         size = 1
     else:
-        size = args.block or max(1, min(10, len(seeds) // max(1, 4 * len(workers))))
+        size = args.block or block_size(len(seeds), len(workers))
     blocks = _blocks(seeds, size)
     where = args.scheduler or f"local cluster of {len(workers)} worker(s)"
     what = "stress" if kind == "stress" else opts["scenario"]
@@ -389,4 +381,11 @@ def _run(
     return EXIT_OK
 
 
-__all__ = ["add_arguments", "campaign_options", "main", "run_block"]
+__all__ = [
+    "add_arguments",
+    "block_size",
+    "campaign_options",
+    "local_cluster",
+    "main",
+    "run_block",
+]
