@@ -45,8 +45,9 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Final
 
-#: A blocked child (no CPU burnt) is stopped after this many times the CPU bound, in wall s.
-WALL_FACTOR: Final = 10.0
+#: A blocked child (no CPU burnt) is stopped after this many times the CPU bound, in wall
+#: seconds: generous, as a niced seed on this loaded machine got 1 CPU second in 3-10+ wall.
+WALL_FACTOR: Final = 30.0
 #: Seconds a timed-out `xpemu stress` has after SIGTERM before SIGKILL.
 STRESS_GRACE_S: Final = 15.0
 #: The exit status of a child whose own code failed (not the seed's: that is a verdict).
@@ -154,39 +155,38 @@ class SimChild:
         wall = WALL_FACTOR * self.cpu_limit
         try:
             self.conn.send(seed)
-            if self.conn.poll(wall):
+            answered = self.conn.poll(wall)  # True also when the child died (end of file)
+            if answered:
                 out: dict[str, Any] = self.conn.recv()
                 out["worker"] = worker
                 return out
         except (EOFError, OSError):  # the child died: its status says how
-            pass
-        code, killed = self._stop()
+            answered = True
+        code = self._stop(kill=not answered)
         waited = round(time.perf_counter() - t0, 4)
-        if killed or code == -signal.SIGPROF:
-            how = (
-                f"{waited:.0f} wall seconds without an answer (the child was blocked)"
-                if killed
-                else f"its CPU bound of {self.cpu_limit:g} s"
-            )
-            out = result(seed, "timeout", worker, f"no verdict within {how}: child stopped")
+        if not answered:
+            why = f"{waited:.0f} wall seconds ({WALL_FACTOR:g}x the bound: the child was blocked)"
+            out = result(seed, "timeout", worker, f"no verdict within {why}; child killed")
+        elif code == -signal.SIGPROF:
+            why = f"its bound of {self.cpu_limit:g} CPU seconds (a livelock?)"
+            out = result(seed, "timeout", worker, f"no verdict within {why}; child killed")
         else:
             out = result(seed, "error", worker, f"the seed's child process died ({_how(code)})")
         out["duration_s"] = waited
         return out
 
-    def _stop(self) -> tuple[int, bool]:
-        """Kill (if alive) and reap the child: its exit code, and whether we killed it."""
+    def _stop(self, *, kill: bool) -> int:
+        """Reap the child (SIGKILLed first if `kill`): its exit code."""
         assert self.pid is not None and self.conn is not None
         pid, self.pid = self.pid, None
         self.conn.close()
         self.conn = None
-        done, status = os.waitpid(pid, os.WNOHANG)
-        killed = done == 0
-        if killed:
+        if kill:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            _, status = os.waitpid(pid, 0)
-        return os.waitstatus_to_exitcode(status), killed
+        # Blocking: a child that closed its pipe by dying may not be a zombie quite yet.
+        _, status = os.waitpid(pid, 0)
+        return os.waitstatus_to_exitcode(status)
 
     def close(self) -> None:
         """End the child (it leaves at the end of its pipe) and reap it."""
