@@ -236,7 +236,13 @@ def _connect(args: argparse.Namespace) -> tuple[Any, Any]:
         except (OSError, TimeoutError, ValueError) as exc:
             _fail(f"cannot reach the scheduler {args.scheduler}: {exc or type(exc).__name__}")
             return None, None
-    n = args.workers or os.cpu_count() or 1
+    return local_client(args.workers or os.cpu_count() or 1)
+
+
+def local_client(n: int) -> tuple[Any, Any]:
+    """A client on a new `local_cluster(n)`, and the cluster (close both)."""
+    from distributed import Client
+
     cluster = local_cluster(n)
     return Client(cluster), cluster
 
@@ -385,6 +391,7 @@ __all__ = [
     "add_arguments",
     "block_size",
     "campaign_options",
+    "local_client",
     "local_cluster",
     "main",
     "run_block",

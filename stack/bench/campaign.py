@@ -35,16 +35,15 @@ def _worker_cpu() -> float:
 def _one_run(workers: int, seeds: list[int]) -> dict[str, Any]:
     """One campaign of `seeds` on a new local cluster of `workers`; wall from the first
     submit to the last result, and the workers' CPU over that span."""
-    from distributed import Client, wait
-
-    from stack.campaign import block_size, local_cluster
+    from stack.campaign import block_size, local_client
     from stack.campaign_seeds import default_timeout, run_block
 
     opts = {"scenario": SCENARIO, "ring_mode": None}
     timeout = default_timeout("sim", opts)
     size = block_size(len(seeds), workers)
     blocks = [seeds[i : i + size] for i in range(0, len(seeds), size)]
-    with local_cluster(workers) as cluster, Client(cluster) as client:
+    client, cluster = local_client(workers)
+    try:
         client.wait_for_workers(workers)
         cpu0 = client.run(_worker_cpu)
         t0 = time.perf_counter()
@@ -52,10 +51,13 @@ def _one_run(workers: int, seeds: list[int]) -> dict[str, Any]:
             client.submit(run_block, "sim", b, opts, timeout, key=f"bench-{workers}-{b[0]}")
             for b in blocks
         ]
-        wait(futures)
+        blocks_done = client.gather(futures)
         wall = time.perf_counter() - t0
         cpu1 = client.run(_worker_cpu)
-        results = [r for f in futures for r in f.result()]
+        results = [r for done in blocks_done for r in done]
+    finally:
+        client.close()
+        cluster.close()
     worker_cpu = sum(cpu1[w] - cpu0[w] for w in cpu1)
     return {
         "workers": workers,
@@ -76,7 +78,8 @@ def bench_campaign(say: Callable[[str], None], *, repeats: int, full: bool) -> d
     from sim import run_seed
 
     # The nanny's "still alive after 4 s, killing" at a loaded cluster's close is not news.
-    logging.getLogger("distributed").setLevel(logging.ERROR)
+    for name in ("distributed", "distributed.nanny"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     seeds = list(SEEDS_FULL if full else SEEDS)
     out: dict[str, Any] = {"scenario": SCENARIO, "seeds": len(seeds)}
     out["loadavg_start"] = os.getloadavg()
