@@ -328,3 +328,31 @@ def test_a_block_that_raises_records_its_seeds_as_errors(
     rows = _rows(tmp_path / "l.sqlite")
     assert [verdict for _, verdict, _ in rows] == ["passed"] * 3 + ["error"] * 3
     assert "seed 5 ERROR: the task raised RuntimeError: planted crash" in out
+
+
+def test_a_ledger_from_before_cpu_seconds_gains_the_column_and_keeps_its_rows(
+    tmp_path: Path,
+) -> None:
+    from stack.campaign_ledger import Ledger
+    from stack.campaign_seeds import result
+
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as db:  # the schema of the first round (no cpu_s)
+        db.execute(
+            "CREATE TABLE runs (seed INTEGER NOT NULL, kind TEXT NOT NULL, options TEXT NOT "
+            "NULL, version TEXT NOT NULL, git_commit TEXT, verdict TEXT NOT NULL, duration_s "
+            "REAL NOT NULL, faults TEXT NOT NULL, crash_points TEXT NOT NULL, trace_hash TEXT "
+            "NOT NULL, worker TEXT NOT NULL, failure TEXT, recorded_at REAL NOT NULL, "
+            "UNIQUE (seed, kind, options))"
+        )
+        db.execute(
+            "INSERT INTO runs VALUES (1,'run','{}','v',NULL,'passed',0.1,'{}','{}','h','w',NULL,0)"
+        )
+    ledger = Ledger(path, version="v", commit=None, options="{}")
+    try:
+        row = result(2, "passed", "w") | {"cpu_s": 0.25}
+        ledger.record([row])
+        assert ledger.done_seeds() == {1, 2}
+        assert [(r["seed"], r["cpu_s"]) for r in ledger.rows("run")] == [(1, None), (2, 0.25)]
+    finally:
+        ledger.close()
