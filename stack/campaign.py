@@ -1,13 +1,16 @@
-"""`xpemu campaign`: many `xpemu sim` seeds on Dask, each run recorded in a ledger (issue 17).
+"""`xpemu campaign`: many `xpemu sim` (or `xpemu stress`) seeds on Dask, each in a ledger.
 
 Seeds go out in blocks (one Dask task per block, so the per-task overhead stays small
 against a sim run) to a local cluster of worker processes, one per core, or to the
-scheduler `--scheduler tcp://HOST:PORT` names. Each worker runs its block in-process and
-returns one result per seed; the client writes each block to the SQLite ledger in one
-transaction as it arrives, so Ctrl-C leaves whole blocks and `--resume` continues. A share
-of passing seeds (`--recheck`) runs again on another worker; a different trace hash is
-lost determinism. Exit status: 0 passed, 1 a seed failed (or lost determinism), 2 bad
-input or no scheduler, 130 interrupted.
+scheduler `--scheduler tcp://HOST:PORT` names. Each worker runs its block
+(stack/campaign_seeds.py: each sim seed in a forked child under a CPU bound, so a hung
+seed is a `timeout` row, not a hung campaign) and returns one result per seed; the client
+writes each block to the SQLite ledger in one transaction as it arrives, so Ctrl-C leaves
+whole blocks and `--resume` continues. A share of passing sim seeds (`--recheck`) runs
+again on another worker; a different trace hash is lost determinism. `--kind stress` runs
+one `xpemu stress` per task, at most one per worker at a time (the worker resource
+`stress`), and checks no determinism. Exit status: 0 passed, 1 a seed failed (or lost
+determinism), 2 bad input or no scheduler, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -21,16 +24,20 @@ import subprocess
 import sys
 import time
 import zlib
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from .sim_cmd import _replay, _seed_range
+from .argtypes import nonneg_int, positive_float, positive_int
+from .campaign_seeds import default_timeout, result, run_block
+from .sim_cmd import _seed_range
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+
+#: The Dask worker resource a stress seed takes one of (local workers offer one each).
+STRESS_RESOURCE = "stress"
 
 
 def _share(text: str) -> float:
@@ -43,24 +50,14 @@ def _share(text: str) -> float:
     return value
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not >= 1")
-    return value
+def _kinds(text: str) -> str:
+    from .schedule import parse_kinds
 
-
-def _seconds(text: str) -> float:
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text} is not > 0")
-    return value
+        parse_kinds(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -69,13 +66,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from sim import SCENARIOS
 
     p.add_argument("--seeds", type=_seed_range, required=True, help="run seeds A-B (inclusive)")
-    p.add_argument("--scenario", choices=sorted(SCENARIOS), default="small", help="world shape")
+    p.add_argument(
+        "--kind",
+        choices=("sim", "stress"),
+        default="sim",
+        help="sim seeds (default), or real-process `xpemu stress` seeds, one per worker",
+    )
+    p.add_argument("--scenario", choices=sorted(SCENARIOS), help="sim: world shape (default small)")
     p.add_argument("--ring-mode", choices=[m.value for m in RingMode], help="hv's ring mode")
+    p.add_argument("--duration", type=positive_float, help="stress: seconds per run (default 30)")
+    p.add_argument("--faults", type=nonneg_int, help="stress: faults per run (stress's default)")
+    p.add_argument("--kinds", type=_kinds, help="stress: fault kinds and weights (stress's)")
+    p.add_argument("--nr-gfns", type=positive_int, help="stress: guest size in pages (2048)")
+    p.add_argument(
+        "--seed-timeout",
+        type=positive_float,
+        metavar="SECONDS",
+        help="a seed with no verdict by then is a `timeout` row: sim, CPU seconds "
+        "(default 10x the scenario's typical seed, at least 10); stress, wall seconds "
+        "(default 2x --duration + 60)",
+    )
     p.add_argument("--scheduler", help="an existing Dask scheduler, tcp://HOST:PORT")
     p.add_argument(
-        "--workers", type=_positive, help="local worker processes (default: one per core)"
+        "--workers", type=positive_int, help="local worker processes (default: one per core)"
     )
-    p.add_argument("--block", type=_positive, help="seeds per task (default: by range size)")
+    p.add_argument("--block", type=positive_int, help="sim seeds per task (default: by range size)")
     p.add_argument("--run-dir", type=Path, help="where the default ledger goes (default: cwd)")
     p.add_argument(
         "--ledger", type=Path, help="the SQLite ledger (default RUN_DIR/campaign.sqlite)"
@@ -85,42 +100,39 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--recheck",
         type=_share,
         default=0.05,
-        help="share of passing seeds run again on another worker (default 0.05)",
+        help="sim: share of passing seeds run again on another worker (default 0.05)",
     )
     p.add_argument(
-        "--connect-timeout", type=_seconds, default=10.0, help="seconds to reach --scheduler"
+        "--connect-timeout",
+        type=positive_float,
+        default=10.0,
+        help="seconds to reach --scheduler",
     )
     p.add_argument("--json", type=Path, help="write the results here as JSON")
 
 
-def run_block(seeds: list[int], scenario: str, ring_mode: str | None) -> list[dict[str, Any]]:
-    """Run a block of seeds in this worker; one small, picklable result per seed."""
-    from sim import run_seed
-
-    try:
-        from distributed import get_worker
-
-        worker = get_worker().address
-    except ValueError:  # not inside a Dask worker (called directly)
-        worker = f"pid {os.getpid()}"
-    out = []
-    for seed in seeds:
-        t0 = time.perf_counter()
-        r = run_seed(seed, scenario=scenario, ring_mode=ring_mode)
-        verdict = "passed" if r.ok else ("stalled" if r.stalled else "failed")
-        out.append(
-            {
-                "seed": seed,
-                "verdict": verdict,
-                "duration_s": round(time.perf_counter() - t0, 4),
-                "faults": dict(sorted(r.fired.items())),
-                "crash_points": dict(sorted(r.crash_points.items())),
-                "trace_hash": r.trace_hash,
-                "worker": worker,
-                "failures": list(r.failures),
-            }
-        )
-    return out
+def campaign_options(args: argparse.Namespace) -> dict[str, Any]:
+    """What every seed of this campaign runs under (the ledger's `options`); ValueError
+    for options of the other kind. Sim options keep their old shape (older ledgers)."""
+    stress_only = {"--duration": args.duration, "--faults": args.faults}
+    stress_only |= {"--kinds": args.kinds, "--nr-gfns": args.nr_gfns}
+    if args.kind == "sim":
+        given = [flag for flag, value in stress_only.items() if value is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)}: only with --kind stress")
+        return {"scenario": args.scenario or "small", "ring_mode": args.ring_mode}
+    if args.scenario is not None:
+        raise ValueError("--scenario is the sim's: not with --kind stress")
+    if args.block is not None:
+        raise ValueError("--block: a stress seed is one task of its own")
+    return {
+        "kind": "stress",
+        "duration": args.duration or 30.0,
+        "faults": args.faults,
+        "kinds": args.kinds,
+        "nr_gfns": args.nr_gfns,
+        "ring_mode": args.ring_mode,
+    }
 
 
 def _rechecked(seed: int, share: float) -> bool:
@@ -168,9 +180,14 @@ def _blocks(seeds: list[int], size: int) -> list[list[int]]:
 def main(args: argparse.Namespace) -> int:
     """Run `xpemu campaign`; the exit status."""
     from .campaign_ledger import Ledger, LedgerError
+    from .campaign_report import report
 
+    try:
+        opts = campaign_options(args)
+    except ValueError as exc:
+        return _fail(str(exc))
     ledger_path = args.ledger or (args.run_dir or Path.cwd()) / "campaign.sqlite"
-    options = json.dumps({"scenario": args.scenario, "ring_mode": args.ring_mode}, sort_keys=True)
+    options = json.dumps(opts, sort_keys=True)
     try:
         if args.run_dir is not None:
             args.run_dir.mkdir(parents=True, exist_ok=True)
@@ -184,7 +201,7 @@ def main(args: argparse.Namespace) -> int:
             seeds = [s for s in seeds if s not in done]
             _say(f"xpemu campaign: resuming, {len(args.seeds) - len(seeds)} seeds already run")
         if not seeds:
-            return _report(args, ledger)
+            return report(args, ledger, opts)
         try:
             client, cluster = _connect(args)
         except KeyboardInterrupt:
@@ -192,12 +209,12 @@ def main(args: argparse.Namespace) -> int:
         if client is None:
             return EXIT_USAGE
         try:
-            code = _run(args, client, ledger, seeds)
+            code = _run(args, client, ledger, seeds, opts)
         finally:
             _quiet_close(client, cluster)
-        if code == EXIT_INTERRUPTED:
+        if code in (EXIT_INTERRUPTED, EXIT_USAGE):
             return code
-        return _report(args, ledger) or code
+        return report(args, ledger, opts) or code
     finally:
         ledger.close()
 
@@ -205,7 +222,7 @@ def main(args: argparse.Namespace) -> int:
 def _connect(args: argparse.Namespace) -> tuple[Any, Any]:
     """A Dask client on `--scheduler` or a new local cluster; (None, None) after a message."""
     import dask
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     for name in ("distributed", "tornado", "asyncio"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
@@ -219,11 +236,26 @@ def _connect(args: argparse.Namespace) -> tuple[Any, Any]:
         except (OSError, TimeoutError, ValueError) as exc:
             _fail(f"cannot reach the scheduler {args.scheduler}: {exc or type(exc).__name__}")
             return None, None
-    n = args.workers or os.cpu_count() or 1
+    return local_client(args.workers or os.cpu_count() or 1)
+
+
+def local_client(n: int) -> tuple[Any, Any]:
+    """A client on a new `local_cluster(n)`, and the cluster (close both)."""
+    from distributed import Client
+
+    cluster = local_cluster(n)
+    return Client(cluster), cluster
+
+
+def local_cluster(n: int) -> Any:
+    """A local Dask cluster of `n` single-threaded worker processes on 127.0.0.1, each
+    offering one `stress` resource (one stress seed per worker at a time)."""
+    from distributed import LocalCluster
+
     # The local workers are new processes that read their log level from the environment:
     # a cancelled task's warning at Ctrl-C is not news for the user.
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
-    cluster = LocalCluster(
+    return LocalCluster(
         n_workers=n,
         threads_per_worker=1,
         processes=True,
@@ -232,8 +264,13 @@ def _connect(args: argparse.Namespace) -> tuple[Any, Any]:
         # No dashboard, but the scheduler still serves /health and /metrics: on a free
         # loopback port, not on 8787 (taken by another cluster it warns and moves).
         scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+        resources={STRESS_RESOURCE: 1},
     )
-    return Client(cluster), cluster
+
+
+def block_size(seeds: int, workers: int) -> int:
+    """Sim seeds per task by default: about four tasks per worker, at most 10 seeds each."""
+    return max(1, min(10, seeds // max(1, 4 * workers)))
 
 
 def _quiet_close(client: Any, cluster: Any) -> None:
@@ -249,19 +286,7 @@ def _results(fut: Any, block: list[int]) -> list[dict[str, Any]]:
         return list(fut.result())
     except Exception as exc:
         failure = f"the task raised {type(exc).__name__}: {exc}"
-        return [
-            {
-                "seed": seed,
-                "verdict": "error",
-                "duration_s": 0.0,
-                "faults": {},
-                "crash_points": {},
-                "trace_hash": "",
-                "worker": "",
-                "failures": [failure],
-            }
-            for seed in block
-        ]
+        return [result(seed, "error", "", failure) for seed in block]
 
 
 def _key(kind: str, seeds: list[int]) -> str:
@@ -270,17 +295,44 @@ def _key(kind: str, seeds: list[int]) -> str:
     return f"xpemu-{kind}-{seeds[0]}-{seeds[-1]}-{secrets.token_hex(8)}"
 
 
-def _run(args: argparse.Namespace, client: Any, ledger: Any, seeds: list[int]) -> int:
+def _stress_workers(client: Any) -> list[str]:
+    """Workers that offer the `stress` resource (so run at most one stress seed each)."""
+    info = client.scheduler_info()["workers"]
+    return [a for a, w in info.items() if w.get("resources", {}).get(STRESS_RESOURCE, 0) >= 1]
+
+
+def _run(
+    args: argparse.Namespace, client: Any, ledger: Any, seeds: list[int], opts: dict[str, Any]
+) -> int:
     """Hand the blocks out, record results as they arrive, print progress on stderr."""
     from distributed import as_completed
 
+    kind = opts.get("kind", "sim")
+    timeout = args.seed_timeout or default_timeout(kind, opts)
     workers = list(client.scheduler_info()["workers"])
-    size = args.block or max(1, min(10, len(seeds) // max(1, 4 * len(workers))))
+    submit: dict[str, Any] = {}
+    if kind == "stress":
+        if not _stress_workers(client):
+            return _fail(
+                f"no worker of {args.scheduler} offers the resource {STRESS_RESOURCE!r}: "
+                f"start them with `dask worker ... --resources {STRESS_RESOURCE}=1`"
+            )
+        # Worker resources, not a semaphore: a Dask Semaphore bounds the whole cluster,
+        # and a task waiting on a lease would hold a worker thread; a resource is counted
+        # per worker and the scheduler places a seed only where one is free.
+        submit["resources"] = {STRESS_RESOURCE: 1}
+        size = 1
+    else:
+        size = args.block or block_size(len(seeds), len(workers))
     blocks = _blocks(seeds, size)
     where = args.scheduler or f"local cluster of {len(workers)} worker(s)"
-    _say(f"xpemu campaign: {len(seeds)} seeds ({args.scenario}) in {len(blocks)} blocks on {where}")
+    what = "stress" if kind == "stress" else opts["scenario"]
+    _say(
+        f"xpemu campaign: {len(seeds)} seeds ({what}) in {len(blocks)} blocks on {where}; "
+        f"seed timeout {timeout:g} {'wall' if kind == 'stress' else 'CPU'} s"
+    )
     futures = [
-        client.submit(run_block, b, args.scenario, args.ring_mode, key=_key("block", b))
+        client.submit(run_block, kind, b, opts, timeout, key=_key("block", b), **submit)
         for b in blocks
     ]
     kinds = {f.key: ("run", b) for f, b in zip(futures, blocks, strict=True)}
@@ -290,21 +342,24 @@ def _run(args: argparse.Namespace, client: Any, ledger: Any, seeds: list[int]) -
     last = 0.0
     try:
         for fut in pending:
-            kind, block = kinds.pop(fut.key)
+            row_kind, block = kinds.pop(fut.key)
             results = _results(fut, block)
-            ledger.record(results, kind)
-            if kind != "run":
+            ledger.record(results, row_kind)
+            if row_kind != "run":
                 continue
             done += len(results)
             failed += sum(r["verdict"] != "passed" for r in results)
             for r in results:
-                if r["verdict"] == "passed" and _rechecked(r["seed"], args.recheck):
+                if kind != "sim" or r["verdict"] != "passed":
+                    continue  # stress is not deterministic: nothing to re-check
+                if _rechecked(r["seed"], args.recheck):
                     others = [w for w in workers if w != r["worker"]] or workers
                     again = client.submit(
                         run_block,
+                        kind,
                         [r["seed"]],
-                        args.scenario,
-                        args.ring_mode,
+                        opts,
+                        timeout,
                         key=_key("recheck", [r["seed"]]),
                         workers=others or None,
                         allow_other_workers=True,
@@ -332,67 +387,12 @@ def _run(args: argparse.Namespace, client: Any, ledger: Any, seeds: list[int]) -
     return EXIT_OK
 
 
-def _report(args: argparse.Namespace, ledger: Any) -> int:
-    """The end table over the ledger's rows for this range; the exit status."""
-    wanted = set(args.seeds)
-    runs = [r for r in ledger.rows("run") if r["seed"] in wanted and r["options"] == ledger.options]
-    rechecks = {
-        r["seed"]: r
-        for r in ledger.rows("recheck")
-        if r["seed"] in wanted and r["options"] == ledger.options
-    }
-    verdicts = Counter(r["verdict"] for r in runs)
-    faults: Counter[str] = Counter()
-    points: Counter[str] = Counter()
-    for r in runs:
-        faults.update(json.loads(r["faults"]))
-        points.update(json.loads(r["crash_points"]))
-    lost = sorted(
-        s
-        for s, again in rechecks.items()
-        if any(r["seed"] == s and r["trace_hash"] != again["trace_hash"] for r in runs)
-    )
-    failing = [r for r in runs if r["verdict"] != "passed"]
-    from pager.faults import CRASH_POINTS
-
-    _say(f"{len(runs)} seeds in the ledger {ledger.path}")
-    _say("verdicts: " + ", ".join(f"{k} {v}" for k, v in sorted(verdicts.items())))
-    _say("faults fired: " + (", ".join(f"{k} {v}" for k, v in sorted(faults.items())) or "none"))
-    covered = sum(1 for p in CRASH_POINTS if points[p])
-    _say(
-        f"crash points reached: {covered}/{len(CRASH_POINTS)} "
-        + ", ".join(f"{p} {points[p]}" for p in CRASH_POINTS)
-    )
-    _say(
-        f"determinism: {len(rechecks)} seeds re-run on another worker, "
-        + (f"LOST on {lost}" if lost else "every trace hash matched")
-    )
-    slowest = sorted(runs, key=lambda r: -r["duration_s"])[:5]
-    _say("slowest: " + ", ".join(f"seed {r['seed']} {r['duration_s']:.2f} s" for r in slowest))
-    for r in failing:
-        replay = _replay(r["seed"], args.scenario, args.ring_mode)
-        _say(f"  seed {r['seed']} {r['verdict'].upper()}: {r['failure']}")
-        _say(f"    replay: {replay}")
-        _say(f"    shrink: {replay} --shrink")
-    if args.json is not None:
-        doc = {
-            "seeds": len(runs),
-            "verdicts": dict(verdicts),
-            "faults": dict(sorted(faults.items())),
-            "crash_points": {p: points[p] for p in CRASH_POINTS},
-            "lost_determinism": lost,
-            "rechecked": sorted(rechecks),
-            "slowest": [{"seed": r["seed"], "duration_s": r["duration_s"]} for r in slowest],
-            "failing": [
-                {"seed": r["seed"], "verdict": r["verdict"], "failure": r["failure"]}
-                for r in failing
-            ],
-        }
-        try:
-            args.json.write_text(json.dumps(doc, indent=2) + "\n")
-        except OSError as exc:
-            return _fail(f"cannot write {args.json}: {exc.strerror or exc}")
-    return EXIT_FAILED if failing or lost else EXIT_OK
-
-
-__all__ = ["add_arguments", "main", "run_block"]
+__all__ = [
+    "add_arguments",
+    "block_size",
+    "campaign_options",
+    "local_client",
+    "local_cluster",
+    "main",
+    "run_block",
+]

@@ -1,10 +1,11 @@
 """The campaign ledger: one SQLite row per seed run, written a block per transaction.
 
 A row: seed, kind (`run`, or `recheck` for a determinism re-run on another worker),
-xpemu version and git commit, the options (JSON), verdict, duration, faults fired by kind
-(JSON), crash points (JSON), trace hash, worker, first failure. A block of results goes in
-one transaction, so an interrupted campaign leaves whole blocks only; `--resume` asks
-`done_seeds` which seeds already have a `run` row under the same options.
+xpemu version and git commit, the options (JSON), verdict, duration (wall) and CPU
+seconds, faults fired by kind (JSON), crash points (JSON), trace hash, worker, first
+failure. A block of results goes in one transaction, so an interrupted campaign leaves
+whole blocks only; `--resume` asks `done_seeds` which seeds already have a `run` row under
+the same options.
 """
 
 from __future__ import annotations
@@ -31,9 +32,14 @@ CREATE TABLE IF NOT EXISTS runs (
     worker TEXT NOT NULL,
     failure TEXT,
     recorded_at REAL NOT NULL,
+    cpu_s REAL,
     UNIQUE (seed, kind, options)
 )
 """
+_COLUMNS = (
+    "seed, kind, options, version, git_commit, verdict, duration_s, faults, crash_points, "
+    "trace_hash, worker, failure, recorded_at, cpu_s"
+)
 
 
 class LedgerError(Exception):
@@ -51,6 +57,9 @@ class Ledger:
         try:
             self._db = sqlite3.connect(path, isolation_level=None)
             self._db.execute(_SCHEMA)
+            names = {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}
+            if "cpu_s" not in names:  # a ledger from before CPU seconds were recorded
+                self._db.execute("ALTER TABLE runs ADD COLUMN cpu_s REAL")
         except sqlite3.Error as exc:
             raise LedgerError(f"cannot open the ledger {path}: {exc}") from None
 
@@ -83,13 +92,14 @@ class Ledger:
                 r["worker"],
                 r["failures"][0] if r["failures"] else None,
                 now,
+                r.get("cpu_s"),
             )
             for r in results
         ]
         with self._db:
             self._db.execute("BEGIN")
             self._db.executemany(
-                "INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows
+                f"INSERT OR REPLACE INTO runs ({_COLUMNS}) VALUES ({','.join('?' * 14)})", rows
             )
 
     def rows(self, kind: str | None = None) -> list[dict[str, Any]]:

@@ -20,13 +20,15 @@ Every figure is printed next to a floor measured in the same run, as the median 
    lazy FUSE file system of power faults (stack/lazyfs.py), next to the same pager on the
    plain disk (skipped, with the reason, where FUSE is not usable);
 8. sim: seeds per minute of `xpemu sim` (wall and CPU time) and the fault load of a
-   40-second stress run replayed in it.
+   40-second stress run replayed in it;
+9. campaign (not in the quick default): seeds per minute of `xpemu campaign` on 1 and 2
+   local Dask workers and their ratio, next to the same seeds in one process.
 
 Benchmarks are not tests: nothing here asserts a time. `run_bench` returns every figure
 (also written by `--json`); `render_table` formats them.
 
 One module per section (floor, populate, throughput, recovery, memory, policy, lazyfs,
-sim), with options, procs (the processes a section runs against), run, table and cli. Two
+sim, campaign), with options, procs (the processes a section runs against), run, table and cli. Two
 standalone tools live here too, so that hv and pager import nothing of each other:
 `python -m stack.bench.inproc` (a pager and hv in one process) and `python -m
 stack.bench.hvmem`.

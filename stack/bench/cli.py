@@ -27,7 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", type=Path, dest="json_path", help="write every figure here")
     p.add_argument("--repeats", type=positive_int, help="runs per figure (3 quick, 5 full)")
     p.add_argument(
-        "--only", type=_sections, default=SECTIONS, help=f"comma-separated: {','.join(SECTIONS)}"
+        "--only",
+        type=_sections,
+        help=f"comma-separated: {','.join(SECTIONS)} (default: all but campaign; --full: all)",
     )
     p.add_argument("--work-dir", type=Path, help="stores and floor files here (same disk)")
     p.add_argument(

@@ -18,7 +18,11 @@ SECTIONS: Final = (
     "policy",
     "lazyfs",
     "sim",
+    "campaign",
 )
+
+#: The sections run by default (`campaign` takes minutes: `--only campaign` or `--full`).
+QUICK_SECTIONS: Final = tuple(s for s in SECTIONS if s != "campaign")
 
 
 class BenchError(Exception):
@@ -75,13 +79,15 @@ class BenchOptions:
 
     full: bool = False
     repeats: int | None = None
-    only: tuple[str, ...] = SECTIONS
+    only: tuple[str, ...] | None = None  # None: QUICK_SECTIONS, or SECTIONS when full
     work_dir: Path | None = None  # where stores and floors go (default: a temp dir)
     profile: Path | None = None  # run hv and pagers under py-spy, raw stacks here
     policies: tuple[str, ...] = POLICIES
     sizes: Sizes = field(default_factory=lambda: QUICK)
 
     def __post_init__(self) -> None:
+        if self.only is None:
+            self.only = SECTIONS if self.full else QUICK_SECTIONS
         if self.full and self.sizes is QUICK:
             self.sizes = FULL
         if self.repeats is not None:

@@ -16,6 +16,7 @@ import trio
 from ..benchlib import (
     disk_of,
 )
+from .campaign import bench_campaign
 from .floor import bench_floor
 from .lazyfs import bench_lazyfs
 from .memory import bench_memory
@@ -57,7 +58,7 @@ async def run_bench(opts: BenchOptions, say: Callable[[str], None]) -> dict[str,
         t_start = time.perf_counter()
         recovery_store: str | None = None
         for section in SECTIONS:
-            if section not in opts.only:
+            if section not in (opts.only or ()):
                 continue
             say(f"{section}...")
             t0 = time.perf_counter()
@@ -79,6 +80,10 @@ async def run_bench(opts: BenchOptions, say: Callable[[str], None]) -> dict[str,
                 res["lazyfs"] = await bench_lazyfs(sizes, work, say)
             elif section == "sim":  # its own trio runs, under MockClock: in a thread
                 res["sim"] = await trio.to_thread.run_sync(lambda: bench_sim(say, full=opts.full))
+            elif section == "campaign":  # a Dask client of its own: in a thread too
+                res["campaign"] = await trio.to_thread.run_sync(
+                    lambda: bench_campaign(say, repeats=sizes.repeats, full=opts.full)
+                )
             res.setdefault("section_s", {})[section] = time.perf_counter() - t0
         res["total_s"] = time.perf_counter() - t_start
         res["machine"]["loadavg_end"] = os.getloadavg()

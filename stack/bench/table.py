@@ -6,6 +6,7 @@ from typing import Any, Final
 
 from pager.policy import POLICIES
 
+from .campaign import campaign_rows
 from .lazyfs import lazyfs_rows
 from .memory import MEMORY_GFNS
 from .sim import sim_rows
@@ -149,7 +150,7 @@ def table_rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                             f"{row[p + '_ratio']:.2f}x",
                         )
                     )
-    return rows + lazyfs_rows(res) + sim_rows(res)
+    return rows + lazyfs_rows(res) + sim_rows(res) + campaign_rows(res)
 
 
 def render_table(res: dict[str, Any]) -> str:

@@ -1,0 +1,347 @@
+"""Where a campaign's seeds run, on a Dask worker: one result dict per seed, hung ones too.
+
+`run_block` is the task `xpemu campaign` submits. A **sim** seed is pure Python in one
+thread, so nothing inside the worker can stop one that livelocks (`signal.alarm` reaches
+the main thread only, which is the worker's event loop, and an exception thrown into a
+thread would land wherever the sim is, with process-wide state patched). So each block
+runs its seeds in a child forked from the worker, one after another: forked, not spawned,
+so the child runs exactly the code the worker has (a Dask `WorkerPlugin` or preload that
+patches a module reaches it), and it costs a few milliseconds (os.fork, not
+`multiprocessing`: Dask's workers are daemonic processes, which may not start one).
+
+- The bound is **CPU seconds** (`ITIMER_PROF`, armed per seed in the child: the kernel
+  kills it with SIGPROF): a livelocked seed burns CPU, and a loaded machine stretches
+  wall time (a 2.7 CPU-second seed took 19 s of wall time here with ~6 runnable
+  processes per core), so a wall bound would turn load into false timeouts.
+- A child that burns nothing yet answers nothing (blocked) is killed after `WALL_FACTOR`
+  times the bound in wall seconds. Either way the seed's verdict is `timeout`; the next
+  seed of the block runs in a new child.
+- The child dies with the worker (PR_SET_PDEATHSIG; the forking thread waits on it for
+  its whole life), and never returns into the worker's code (`os._exit`).
+
+A **stress** seed is an `xpemu stress` process (three more of its own); its bound is wall
+seconds (a real run takes real time): SIGTERM (the stack stops its children), then
+SIGKILL (its guardian stops them). A failing run's directory is kept, and named.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections import Counter
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any, Final
+
+#: A blocked child (no CPU burnt) is stopped after this many times the CPU bound, in wall
+#: seconds: generous, as a niced seed on this loaded machine got 1 CPU second in 3-10+ wall.
+WALL_FACTOR: Final = 30.0
+#: Seconds a timed-out `xpemu stress` has after SIGTERM before SIGKILL.
+STRESS_GRACE_S: Final = 15.0
+#: The exit status of a child whose own code failed (not the seed's: that is a verdict).
+_CHILD_BROKE: Final = 70
+
+
+def result(seed: int, verdict: str, worker: str, failure: str | None = None) -> dict[str, Any]:
+    """A result row with nothing measured (a timeout, an error) for `seed`."""
+    return {
+        "seed": seed,
+        "verdict": verdict,
+        "duration_s": 0.0,
+        "cpu_s": 0.0,
+        "faults": {},
+        "crash_points": {},
+        "trace_hash": "",
+        "worker": worker,
+        "failures": [failure] if failure else [],
+    }
+
+
+def _worker_name() -> str:
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().address)
+    except ValueError:  # not inside a Dask worker (called directly)
+        return f"{socket.gethostname()} pid {os.getpid()}"
+
+
+def run_block(
+    kind: str, seeds: list[int], options: dict[str, Any], timeout: float
+) -> list[dict[str, Any]]:
+    """Run a block of seeds of `kind` ("sim" or "stress"); one result per seed, in order.
+    `timeout` is each seed's bound: CPU seconds for sim, wall seconds for stress."""
+    worker = _worker_name()
+    if kind == "stress":
+        return [stress_seed(seed, options, timeout, worker) for seed in seeds]
+    child = SimChild(options, timeout)
+    try:
+        return [child.run(seed, worker) for seed in seeds]
+    finally:
+        child.close()
+
+
+# ---------------------------------------------------------------------------- sim seeds
+
+
+def sim_seed(seed: int, options: dict[str, Any]) -> dict[str, Any]:
+    """Run one sim seed here (in the child); its result row, worker left blank."""
+    import sim  # looked up per call: a patched `sim.run_seed` is the one that runs
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    try:
+        r = sim.run_seed(seed, scenario=options["scenario"], ring_mode=options["ring_mode"])
+    except Exception as exc:  # the sim itself broke (it reports failed checks, not raises)
+        return result(seed, "error", "", f"the sim raised {type(exc).__name__}: {exc}")
+    return {
+        "seed": seed,
+        "verdict": "passed" if r.ok else ("stalled" if r.stalled else "failed"),
+        "duration_s": round(time.perf_counter() - t0, 4),
+        "cpu_s": round(time.process_time() - c0, 4),
+        "faults": dict(sorted(r.fired.items())),
+        "crash_points": dict(sorted(r.crash_points.items())),
+        "trace_hash": r.trace_hash,
+        "worker": "",
+        "failures": list(r.failures),
+    }
+
+
+class SimChild:
+    """A forked child that runs sim seeds one at a time, each under a CPU bound."""
+
+    def __init__(self, options: dict[str, Any], cpu_limit: float) -> None:
+        self.options = options
+        self.cpu_limit = cpu_limit
+        self.pid: int | None = None
+        self.conn: Connection | None = None
+
+    def _start(self) -> None:
+        ours, theirs = multiprocessing.Pipe()
+        parent = os.getpid()
+        with warnings.catch_warnings():
+            # Python 3.12+ warns about fork in a process with threads: the child runs only
+            # the sim (one thread) and leaves with os._exit, never into the worker's code.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:  # the child
+            code = _CHILD_BROKE
+            try:
+                ours.close()
+                _child_main(theirs, self.options, self.cpu_limit, parent)
+                code = 0
+            finally:
+                os._exit(code)
+        theirs.close()
+        self.pid, self.conn = pid, ours
+
+    def run(self, seed: int, worker: str) -> dict[str, Any]:
+        """Seed `seed`'s result: the child's, or `timeout`/`error` if it gave none."""
+        if self.pid is None:
+            self._start()
+        assert self.conn is not None
+        t0 = time.perf_counter()
+        wall = WALL_FACTOR * self.cpu_limit
+        try:
+            self.conn.send(seed)
+            answered = self.conn.poll(wall)  # True also when the child died (end of file)
+            if answered:
+                out: dict[str, Any] = self.conn.recv()
+                out["worker"] = worker
+                return out
+        except (EOFError, OSError):  # the child died: its status says how
+            answered = True
+        code = self._stop(kill=not answered)
+        waited = round(time.perf_counter() - t0, 4)
+        if not answered:
+            why = f"{waited:.0f} wall seconds ({WALL_FACTOR:g}x the bound: the child was blocked)"
+            out = result(seed, "timeout", worker, f"no verdict within {why}; child killed")
+        elif code == -signal.SIGPROF:
+            why = f"its bound of {self.cpu_limit:g} CPU seconds (a livelock?)"
+            out = result(seed, "timeout", worker, f"no verdict within {why}; child killed")
+        else:
+            out = result(seed, "error", worker, f"the seed's child process died ({_how(code)})")
+        out["duration_s"] = waited
+        return out
+
+    def _stop(self, *, kill: bool) -> int:
+        """Reap the child (SIGKILLed first if `kill`): its exit code."""
+        assert self.pid is not None and self.conn is not None
+        pid, self.pid = self.pid, None
+        self.conn.close()
+        self.conn = None
+        if kill:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        # Blocking: a child that closed its pipe by dying may not be a zombie quite yet.
+        _, status = os.waitpid(pid, 0)
+        return os.waitstatus_to_exitcode(status)
+
+    def close(self) -> None:
+        """End the child (it leaves at the end of its pipe) and reap it."""
+        if self.pid is None:
+            return
+        assert self.conn is not None
+        pid, self.pid = self.pid, None
+        self.conn.close()  # the child reads EOF and exits
+        self.conn = None
+        os.waitpid(pid, 0)
+
+
+def _how(code: int) -> str:
+    if code < 0:
+        return f"signal {signal.Signals(-code).name}"
+    return f"exit status {code}"
+
+
+def _die_with_parent(parent: int) -> None:
+    """SIGKILL this child when the thread that forked it goes (Linux); see the docstring."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent went before prctl took effect
+        os._exit(0)
+
+
+def _child_main(conn: Connection, options: dict[str, Any], cpu_limit: float, parent: int) -> None:
+    _die_with_parent(parent)
+    signal.signal(signal.SIGPROF, signal.SIG_DFL)  # the kernel's action: terminate
+    while True:
+        try:
+            seed = conn.recv()
+        except EOFError:  # the worker closed the pipe: the block is over
+            return
+        signal.setitimer(signal.ITIMER_PROF, cpu_limit)
+        out = sim_seed(seed, options)
+        signal.setitimer(signal.ITIMER_PROF, 0)
+        try:
+            conn.send(out)
+        except OSError:  # the worker is gone
+            return
+
+
+# ------------------------------------------------------------------------- stress seeds
+
+
+def stress_argv(options: dict[str, Any]) -> list[str]:
+    """`xpemu stress`'s options for a campaign's stress options (after `--seed N`)."""
+    argv: list[str] = []
+    for flag, key in (
+        ("--duration", "duration"),
+        ("--faults", "faults"),
+        ("--kinds", "kinds"),
+        ("--nr-gfns", "nr_gfns"),
+        ("--ring-mode", "ring_mode"),
+    ):
+        if options.get(key) is not None:
+            value = options[key]
+            argv += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+    return argv
+
+
+def stress_seed(seed: int, options: dict[str, Any], timeout: float, worker: str) -> dict[str, Any]:
+    """Run `xpemu stress --seed SEED ...` as a process; its result row."""
+    base = Path(tempfile.mkdtemp(prefix=f"xpemu-campaign-stress-{seed}-"))
+    argv = [sys.executable, "-m", "stack", "stress", "--seed", str(seed), *stress_argv(options)]
+    argv += ["--run-dir", str(base / "run"), "--report", str(base / "report.json"), "--no-live"]
+    t0 = time.perf_counter()
+    timed_out = False
+    with open(base / "output.txt", "wb") as output:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT
+        )
+        try:
+            rc = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            proc.terminate()
+            try:
+                rc = proc.wait(STRESS_GRACE_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                rc = proc.wait()
+    wall = round(time.perf_counter() - t0, 4)
+    try:
+        report = json.loads((base / "report.json").read_text())
+    except (OSError, ValueError):
+        report = None
+    verdict = {0: "passed", 1: "failed"}.get(rc, "error")
+    if timed_out:
+        verdict = "timeout"
+    out = result(seed, verdict, worker)
+    out["duration_s"] = wall
+    if report is not None:
+        out["faults"] = dict(sorted(report.get("faults_injected", {}).items()))
+        out["crash_points"] = _stress_crash_points(report)
+        # Stress is not deterministic: what stands in for a trace hash is the hash of the
+        # seed's fault schedule (the same seed and options give the same one).
+        schedule = json.dumps(report.get("schedule", []), sort_keys=True).encode()
+        out["trace_hash"] = "schedule:" + hashlib.sha256(schedule).hexdigest()[:32]
+    if verdict == "passed":
+        shutil.rmtree(base, ignore_errors=True)
+    else:
+        out["failures"] = [
+            f"{_stress_failure(verdict, rc, report, base, timeout)}; run dir "
+            f"{socket.gethostname()}:{base}"
+        ]
+    return out
+
+
+def _stress_crash_points(report: dict[str, Any]) -> dict[str, int]:
+    """Crash points that fired, by name, from the pager lives the report lists."""
+    fired: Counter[str] = Counter()
+    for life in report.get("pager", {}).get("lives", []):
+        if life.get("cause") == "crash_point" and life.get("spec"):
+            fired[str(life["spec"]).partition("@")[0]] += 1
+    return dict(sorted(fired.items()))
+
+
+def _stress_failure(
+    verdict: str, rc: int, report: dict[str, Any] | None, base: Path, timeout: float
+) -> str:
+    if verdict == "timeout":
+        return f"no verdict within {timeout:g} wall seconds: xpemu stress stopped"
+    if report is not None and report.get("violations"):
+        return str(report["violations"][0])
+    if report is not None and verdict == "failed":
+        return (
+            f"integrity errors {report.get('integrity_errors')}, lost gfns "
+            f"{report.get('lost_gfns')}, stuck vCPUs {report.get('stuck_vcpus')}"
+        )
+    lines = (base / "output.txt").read_text(errors="replace").strip().splitlines()
+    return f"xpemu stress exited {rc}: " + (lines[-1] if lines else "no output")
+
+
+def typical_cpu_s(scenario: str) -> float:
+    """A seed's usual CPU seconds in `scenario` (measured here: the median of 20 seeds on
+    one core; the default bound is ten times this, and never under `MIN_SEED_TIMEOUT`)."""
+    return TYPICAL_CPU_S.get(scenario, 6.0)
+
+
+#: Median CPU seconds of one seed per scenario (20 seeds, this 2-core machine, Dec 2026).
+TYPICAL_CPU_S: Final = {"tiny": 0.12, "small": 0.25, "default": 2.5}
+#: The default per-seed bound is never under this (CPU seconds, sim; GC and imports).
+MIN_SEED_TIMEOUT: Final = 10.0
+
+
+def default_timeout(kind: str, options: dict[str, Any]) -> float:
+    """The per-seed bound when `--seed-timeout` is not given."""
+    if kind == "stress":
+        return 2 * float(options["duration"]) + 60.0  # start, checks, page-in, under load
+    return max(MIN_SEED_TIMEOUT, math.ceil(10 * typical_cpu_s(options["scenario"])))
+
+
+__all__ = ["SimChild", "default_timeout", "result", "run_block", "stress_argv", "stress_seed"]
