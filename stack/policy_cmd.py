@@ -83,6 +83,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         " shrunk to the size first, as a pager attaching to a running domain",
     )
     p.add_argument(
+        "--whole",
+        action="store_true",
+        help="recorded traces: replay every access, not only those up to the last fault hv"
+        " saw (after it the live pager held memory below its size no more)",
+    )
+    p.add_argument(
         "--plot",
         type=Path,
         default=Path("policy-curves.png"),
@@ -124,6 +130,14 @@ def main(args: argparse.Namespace) -> int:
             trace = read_trace(Path(args.trace))
     except TraceError as exc:
         return _fail(str(exc))
+    note = ""
+    if trace.live_span is not None and not args.whole and trace.live_span < len(trace.gfns):
+        note = (
+            f"  replaying the first {trace.live_span:,} of {len(trace.gfns):,} accesses: after"
+            " the last fault hv saw, the pager held memory below its size no more (--whole:"
+            " all)\n"
+        )
+        trace.gfns = trace.gfns[: trace.live_span]
     sizes = _resolve_sizes(args.sizes, trace.distinct)
     if sizes[-1] > trace.nr_gfns:
         return _fail(f"memory size {sizes[-1]:,} is larger than the trace's {trace.nr_gfns:,} gfns")
@@ -137,13 +151,26 @@ def main(args: argparse.Namespace) -> int:
         flush=True,
     )
     if trace.live_faults is not None:
-        print(f"  recorded live: {trace.live_faults:,} faults ({trace.info})", flush=True)
+        i = trace.info
+        print(
+            f"  recorded: {i['records']:,} accesses ({i['writes']:,} writes, {i['refused']:,}"
+            f" refused) by {i['vcpus']} vCPUs in {i['seconds']:.1f} s; the live pager's"
+            f" faults: {trace.live_faults:,}",
+            flush=True,
+        )
+    print(note, end="", flush=True)
     try:
         cmp = compare(trace, policies, sizes, start=args.start, say=lambda s: print(s, flush=True))
     except (ReplayError, PolicyLoadError) as exc:
         return _fail(str(exc), EXIT_FAILED)
     print("\nfaults per 1,000 accesses (x Belady's optimum at that size)")
     print(render_table(cmp))
+    if trace.live_faults is not None:
+        print(
+            f"the live pager saw {trace.live_faults:,} faults:"
+            f" {trace.live_faults * 1000 / len(trace.gfns):.1f} per 1,000 accesses, at its"
+            " target (compare with its row at that size, --start full)"
+        )
     try:
         plot_curves(cmp, args.plot)
         if args.json_path is not None:

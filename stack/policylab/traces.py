@@ -41,6 +41,10 @@ class Trace:
     ranking: list[int] | None = None
     #: Accesses hv found not resident (recorded traces only): the live run's faults.
     live_faults: int | None = None
+    #: Accesses up to the last one hv found not resident (recorded traces only): after it,
+    #: the pager held memory below its size no more (`xpemu up`'s end phase pages
+    #: everything in and reads it back), so a replay at the target should stop there.
+    live_span: int | None = None
     info: dict[str, object] = field(default_factory=dict)
 
     @property
@@ -117,7 +121,7 @@ def read_trace(path: Path) -> Trace:
     """The trace in `path` (TraceError when it is not one, or holds no access)."""
     recs = _records(path)
     info: dict[str, object] = {"file": str(path)}
-    live = None
+    live, span = None, None
     if recs.dtype == TRACE_DTYPE:
         head = path.read_bytes()[:HEADER_SIZE]
         nr = int.from_bytes(head[16:20], "little")
@@ -128,7 +132,9 @@ def read_trace(path: Path) -> Trace:
             writes=int(recs["write"].sum()),
             seconds=float(_unwrap(recs["t_us"])[-1] / 1e6) if len(recs) else 0.0,
         )
-        live = int((recs["outcome"] == 1).sum())
+        faulted = recs["outcome"][~refused] == 1
+        live = int(faulted.sum())
+        span = int(np.flatnonzero(faulted)[-1]) + 1 if live else None
         gfns = recs["gfn"][~refused]  # a refused access (a ballooned gfn) brings nothing in
     else:
         gfns = recs
@@ -137,7 +143,14 @@ def read_trace(path: Path) -> Trace:
         raise TraceError(f"{path}: the trace holds no access")
     if int(gfns.min()) < 0 or int(gfns.max()) >= nr:
         raise TraceError(f"{path}: gfn {int(gfns.max())} is outside the domain's {nr} gfns")
-    return Trace(path.name, gfns.astype(np.int64).tolist(), nr, live_faults=live, info=info)
+    return Trace(
+        path.name,
+        gfns.astype(np.int64).tolist(),
+        nr,
+        live_faults=live,
+        live_span=span if live else None,
+        info=info,
+    )
 
 
 def _unwrap(t_us: np.ndarray) -> np.ndarray:
