@@ -23,7 +23,7 @@ Public API:
   tests and tools.
 - `XenpagingPolicy`, `ClockPolicy`, `CarPolicy`, `make_policy`: replacement policies.
 
-``python -m pager --run-dir DIR --state-dir DIR [--domid D] [--policy xenpaging|clock|car]
+``python -m pager --run-dir DIR --state-dir DIR [--domid D] [--policy xenpaging|clock|car|clock2q|MOD:CLASS]
 [--on-exit pagein|keep] [--faults SPEC] [--batch N] [--concurrency N] [--target T]
 [--prefetch N] [...]`` runs it as a process (``--help``; exit 75 means hv
 went away: restart it, it recovers from the state directory); ``xpemu bench`` and

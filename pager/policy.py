@@ -2,7 +2,8 @@
 `package.module:Class`, checked against the policy interface before it is used.
 
 The built-ins live in `pager.policies`: `xenpaging` (the original round-robin), `clock`
-(second chance) and `car` (Clock with Adaptive Replacement). A policy knows which gfns are
+(second chance), `car` (Clock with Adaptive Replacement) and `clock2q` (2Q with a
+counting clock). A policy knows which gfns are
 paged out (the pager tells it) and picks resident gfns to nominate. It never talks to hv
 itself except through the `accessed` callable it is given (the EPT accessed-bit analogue,
 PROTOCOL.md §6). The interface is `pager.policies.base.Policy`; docs/policy.md explains it.
@@ -20,9 +21,10 @@ from typing import Final
 from .policies.base import Accessed, Policy, PolicyBase
 from .policies.car import CAR_RECENT_FAULTS, CAR_WINDOW, CarPolicy
 from .policies.clock import CLOCK_WINDOW, ClockPolicy
+from .policies.clock2q import Clock2QPolicy
 from .policies.xenpaging import XEN_MRU_SIZE, XenpagingPolicy
 
-POLICIES: Final = ("xenpaging", "clock", "car")
+POLICIES: Final = ("xenpaging", "clock", "car", "clock2q")
 
 #: What a plug-in class must have: the pager calls these (base.Policy's docstrings).
 _METHODS: Final = ("paged_out", "paged_in", "dropped")
@@ -122,6 +124,8 @@ def make_policy(
         return ClockPolicy(nr_gfns, accessed)
     if name == "car":
         return CarPolicy(nr_gfns, accessed)
+    if name == "clock2q":
+        return Clock2QPolicy(nr_gfns, accessed)
     cls: Callable[[int, Accessed], Policy] = load_policy_class(name)
     return cls(nr_gfns, accessed)
 
@@ -139,6 +143,7 @@ __all__ = [
     "XEN_MRU_SIZE",
     "Accessed",
     "CarPolicy",
+    "Clock2QPolicy",
     "ClockPolicy",
     "Policy",
     "PolicyBase",

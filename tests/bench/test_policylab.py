@@ -265,3 +265,17 @@ def test_make_policy_builds_a_plugin_with_the_pagers_arguments(plugin_dir: Path)
 
     pol = make_policy("labplug:Fifo", 7, accessed)
     assert type(pol).__name__ == "Fifo" and len(pol.resident) == 7  # type: ignore[attr-defined]
+
+
+def test_clock2q_keeps_part_of_a_loop_larger_than_memory_and_a_used_set_through_a_scan() -> None:
+    loop = loop_trace(600, 12_000, 250, seed=2)  # 250 gfns looping through 200 frames
+    assert lru_faults(loop, 200) == 12_000
+    assert TraceMemory("clock2q", 600, 200).run(loop) < 0.7 * 12_000
+    rng = random.Random(3)
+    hot = [rng.randrange(50) for _ in range(3000)]
+    # A used set, a one-off scan, the set again. Memory starts full, as the pager's does
+    # (from empty, no `choose` would run before the scan to see the set used): only the
+    # set's first touches and the scan fault; clock loses the set to the scan.
+    trace = [*hot, *range(100, 600), *hot]
+    assert TraceMemory("clock2q", 600, 100, "full").run(trace) == 50 + 500
+    assert TraceMemory("clock", 600, 100, "full").run(trace) == 50 + 500 + 50
