@@ -34,8 +34,8 @@ from .base import Accessed, PolicyBase
 from .car import CAR_RECENT_FAULTS, CAR_WINDOW
 
 #: A1in's size, as a share of the resident gfns (2Q's Kin; the paper suggests 25%). On the
-#: bench's traces 15% traded a little of the hot set for Zipf and the loop (BENCHMARKS.md).
-KIN: Final = 0.15
+#: bench's traces 20% traded a little of the hot set for Zipf and the loop (BENCHMARKS.md).
+KIN: Final = 0.2
 #: A1out's size, as a share of the resident gfns (2Q's Kout; the paper suggests 50%).
 KOUT: Final = 0.5
 #: Largest use count in the main queue: a gfn unused for this many turns of the hand goes.
