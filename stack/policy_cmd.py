@@ -37,10 +37,13 @@ def _sizes(text: str) -> list[str]:
     if not parts:
         raise argparse.ArgumentTypeError("no memory size given")
     for s in parts:
-        body = s[:-1] if s.endswith("%") else s
-        if not body.isdigit() or int(body) < 1:
+        try:
+            ok = 0 < float(s[:-1]) if s.endswith("%") else s.isdigit() and int(s) >= 1
+        except ValueError:
+            ok = False
+        if not ok:
             raise argparse.ArgumentTypeError(
-                f"memory size {s!r} is not a frame count >= 1 or a percentage like 25%"
+                f"memory size {s!r} is not a frame count >= 1 or a percentage like 12.5%"
             )
     return parts
 
@@ -107,7 +110,7 @@ def _resolve_sizes(texts: list[str] | None, distinct: int) -> list[int]:
         return sorted({max(1, round(distinct * f)) for f in DEFAULT_FRACTIONS})
     out = set()
     for s in texts:
-        out.add(max(1, round(distinct * int(s[:-1]) / 100)) if s.endswith("%") else int(s))
+        out.add(max(1, round(distinct * float(s[:-1]) / 100)) if s.endswith("%") else int(s))
     return sorted(out)
 
 

@@ -245,6 +245,7 @@ def test_policy_command_bad_input_is_one_line_exit_2(plugin_dir: Path) -> None:
     line = one_line(run_policy_cmd(plugin_dir, "--policy", "labplug:NoDropped"))
     assert "does not implement the pager's policy interface" in line
     assert ".png or .svg" in one_line(run_policy_cmd(plugin_dir, "--plot", "x.jpg"))
+    assert "not a frame count" in one_line(run_policy_cmd(plugin_dir, "--sizes", "0,10%"))
 
 
 def test_pager_refuses_a_class_that_does_not_implement_the_interface(plugin_dir: Path) -> None:
