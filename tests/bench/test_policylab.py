@@ -280,3 +280,23 @@ def test_clock2q_keeps_part_of_a_loop_larger_than_memory_and_a_used_set_through_
     trace = [*hot, *range(100, 600), *hot]
     assert TraceMemory("clock2q", 600, 100, "full").run(trace) == 50 + 500
     assert TraceMemory("clock", 600, 100, "full").run(trace) == 50 + 500 + 50
+
+
+async def test_bench_policy_section_runs_a_plugin_beside_the_built_ins(plugin_dir: Path) -> None:
+    from stack.bench import BenchOptions, Sizes, run_bench, table_rows
+
+    sizes = Sizes(
+        **{
+            **BenchOptions().sizes.__dict__,
+            "policy_gfns": 256,
+            "policy_capacity": 64,
+            "policy_len": 3000,
+        }
+    )
+    opts = BenchOptions(only=("policy",), sizes=sizes, policies=("car", "labplug:Fifo"))
+    res = await run_bench(opts, lambda s: None)
+    scan = res["policy"]["traces"]["scan"]
+    expected = fifo_faults(loop_trace(256, 3000, 80, 13), 64)
+    assert scan["labplug:Fifo"] == pytest.approx(expected * 1000 / 3000)
+    rows = {r[0] for r in table_rows(res)}
+    assert {"scan: Fifo", "scan: ARC (exact)", "zipf: car"} <= rows
