@@ -17,6 +17,7 @@ from transport import configure_logging
 from .config import HvConfig
 from .hypervisor import Hypervisor
 from .server import serve
+from .trace import TraceRecorder
 
 log = structlog.get_logger("hv")
 
@@ -65,6 +66,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--mmio-gfns", type=_mmio, default=(), help="comma-separated mmio gfns")
     p.add_argument(
         "--target", type=int, default=None, help="domain 1's target (default: initial tot_pages)"
+    )
+    p.add_argument(
+        "--record-trace",
+        metavar="FILE",
+        default=None,
+        help="record domain 1's guest accesses to FILE (hv/trace.py's format)",
     )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
@@ -120,6 +127,17 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     configure_logging("hv", level=args.log_level)
     hv = Hypervisor(config)
+    recorder = None
+    if args.record_trace is not None:
+        try:
+            recorder = TraceRecorder(
+                args.record_trace, nr_gfns=config.nr_gfns, vcpus=config.vcpus, domid=1
+            )
+        except OSError as exc:
+            hv.close()
+            print(f"python -m hv: error: cannot record the trace: {exc}", file=sys.stderr)
+            return 1
+        hv.domains[1].recorder = recorder
     failed: list[str] = []
     try:
         trio.run(_run, hv, args.run_dir)
@@ -127,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
         failed = [str(e) for e in group.exceptions]
     finally:
         hv.close()
+        if recorder is not None:
+            recorder.close()
+            log.info("hv.trace_recorded", path=args.record_trace, records=recorder.records)
     if failed:
         log.error("hv.failed", error="; ".join(failed))
         print(f"python -m hv: error: {'; '.join(failed)}", file=sys.stderr)

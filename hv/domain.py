@@ -32,6 +32,7 @@ from .frames import NO_FRAME, FramePool
 from .p2m import P2M
 from .ring import MemRequest, Ring
 from .rules import OK, PAUSE, WAIT, Rule, rules_for
+from .trace import TraceRecorder, outcome_of
 
 #: Outcomes of `Domain.access_step`.
 DONE: Final = "done"
@@ -218,6 +219,11 @@ class Domain:
         self.counters: Counter[str] = Counter()
         self._unsent: list[MemRequest] = []  # put on the ring, not yet told to the pager
         self._slot_freed = trio.lowlevel.ParkingLot()
+        # `xpemu up --record-trace`: one record per guest access (hv/trace.py). A vCPU's
+        # flag is set when it claims an access and cleared by the access's first attempt,
+        # so retries after a pause are not recorded again.
+        self.recorder: TraceRecorder | None = None
+        self._unrecorded = bytearray(vcpus)
         self.log = log.bind(domid=domid)
         self.log.info(
             "domain.created",
@@ -596,6 +602,8 @@ class Domain:
         if vcpu.busy:
             return Errno.EBUSY
         vcpu.busy = True
+        if self.recorder is not None:
+            self._unrecorded[vcpu_id] = 1
         return None
 
     def access_step(
@@ -611,6 +619,9 @@ class Domain:
             raise GuestFault(Errno.ESRCH, f"domain {self.domid} was destroyed")
         self.p2m.accessed[gfn] = 1
         rule = self._rule(op, gfn)
+        if self.recorder is not None and self._unrecorded[vcpu_id]:
+            self._unrecorded[vcpu_id] = 0
+            self.recorder.record(gfn, vcpu_id, op == "write", outcome_of(rule.result))
         if rule.result == OK:
             frame = self.p2m.frames[gfn]
             if op == "read":

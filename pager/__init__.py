@@ -21,10 +21,12 @@ Public API:
   `CrashPoint` (and `CRASH_POINTS`, its names): fault injection (grammar in `pager.faults`).
 - `PageStore`, `Row`, `checksum`, `RealDisk`: the store and the production `Disk`, for
   tests and tools.
-- `XenpagingPolicy`, `ClockPolicy`, `CarPolicy`, `make_policy`: replacement policies.
+- `XenpagingPolicy`, `ClockPolicy`, `CarPolicy`, `make_policy`: replacement policies
+  (`Clock2QPolicy` and plug-in loading in `pager.policy`).
 
-``python -m pager --run-dir DIR --state-dir DIR [--domid D] [--policy xenpaging|clock|car]
-[--on-exit pagein|keep] [--faults SPEC] [--batch N] [--concurrency N] [--target T]
+``python -m pager --run-dir DIR --state-dir DIR [--domid D]
+[--policy xenpaging|clock|car|clock2q|MOD:CLASS] [--on-exit pagein|keep] [--faults SPEC]
+[--batch N] [--concurrency N] [--target T]
 [--prefetch N] [...]`` runs it as a process (``--help``; exit 75 means hv
 went away: restart it, it recovers from the state directory); ``xpemu bench`` and
 ``python -m stack.bench.inproc`` measure it.

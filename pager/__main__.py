@@ -59,7 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", required=True, help="hv's run directory (privcmd.sock)")
     p.add_argument("--state-dir", required=True, help="the paging store's directory")
     p.add_argument("--domid", type=_nonneg_int, default=1, help="domain to page (default 1)")
-    p.add_argument("--policy", choices=POLICIES, default="xenpaging")
+    p.add_argument(
+        "--policy",
+        default="xenpaging",
+        help=f"{', '.join(POLICIES)} (default: xenpaging), or a plug-in package.module:Class "
+        "(docs/policy.md)",
+    )
     p.add_argument(
         "--on-exit",
         choices=("pagein", "keep"),

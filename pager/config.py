@@ -7,7 +7,7 @@ from typing import Any
 
 from protocol import MAX_PAGES_PER_FRAME
 
-from .policy import make_policy
+from .policy import check_policy
 
 
 class PagerError(Exception):
@@ -23,7 +23,7 @@ class PagerConfig:
     """Tunables of one pager (the command line's options)."""
 
     domid: int = 1
-    policy: str = "xenpaging"
+    policy: str = "xenpaging"  # a built-in name, or package.module:Class (pager.policy)
     on_exit: str = "pagein"  # or "keep": leave pages out, store durable
     batch: int = 64  # gfns per page-out batch and per page-in batch (<= 255 per map/prep)
     concurrency: int = 4  # page-in batches at once (workers, or started from the reader)
@@ -51,11 +51,7 @@ class PagerConfig:
             raise ValueError("prefetch must be >= 0")
         if self.target is not None and self.target < 0:
             raise ValueError("target must be >= 0")
-        make_policy(self.policy, 1, _no_accessed)  # validates the name
-
-
-async def _no_accessed(start: int, count: int) -> bytes:
-    return bytes((count + 7) // 8)
+        check_policy(self.policy)  # a built-in, or a plug-in class that fits (else ValueError)
 
 
 @dataclass

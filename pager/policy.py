@@ -1,430 +1,156 @@
-"""Victim selection: `xenpaging` (the original round-robin), `clock` (second chance) and
-`car` (Clock with Adaptive Replacement: a recency clock and a frequency clock).
+"""Which replacement policy the pager runs: a built-in by name, or a plug-in class named
+`package.module:Class`, checked against the policy interface before it is used.
 
-A policy knows which gfns are paged out (the pager tells it) and picks resident gfns to
-nominate. It never talks to hv itself except, for `clock` and `car`, through the
-`accessed` callable it is given (the EPT accessed-bit analogue, PROTOCOL.md §6).
+The built-ins live in `pager.policies`: `xenpaging` (the original round-robin), `clock`
+(second chance), `car` (Clock with Adaptive Replacement) and `clock2q` (2Q with a
+counting clock). A policy knows which gfns are
+paged out (the pager tells it) and picks resident gfns to nominate. It never talks to hv
+itself except through the `accessed` callable it is given (the EPT accessed-bit analogue,
+PROTOCOL.md §6). The interface is `pager.policies.base.Policy`; docs/policy.md explains it.
 """
 
 from __future__ import annotations
 
-from array import array
-from collections.abc import Awaitable, Callable
-from typing import Final, Protocol
+import importlib
+import inspect
+import os
+import sys
+from collections.abc import Callable
+from typing import Final
 
-from protocol import MAX_AUDIT_COUNT, unpack_bits
+from .policies.base import Accessed, Policy, PolicyBase
+from .policies.car import CAR_RECENT_FAULTS, CAR_WINDOW, CarPolicy
+from .policies.clock import CLOCK_WINDOW, ClockPolicy
+from .policies.clock2q import Clock2QPolicy
+from .policies.xenpaging import XEN_MRU_SIZE, XenpagingPolicy
 
-#: Xen's xenpaging keeps the last 16 Ki paged-in gfns out of the victim sweep.
-XEN_MRU_SIZE: Final = 1024 * 16
+POLICIES: Final = ("xenpaging", "clock", "car", "clock2q")
 
-#: gfns whose accessed bits `clock` fetches (and clears) in one `accessed` call, at least.
-#: Bits are judged when the hand reaches them, so a large window judges on stale bits: a
-#: call fetches max(CLOCK_WINDOW, 2 * n) for a batch of n victims.
-CLOCK_WINDOW: Final = 64
-
-Accessed = Callable[[int, int], Awaitable[bytes]]
-"""`await accessed(start, count)`: LSB-first bitmap of accessed bits, cleared as read."""
-
-
-class Policy(Protocol):
-    """What the pager needs from a replacement policy."""
-
-    name: str
-
-    async def choose(self, n: int, skip: Callable[[int], bool]) -> list[int]:
-        """Up to `n` distinct resident gfns to nominate, none for which `skip(gfn)` holds."""
-        ...
-
-    def paged_out(self, gfn: int) -> None:
-        """`gfn` was evicted."""
-
-    def paged_in(self, gfn: int, *, mru: bool = True) -> None:
-        """`gfn` came back in; `mru` when a guest touch brought it (it is recently used),
-        false for a proactive page-in (Xen's policy_notify_paged_in_nomru)."""
-
-    def dropped(self, gfn: int) -> None:
-        """`gfn` left the paging path without a page-in (balloon, lost, nominate refused)."""
+#: What a plug-in class must have: the pager calls these (base.Policy's docstrings).
+_METHODS: Final = ("paged_out", "paged_in", "dropped")
 
 
-class _Base:
-    name = "base"
-
-    def __init__(self, nr_gfns: int) -> None:
-        self.nr_gfns = nr_gfns
-        self.paged = bytearray(nr_gfns)  # 1 = paged out by us (Xen's `bitmap`)
-
-    def paged_out(self, gfn: int) -> None:
-        self.paged[gfn] = 1
-
-    def dropped(self, gfn: int) -> None:
-        self.paged[gfn] = 0
+class PolicyLoadError(ValueError):
+    """A policy spec that names no built-in and no usable class: one line for the user."""
 
 
-class XenpagingPolicy(_Base):
-    """Xen's policy_default.c: sweep round-robin from nr_gfns/2, skipping paged gfns and a
-    ring of the most recently paged-in ones (the MRU list).
+async def _no_accessed(start: int, count: int) -> bytes:
+    return bytes((count + 7) // 8)
 
-    Two bytes per gfn say what the sweep wants, kept in step with `paged` and the MRU
-    flags: `_cand` (resident, not in the MRU list) and `_mru_res` (resident, in it). The
-    sweep finds its next candidate with `bytearray.find` (memchr) instead of a Python
-    step per gfn: when every resident gfn is in the MRU list (a domain nearly all paged
-    out, faulting its pages back in), the old loop walked every gfn twice per choice,
-    7-8 ms at 55,000 gfns."""
 
-    name = "xenpaging"
+def _cwd_on_path() -> None:
+    # `python -m pager` finds modules in the current directory; the `xpemu` script does
+    # not. A plug-in next to the user (`mypolicy:MyPolicy`) should load either way.
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.append(cwd)
 
-    def __init__(self, nr_gfns: int, mru_size: int | None = None) -> None:
-        super().__init__(nr_gfns)
-        # Xen's 16 Ki list would cover a whole small test domain: cap it at a quarter.
-        self.mru_size = max(
-            1, mru_size if mru_size is not None else min(XEN_MRU_SIZE, nr_gfns // 4)
+
+def _interface_problems(cls: object) -> list[str]:
+    """What `cls` lacks of the policy interface, one phrase each; empty when it fits."""
+    if not inspect.isclass(cls):
+        return [f"{cls!r} is not a class"]
+    problems = []
+    choose = getattr(cls, "choose", None)
+    if not inspect.iscoroutinefunction(choose):
+        problems.append("no `async def choose(self, n, skip)`")
+    for m in _METHODS:
+        if not callable(getattr(cls, m, None)):
+            problems.append(f"no `{m}` method")
+    try:
+        sig = inspect.signature(cls)
+    except (TypeError, ValueError):  # a class built in C: nothing to check
+        return problems
+    try:
+        sig.bind(1, _no_accessed)
+    except TypeError:
+        problems.append(f"its constructor does not take (nr_gfns, accessed): {cls.__name__}{sig}")
+    paged_in = getattr(cls, "paged_in", None)
+    if callable(paged_in):
+        try:
+            inspect.signature(paged_in).bind(None, 0, mru=False)
+        except TypeError:
+            problems.append("`paged_in` does not take (gfn, *, mru)")
+        except ValueError:
+            pass
+    return problems
+
+
+def load_policy_class(spec: str) -> type:
+    """The class `package.module:Class` names, checked against the interface (PolicyLoadError)."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise PolicyLoadError(
+            f"unknown policy {spec!r}: one of {', '.join(POLICIES)}, or package.module:Class"
         )
-        self._mru: list[int] = []
-        self._i_mru = 0
-        self._in_mru = bytearray(nr_gfns)
-        self._cand = bytearray(b"\x01") * nr_gfns
-        self._mru_res = bytearray(nr_gfns)
-        # "Start in the middle to avoid paging during BIOS startup" (policy_default.c).
-        self.current = nr_gfns // 2
-
-    def _flags(self, gfn: int) -> None:
-        paged, mru = self.paged[gfn], self._in_mru[gfn]
-        self._cand[gfn] = not paged and not mru
-        self._mru_res[gfn] = mru and not paged
-
-    def paged_out(self, gfn: int) -> None:
-        super().paged_out(gfn)
-        self._flags(gfn)
-
-    def dropped(self, gfn: int) -> None:
-        super().dropped(gfn)
-        self._flags(gfn)
-
-    def paged_in(self, gfn: int, *, mru: bool = True) -> None:
-        self.paged[gfn] = 0
-        if mru:
-            if len(self._mru) < self.mru_size:
-                self._mru.append(gfn)
-            else:
-                old = self._mru[self._i_mru]
-                self._in_mru[old] = 0
-                self._flags(old)
-                self._mru[self._i_mru] = gfn
-                self._i_mru = (self._i_mru + 1) % self.mru_size
-            self._in_mru[gfn] = 1
-        self._flags(gfn)
-
-    async def choose(self, n: int, skip: Callable[[int], bool]) -> list[int]:
-        out: list[int] = []
-        nr = self.nr_gfns
-        cand = self._cand
-        start = (self.current + 1) % nr
-        # Every gfn once, from the one after `current` round to it, as Xen's sweep.
-        for lo, hi in ((start, nr), (0, start)):
-            g = cand.find(1, lo, hi)
-            while g >= 0:
-                if not skip(g):
-                    out.append(g)
-                    if len(out) >= n:
-                        self.current = g
-                        return out
-                g = cand.find(1, g + 1, hi)
-        # A whole sweep leaves `current` where it was. Every candidate is in the MRU list:
-        # Xen's xenpaging would stall here (poll and retry); we take MRU gfns rather than
-        # miss the target.
-        mru_res = self._mru_res
-        g = mru_res.find(1)
-        while g >= 0 and len(out) < n:
-            if not skip(g):
-                out.append(g)
-            g = mru_res.find(1, g + 1)
-        return out
+    _cwd_on_path()
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise PolicyLoadError(f"policy {spec!r}: cannot import {module_name}: {exc}") from None
+    except Exception as exc:  # the user's module raised while loading
+        raise PolicyLoadError(
+            f"policy {spec!r}: importing {module_name} raised {type(exc).__name__}: {exc}"
+        ) from None
+    obj: object = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise PolicyLoadError(f"policy {spec!r}: {module_name} has no {attr}")
+        obj = getattr(obj, part)
+    problems = _interface_problems(obj)
+    if problems:
+        raise PolicyLoadError(
+            f"policy {spec!r} does not implement the pager's policy interface "
+            f"(docs/policy.md): {'; '.join(problems)}"
+        )
+    assert isinstance(obj, type)
+    return obj
 
 
-class ClockPolicy(_Base):
-    """Second chance on the accessed bits: the hand skips (and clears) accessed gfns."""
-
-    name = "clock"
-
-    def __init__(self, nr_gfns: int, accessed: Accessed, window: int = CLOCK_WINDOW) -> None:
-        super().__init__(nr_gfns)
-        self._accessed = accessed
-        self.window = max(8, min(window, MAX_AUDIT_COUNT, nr_gfns))
-        self._fetch = self.window
-        self.hand = 0
-        self._bits = b""
-        self._bits_start = 0
-        self._bits_len = 0
-        self._last = -1  # last gfn examined: a wrap of the hand refetches the window
-
-    def paged_in(self, gfn: int, *, mru: bool = True) -> None:
-        self.paged[gfn] = 0
-
-    async def _bit(self, g: int) -> bool:
-        # Bits are fetched (and cleared in hv) one window at a time and consumed as the
-        # hand passes: a gfn is never cleared without being examined.
-        if g <= self._last or not self._bits_start <= g < self._bits_start + self._bits_len:
-            count = min(self._fetch, self.nr_gfns - g)
-            self._bits = await self._accessed(g, count)
-            self._bits_start, self._bits_len = g, count
-        self._last = g
-        i = g - self._bits_start
-        return bool(self._bits[i >> 3] >> (i & 7) & 1)
-
-    async def choose(self, n: int, skip: Callable[[int], bool]) -> list[int]:
-        out: list[int] = []
-        nr = self.nr_gfns
-        self._fetch = min(max(self.window, 2 * n), MAX_AUDIT_COUNT, nr)
-        # Two turns at most: after one, every examined bit has been cleared.
-        for _ in range(2 * nr):
-            if len(out) >= n:
-                break
-            g = self.hand
-            self.hand = (g + 1) % nr
-            if self.paged[g] or skip(g):
-                continue
-            if await self._bit(g):
-                continue  # second chance: the bit is now clear in hv
-            out.append(g)
-        return out
-
-
-#: `car`'s accessed bits are fetched in aligned windows of this many gfns. A fetched bit is
-#: kept in the policy's own `ref` byte until a hand judges the gfn, so the size of a window
-#: costs calls and bytes, never information. Each call is a round trip to hv on the
-#: page-out path: with 512, car made 2.35 calls per fault on the bench's Zipf trace; with
-#: 8,192 (a 1 KiB bitmap) 0.82, with the same faults.
-CAR_WINDOW: Final = 8192
-
-_T1, _T2, _B1, _B2 = 1, 2, 3, 4  # `where` a gfn is; 0: in no list
-
-#: `car` drops the fault's own accessed bit of at most this many gfns faulted in since its
-#: last `choose` (or n, if more); the bits of earlier ones count as a use.
-CAR_RECENT_FAULTS: Final = 256
-
-
-class CarPolicy(_Base):
-    """CAR, Clock with Adaptive Replacement (Bansal & Modha, FAST 2004), on the accessed bits.
-
-    Two clocks of resident gfns, T1 (seen once) and T2 (seen again), and two LRU lists of
-    gfns evicted from them, B1 and B2 (ghosts: gfns only). A hand reaching a T1 gfn whose
-    reference bit is set moves it to T2; a T2 gfn with the bit set goes round again; a gfn
-    with the bit clear is a victim. The hand works on T1 while T1 holds at least `p` gfns,
-    else on T2. A fault on a B1 ghost (evicted from T1 too early) raises p, one on a B2
-    ghost lowers it; either way the gfn comes back into T2. Other faults enter T1.
-
-    Adapted to the pager: a gfn's reference bit is hv's accessed bit, fetched (and cleared
-    in hv) in aligned windows of `window` gfns, at most once per window per `choose`, and
-    kept in `ref` until a hand judges the gfn (so no bit is cleared unjudged). The access
-    that faulted a gfn in set its bit too. `choose` first fetches the windows of the gfns
-    faulted in since its last call and drops their bits as the faults' own, so such a gfn
-    reaches T2 only when touched again after the fault. Only the last
-    max(n, CAR_RECENT_FAULTS) of them, though: when more faults came without a `choose`
-    (memory below its size), the earlier ones have had time to be used again, and their
-    bits count (dropping them all cost up to 5% on Zipf, BENCHMARKS.md). A
-    chosen gfn stays in its clock, passed by the hand, until `paged_out` moves it to
-    its ghost list (a refused nomination leaves it resident, at the clock's tail). The
-    cache size c is the number of resident gfns after the last eviction; the ghost lists
-    are trimmed to |T1| + |B1| <= c and |T1| + |T2| + |B1| + |B2| <= 2c. Every gfn
-    starts in T1 (the pager starts with all gfns resident).
-
-    Per gfn: two int32 links (every gfn is in at most one list), `where`, `ref`, a
-    fault-bit flag and the `paged` byte: 12 bytes.
-    """
-
-    name = "car"
-
-    def __init__(self, nr_gfns: int, accessed: Accessed, window: int = CAR_WINDOW) -> None:
-        super().__init__(nr_gfns)
-        self._accessed = accessed
-        self.window = max(8, min(window, MAX_AUDIT_COUNT))
-        nr = nr_gfns
-        self.next = array("i", range(1, nr + 1))
-        self.prev = array("i", range(-1, nr - 1))
-        if nr:
-            self.next[nr - 1] = 0
-            self.prev[0] = nr - 1
-        self.where = bytearray([_T1]) * nr
-        self.head = [-1, 0 if nr else -1, -1, -1, -1]
-        self.size = [0, nr, 0, 0, 0]
-        self.ref = bytearray(nr)  # fetched accessed bits not judged yet
-        self._fault_bit = bytearray(nr)  # 1: the gfn's bit in hv is its fault's own
-        self._faulted: list[int] = []  # gfns with _fault_bit, in fault order
-        self._fetched: set[int] = set()  # windows fetched during this choose
-        self.c = max(1, nr)
-        self.p = 0.0
-
-    # -- the lists: circular and doubly linked through next/prev; head = hand or LRU end --
-
-    def _push(self, lst: int, g: int) -> None:
-        h = self.head[lst]
-        if h < 0:
-            self.next[g] = self.prev[g] = g
-            self.head[lst] = g
-        else:
-            t = self.prev[h]
-            self.next[t] = g
-            self.prev[g] = t
-            self.next[g] = h
-            self.prev[h] = g
-        self.where[g] = lst
-        self.size[lst] += 1
-
-    def _unlink(self, g: int) -> None:
-        lst = self.where[g]
-        if not lst:
-            return
-        nx, pv = self.next[g], self.prev[g]
-        if nx == g:
-            self.head[lst] = -1
-        else:
-            self.next[pv] = nx
-            self.prev[nx] = pv
-            if self.head[lst] == g:
-                self.head[lst] = nx
-        self.where[g] = 0
-        self.size[lst] -= 1
-
-    def _trim(self) -> None:
-        size, c = self.size, self.c
-        while size[_B1] and size[_T1] + size[_B1] > c:
-            self._unlink(self.head[_B1])
-        while size[_B1] + size[_B2] and sum(size) > 2 * c:
-            self._unlink(self.head[_B2 if size[_B2] else _B1])
-
-    # -- the pager's notifications --
-
-    def paged_out(self, gfn: int) -> None:
-        self.paged[gfn] = 1
-        lst = self.where[gfn]
-        self._unlink(gfn)
-        self.ref[gfn] = 0
-        self._fault_bit[gfn] = 0
-        self.c = max(1, self.size[_T1] + self.size[_T2])
-        self.p = min(self.p, float(self.c))
-        if lst in (_T1, _T2):
-            self._push(_B1 if lst == _T1 else _B2, gfn)
-        self._trim()
-
-    def dropped(self, gfn: int) -> None:
-        # Gone from the paging path (ballooned, lost): no history. If still resident
-        # (a refused nomination), the hand meets it again in T1.
-        self.paged[gfn] = 0
-        self._unlink(gfn)
-        self.ref[gfn] = 0
-        self._fault_bit[gfn] = 0
-        self._push(_T1, gfn)
-        self._trim()
-
-    def paged_in(self, gfn: int, *, mru: bool = True) -> None:
-        self.paged[gfn] = 0
-        lst = self.where[gfn]
-        if lst in (_T1, _T2):
-            return  # resident already
-        b1, b2 = self.size[_B1], self.size[_B2]  # counting gfn, as in the paper
-        self._unlink(gfn)
-        self.ref[gfn] = 0
-        if mru:
-            self._fault_bit[gfn] = 1
-            self._faulted.append(gfn)
-            if lst == _B1:  # evicted from T1 too early: more room for recency
-                self.p = min(self.p + max(1.0, b2 / b1), float(self.c))
-            elif lst == _B2:  # evicted from T2 too early: more room for frequency
-                self.p = max(self.p - max(1.0, b1 / b2), 0.0)
-        # A proactive page-in (no guest touch) is no evidence of use: T1, p unchanged.
-        self._push(_T2 if mru and lst in (_B1, _B2) else _T1, gfn)
-        self._trim()
-
-    # -- the reference bits --
-
-    async def _fetch(self, start: int, count: int) -> None:
-        bits = await self._accessed(start, count)
-        if bits.count(0) != len(bits):
-            ref = self.ref
-            old = int.from_bytes(ref[start : start + count], "little")
-            new = int.from_bytes(unpack_bits(bits, count), "little")
-            ref[start : start + count] = (old | new).to_bytes(count, "little")
-        fb = self._fault_bit
-        for g in self._faulted:
-            if start <= g < start + count and fb[g]:
-                fb[g] = 0
-                self.ref[g] = 0  # the fault's own access
-
-    async def _fetch_window(self, w: int) -> None:
-        self._fetched.add(w)
-        start = w * self.window
-        await self._fetch(start, min(self.window, self.nr_gfns - start))
-
-    async def _ref(self, g: int) -> bool:
-        w = g // self.window
-        if w not in self._fetched:
-            await self._fetch_window(w)
-        r = self.ref[g]
-        self.ref[g] = 0
-        return bool(r)
-
-    async def choose(self, n: int, skip: Callable[[int], bool]) -> list[int]:
-        self._fetched = set()
-        # The fault bits of the gfns faulted in since the last call are dropped at once,
-        # up to the last max(n, CAR_RECENT_FAULTS) of them. More waited (memory was below
-        # its size, no call): their bits may be the faults' or later uses', which tell
-        # more, and count as a use.
-        fb = self._fault_bit
-        faulted = [g for g in self._faulted if fb[g]]
-        keep = max(n, CAR_RECENT_FAULTS)
-        for g in faulted[:-keep]:
-            fb[g] = 0
-        self._faulted = faulted[-keep:]
-        for w in sorted({g // self.window for g in self._faulted}):
-            if w not in self._fetched:
-                await self._fetch_window(w)
-        self._faulted = [g for g in self._faulted if fb[g]]
-        out: list[int] = []
-        taken: set[int] = set()
-        idle = [0, 0, 0]  # hand steps in T1/T2 since the last one that did something
-        t1_taken = 0
-        head, nxt, size = self.head, self.next, self.size
-        while len(out) < n:
-            s1, s2 = size[_T1], size[_T2]
-            live1 = s1 > 0 and idle[_T1] < s1
-            live2 = s2 > 0 and idle[_T2] < s2
-            if not (live1 or live2):
-                break  # a whole turn of each clock found only skipped or chosen gfns
-            lst = _T1 if live1 and (not live2 or s1 - t1_taken >= max(1.0, self.p)) else _T2
-            g = head[lst]
-            head[lst] = nxt[g]  # the hand passes g: g is the clock's tail now
-            if g in taken or skip(g):
-                idle[lst] += 1
-                continue
-            referenced = await self._ref(g)
-            if self.where[g] != lst:
-                continue  # dropped while the bits were fetched
-            idle[lst] = 0
-            fb[g] = 0
-            if referenced:
-                if lst == _T1:  # used again: T1 -> T2
-                    self._unlink(g)
-                    self._push(_T2, g)
-                    idle[_T2] = 0  # T2 has a gfn its hand has not passed yet
-                continue  # in T2: another turn
-            out.append(g)
-            taken.add(g)
-            if lst == _T1:
-                t1_taken += 1
-        return out
+def check_policy(spec: str) -> None:
+    """Raise PolicyLoadError unless `spec` names a built-in or a usable plug-in class."""
+    if spec not in POLICIES:
+        load_policy_class(spec)
 
 
 def make_policy(
     name: str, nr_gfns: int, accessed: Accessed, *, mru_size: int | None = None
-) -> XenpagingPolicy | ClockPolicy | CarPolicy:
-    """The policy called `name` (one of POLICIES); ValueError otherwise."""
+) -> Policy:
+    """The policy `name` names: a built-in (one of POLICIES) or `package.module:Class`
+    (constructed as `Class(nr_gfns, accessed)`); PolicyLoadError (a ValueError) otherwise."""
     if name == "xenpaging":
         return XenpagingPolicy(nr_gfns, mru_size)
     if name == "clock":
         return ClockPolicy(nr_gfns, accessed)
     if name == "car":
         return CarPolicy(nr_gfns, accessed)
-    raise ValueError(f"unknown policy {name!r}: {', '.join(POLICIES)}")
+    if name == "clock2q":
+        return Clock2QPolicy(nr_gfns, accessed)
+    cls: Callable[[int, Accessed], Policy] = load_policy_class(name)
+    return cls(nr_gfns, accessed)
 
 
-POLICIES: Final = ("xenpaging", "clock", "car")
+def policy_label(spec: str) -> str:
+    """A short name for tables: the built-in's name, or a plug-in's class name."""
+    return spec.rpartition(":")[2] if ":" in spec else spec
+
+
+__all__ = [
+    "CAR_RECENT_FAULTS",
+    "CAR_WINDOW",
+    "CLOCK_WINDOW",
+    "POLICIES",
+    "XEN_MRU_SIZE",
+    "Accessed",
+    "CarPolicy",
+    "Clock2QPolicy",
+    "ClockPolicy",
+    "Policy",
+    "PolicyBase",
+    "PolicyLoadError",
+    "XenpagingPolicy",
+    "check_policy",
+    "load_policy_class",
+    "make_policy",
+    "policy_label",
+]

@@ -63,6 +63,16 @@ def _command(text: str) -> list[str]:
     return argv
 
 
+def _policy(text: str) -> str:
+    from pager.policy import PolicyLoadError, check_policy
+
+    try:
+        check_policy(text)
+    except PolicyLoadError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def _add_stack_options(p: argparse.ArgumentParser, *, stress: bool) -> None:
     p.add_argument("--run-dir", type=Path, help="run directory (default: a fresh temp dir)")
     p.add_argument(
@@ -98,7 +108,18 @@ def _add_stack_options(p: argparse.ArgumentParser, *, stress: bool) -> None:
     )
     p.add_argument("--write-ratio", type=float, default=0.3, help="share of writes (0.3)")
     p.add_argument("--seed", type=int, default=0, help="seed of the workload (and faults)")
-    p.add_argument("--policy", choices=POLICIES, help="pager policy")
+    p.add_argument(
+        "--policy",
+        type=_policy,
+        help=f"pager policy: {', '.join(POLICIES)}, or a plug-in package.module:Class",
+    )
+    p.add_argument(
+        "--record-trace",
+        type=Path,
+        metavar="FILE",
+        help="hv records every guest access here (gfn, read/write, vCPU, time); replay it "
+        "with `xpemu policy --trace FILE`",
+    )
     p.add_argument(
         "--stuck-after",
         type=positive_float,
@@ -171,6 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
     from . import campaign as _campaign
 
     _campaign.add_arguments(camp)
+    pol = sub.add_parser(
+        "policy", help="replacement policies on a trace, beside the optimum; miss-ratio curves"
+    )
+    from . import policy_cmd as _policy_cmd
+
+    _policy_cmd.add_arguments(pol)
     bench = sub.add_parser("bench", help="performance figures, each next to its floor")
     from . import bench as _bench
 
@@ -202,6 +229,7 @@ def _options(args: argparse.Namespace) -> StackOptions:
         write_ratio=args.write_ratio,
         seed=args.seed,
         policy=args.policy,
+        record_trace=args.record_trace.absolute() if args.record_trace else None,
         stuck_after=args.stuck_after,
         live=False if args.no_live else None,
         report=args.report,
@@ -220,6 +248,8 @@ def _options(args: argparse.Namespace) -> StackOptions:
         raise StackError("--write-ratio must be within [0, 1]")
     if opts.effective_target > opts.nr_gfns:
         raise StackError("--target cannot exceed --nr-gfns")
+    if opts.record_trace is not None and not opts.record_trace.parent.is_dir():
+        raise StackError(f"--record-trace: no directory {opts.record_trace.parent}")
     return opts
 
 
@@ -433,6 +463,10 @@ def main(argv: list[str] | None = None) -> int:
         from . import sim_cmd
 
         return sim_cmd.main(args)
+    if args.command == "policy":
+        from . import policy_cmd
+
+        return policy_cmd.main(args)
     if args.command == "campaign":
         from . import campaign
 

@@ -60,6 +60,8 @@ def hv_argv(o: StackOptions, run_dir: Path) -> list[str]:
     ]
     if o.host_frames is not None:
         argv += ["--host-frames", str(o.host_frames)]
+    if o.record_trace is not None:
+        argv += ["--record-trace", str(o.record_trace)]
     return argv
 
 

@@ -13,9 +13,10 @@ Every figure is printed next to a floor measured in the same run, as the median 
 4. recovery: a new pager process started with N pages out and a guest vCPU waiting on the
    ring, until that vCPU's read returns;
 5. memory: hv bytes per gfn of a 1,048,576-gfn domain, pager index bytes per paged gfn;
-6. policy quality: faults per 1,000 accesses of the pager's own policy objects on a Zipf
-   and a shifting hot-set trace, next to Belady's optimal on the same trace and memory,
-   exact LRU, and on Zipf the best online policy (A0, knowing each gfn's probability);
+6. policy quality: faults per 1,000 accesses of the pager's own policy objects (and
+   `--policy` plug-ins) on a Zipf, a shifting hot-set and a looping-scan trace, next to
+   Belady's optimal on the same trace and memory, exact LRU, ARC, and on Zipf the best
+   online policy (A0, knowing each gfn's probability);
 7. lazyfs: page-out throughput at batch 64 of a pager with its state directory under the
    lazy FUSE file system of power faults (stack/lazyfs.py), next to the same pager on the
    plain disk (skipped, with the reason, where FUSE is not usable);

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import trio
 
+from pager.policy import POLICIES
+
 from ..argtypes import positive_float, positive_int
 from .options import SECTIONS, BenchError, BenchOptions
 from .run import run_bench
@@ -31,12 +33,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=_sections,
         help=f"comma-separated: {','.join(SECTIONS)} (default: all but campaign; --full: all)",
     )
+    p.add_argument(
+        "--policy",
+        action="append",
+        default=[],
+        dest="extra_policies",
+        type=_policy_spec,
+        metavar="SPEC",
+        help="the policy section also runs this plug-in package.module:Class (repeatable)",
+    )
     p.add_argument("--work-dir", type=Path, help="stores and floor files here (same disk)")
     p.add_argument(
         "--profile",
         type=Path,
         help="record hv and pager processes with py-spy (must be installed) into this dir",
     )
+
+
+def _policy_spec(text: str) -> str:
+    from pager.policy import PolicyLoadError, check_policy
+
+    try:
+        check_policy(text)
+    except PolicyLoadError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _sections(text: str) -> tuple[str, ...]:
@@ -67,6 +88,7 @@ def main(args: argparse.Namespace) -> int:
         only=args.only,
         work_dir=args.work_dir,
         profile=args.profile,
+        policies=tuple(dict.fromkeys((*POLICIES, *args.extra_policies))),
     )
     if args.profile is not None:
         if not Path(sys.executable).with_name("py-spy").exists():

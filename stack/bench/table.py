@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from pager.policy import POLICIES
+from pager.policy import POLICIES, policy_label
 
 from .campaign import campaign_rows
 from .lazyfs import lazyfs_rows
@@ -18,7 +18,8 @@ def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x"
 
 
-_POLICY_LABELS: Final = {"a0": "online bound (A0)", "lru": "LRU (exact)"}
+_POLICY_LABELS: Final = {"a0": "online bound (A0)", "lru": "LRU (exact)", "arc": "ARC (exact)"}
+_KNOWN_ROWS: Final = {"belady", "a0", "lru", "arc", *POLICIES}
 
 
 def table_rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
@@ -140,11 +141,12 @@ def table_rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             rows.append(
                 (f"{trace}: Belady's optimal", f"{row['belady']:.1f} faults/1k", "(the floor)", "")
             )
-            for p in ("a0", "lru", *POLICIES):
+            extra = [k for k in row if not k.endswith("_ratio") and k not in _KNOWN_ROWS]
+            for p in ("a0", "lru", "arc", *POLICIES, *extra):
                 if p in row:
                     rows.append(
                         (
-                            f"{trace}: {_POLICY_LABELS.get(p, p)}",
+                            f"{trace}: {_POLICY_LABELS.get(p, policy_label(p))}",
                             f"{row[p]:.1f} faults/1k",
                             f"{row['belady']:.1f} faults/1k",
                             f"{row[p + '_ratio']:.2f}x",

@@ -41,13 +41,13 @@ TINY = Sizes(
 
 
 @pytest.mark.parametrize("policy", POLICIES)
-async def test_trace_memory_never_beats_optimal_and_evicts_only_residents(policy: str) -> None:
+def test_trace_memory_never_beats_optimal_and_evicts_only_residents(policy: str) -> None:
     for trace in (
         zipf_trace(300, 5000, 0.99, seed=1),
         hotset_trace(300, 5000, hot=20, shift_every=1000, hot_fraction=0.9, seed=2),
     ):
         mem = TraceMemory(policy, 300, 40)
-        faults = await mem.run(trace)  # KeyError if a victim was not resident
+        faults = mem.run(trace)  # KeyError if a victim was not resident
         assert belady_faults(trace, 40) <= faults <= len(trace)
         assert len(mem.resident) == 40
         # The policy's own view agrees: exactly the non-resident gfns are paged out.
@@ -55,30 +55,30 @@ async def test_trace_memory_never_beats_optimal_and_evicts_only_residents(policy
 
 
 @pytest.mark.parametrize("policy", POLICIES)
-async def test_trace_memory_counts_only_first_touches_when_everything_fits(policy: str) -> None:
+def test_trace_memory_counts_only_first_touches_when_everything_fits(policy: str) -> None:
     trace = [5, 1, 5, 2, 1, 5, 3, 2]
     mem = TraceMemory(policy, 8, 4)
-    assert await mem.run(trace) == 4 == belady_faults(trace, 4)
+    assert mem.run(trace) == 4 == belady_faults(trace, 4)
 
 
-async def test_clock_keeps_a_hot_gfn_that_xenpaging_sweeps_out() -> None:
+def test_clock_keeps_a_hot_gfn_that_xenpaging_sweeps_out() -> None:
     # gfn 0 is touched between every two cold gfns: clock's accessed bit keeps it resident
     # (one extra fault at most: bits are fetched a window ahead of the hand), while
     # xenpaging, its MRU list longer than the memory, takes the lowest gfn: 0, every time.
     trace = [g for cold in range(1, 200) for g in (0, cold)]
-    clock = await TraceMemory("clock", 200, 4).run(trace)
+    clock = TraceMemory("clock", 200, 4).run(trace)
     assert belady_faults(trace, 4) == 200 <= clock <= 201
-    assert await TraceMemory("xenpaging", 200, 4).run(trace) > 1.9 * clock
+    assert TraceMemory("xenpaging", 200, 4).run(trace) > 1.9 * clock
 
 
-async def test_car_keeps_frequent_gfns_that_clock_loses_on_zipf() -> None:
+def test_car_keeps_frequent_gfns_that_clock_loses_on_zipf() -> None:
     # Independent draws: car's second clock (gfns used again) holds the frequent gfns that
     # clock (recency only) lets go; A0, knowing every probability, bounds both.
     n, cap = 1024, 256
     trace = zipf_trace(n, 40_000, 0.99, seed=3)
     a0 = a0_faults(trace, cap, zipf_ranking(n, seed=3))
-    car = await TraceMemory("car", n, cap).run(trace)
-    clock = await TraceMemory("clock", n, cap).run(trace)
+    car = TraceMemory("car", n, cap).run(trace)
+    clock = TraceMemory("clock", n, cap).run(trace)
     assert belady_faults(trace, cap) < a0 <= car < clock
 
 
