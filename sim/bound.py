@@ -34,7 +34,8 @@ def _name(task: trio.lowlevel.Task) -> str:
 def live_tasks() -> Counter[str]:
     """Every task of the current trio run, by name (the root's own machinery left out)."""
     out: Counter[str] = Counter()
-    todo = [trio.lowlevel.current_root_task()]
+    root = trio.lowlevel.current_root_task()
+    todo = [root] if root is not None else []  # None only outside a run
     while todo:
         task = todo.pop()
         out[_name(task)] += 1
