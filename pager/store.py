@@ -24,7 +24,11 @@ Store rules (DESIGN.md "pager"), each closing a real way to lose a page:
   the durable record of a newer generation) is durable, and only when no reader has it
   pinned;
 - one disk phase at a time (`_phase`): header pages are rebuilt from the in-memory index,
-  which changes only after the phase's sync returned;
+  which changes only after the phase's sync returned, or read back from the page cache
+  when they carry the crc of the page the last synced phase wrote there (never a failed
+  phase's page);
+- a phase's write and its sync are one `write_and_sync` call (one worker thread trip)
+  unless the crash point between them is armed;
 - one process per store (the disk's lock, waited for with a bound);
 - the store records the hv `instance` (meta.json, and a tag in every record, so that a
   lost meta.json loses nothing); a store of another instance is set aside.
@@ -36,26 +40,32 @@ import errno as _errno
 from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
+from itertools import compress
 from typing import Final
 
 import structlog
 import trio
 
-from .disk import Disk, DiskFile, DiskLock
+from .disk import Disk, DiskFile, DiskLock, write_and_sync
 from .migrate import migrate_if_needed
 from .rowindex import Row, RowIndex
 from .store_errors import ChecksumError, StoreError, StoreLocked, oserror
 from .store_format import (
+    EXTENT_DATA,
     EXTENT_SLOTS,
     FREE_RECORD,
+    RECORD_SIZE,
+    SECTOR_RECORDS,
     SLOT_SIZE,
     checksum,
     encode,
+    encode_into,
     header_offset,
     instance_tag,
     is_slot,
     join_runs,
     seal,
+    sealed_crc,
     slot_offset,
 )
 from .store_open import (
@@ -100,6 +110,9 @@ class PageStore:
         self._pins: dict[int, int] = {}  # slot -> readers in flight
         self._unpin_free: set[int] = set()  # freed while pinned: free once unpinned
         self._headers: OrderedDict[int, bytearray] = OrderedDict()  # extent -> header page
+        #: extent -> the whole-page crc of the header page its last synced phase wrote (0:
+        #: none since open): a header page read back with this crc is that page, byte for byte.
+        self._sealed = array("I")
         self.lost_records = 0  # records found damaged at open (their gfns are lost)
         self.closed = False
 
@@ -194,6 +207,9 @@ class PageStore:
                 await self._replace_files(None)
                 log.info("store.reset_empty", old_instance=self.instance, new_instance=instance)
         self.instance = instance
+        if tag != self._tag:  # header pages kept or read back carry the old tag
+            self._headers.clear()
+            self._sealed = array("I")
         self._tag = tag
         if outcome != "same" or not self._meta_ok:
             try:
@@ -211,6 +227,7 @@ class PageStore:
             self._file = None
         name = await move_aside(self.disk, (PAGES, META), aside)
         self._headers.clear()
+        self._sealed = array("I")
         self.instance, self._meta_ok = None, False
         await self._load()
         return name
@@ -306,7 +323,8 @@ class PageStore:
     ) -> None:
         """Make `rows` (whose data is `pages`) durable and free the rows `deletes` names by
         (gfn, gen), in one disk phase: the data slots and the header pages of their extents
-        in one `pwritev`, `written()` (a crash point), then one sync. Then, and only then,
+        in one `pwritev`, `written()` (a crash point), then one sync (without `written`,
+        the write and the sync in one `write_and_sync` call). Then, and only then,
         the in-memory index changes. StoreError (and no change) if the phase failed, or if a
         row's slot is named by a row already (a bookkeeping bug: writing would lose that
         row's page)."""
@@ -331,16 +349,21 @@ class PageStore:
                 [(slot_offset(r.slot), p) for r, p in zip(rows, pages, strict=True)]
                 + [(header_offset(e), bytes(h)) for e, h in headers.items()]
             )
-            try:
-                await self._file.pwritev(writes)
-            except OSError as exc:
-                raise oserror("slot write", exc) from exc
-            if written is not None:
+            if written is None:  # the write and its sync in one call (one thread trip)
+                try:
+                    await write_and_sync(self._file, writes)
+                except OSError as exc:
+                    raise oserror("slot write and sync", exc) from exc
+            else:
+                try:
+                    await self._file.pwritev(writes)
+                except OSError as exc:
+                    raise oserror("slot write", exc) from exc
                 written()
-            try:
-                await self._file.sync()
-            except OSError as exc:
-                raise oserror("pages file sync", exc) from exc
+                try:
+                    await self._file.sync()
+                except OSError as exc:
+                    raise oserror("pages file sync", exc) from exc
             for e, h in headers.items():
                 self._cache_header(e, h)
             self._applied(rows, deletes)
@@ -353,7 +376,7 @@ class PageStore:
         cached = self._headers.get(extent)
         base = extent * EXTENT_SLOTS
         if cached is None:
-            page = bytearray(b"".join(self._record(s) for s in range(base, base + EXTENT_SLOTS)))
+            page = self._synced_header(extent) or self._build_header(extent)
         else:
             self._headers.move_to_end(extent)
             page = bytearray(cached)
@@ -363,16 +386,48 @@ class PageStore:
                 page[i : i + len(rec)] = rec
         return seal(extent, page)
 
-    def _record(self, slot: int) -> bytes:
-        if not is_slot(slot):
-            return FREE_RECORD  # the trailer's place: `seal` writes it
-        gfn = self._gfn_of(slot)
-        r = None if gfn is None else self.rows.get(gfn)
-        if r is None or r.slot != slot:
-            return FREE_RECORD
-        return encode(slot, self._tag, r.gfn, r.gen, r.crc)
+    def _synced_header(self, extent: int) -> bytearray | None:
+        """Extent `extent`'s header page as the last synced phase wrote it, read back from
+        the page cache (one `pread_cached`, no rebuild) if it carries the crc kept for it:
+        then it is that page, which is what the in-memory index says (the index changes
+        only in a phase that rewrites the page). None if not cached, never written since
+        open, or different (a failed phase's write, damage): then it is rebuilt."""
+        want = self._sealed[extent] if extent < len(self._sealed) else 0
+        if not want or self._file is None:
+            return None
+        data = self._file.pread_cached(SLOT_SIZE, header_offset(extent))
+        if data is None or sealed_crc(extent, data) != want:
+            return None
+        return bytearray(data)
+
+    def _build_header(self, extent: int) -> bytearray:
+        """Extent `extent`'s header page (trailers unsealed) from the in-memory index: a
+        record for each slot a row names. The slot -> gfn map is read as one slice, the
+        free slots skipped at C speed, each record packed in place."""
+        base = extent * EXTENT_SLOTS
+        page = bytearray(SLOT_SIZE)
+        view = memoryview(page)
+        d0 = data_index(base)
+        named = self._slot_gfn[d0 : d0 + EXTENT_DATA]
+        get, tag = self.rows.get, self._tag
+        for d in compress(range(len(named)), named):
+            slot = base + d + d // SECTOR_RECORDS
+            r = get(named[d] - 1)
+            if r is not None and r.slot == slot:
+                encode_into(view, (slot - base) * RECORD_SIZE, slot, tag, r.gfn, r.gen, r.crc)
+        for slot, gfn in self._slot_big.items() if self._slot_big else ():
+            r = get(gfn) if base <= slot < base + EXTENT_SLOTS else None
+            if r is not None and r.slot == slot:
+                encode_into(view, (slot - base) * RECORD_SIZE, slot, tag, r.gfn, r.gen, r.crc)
+        view.release()
+        return page
 
     def _cache_header(self, extent: int, header: bytearray) -> None:
+        """Keep a header page that a phase wrote and synced (its crc, and the page)."""
+        sealed = self._sealed
+        if extent >= len(sealed):
+            sealed.frombytes(bytes(4 * (extent + 1 - len(sealed) + 64)))
+        sealed[extent] = sealed_crc(extent, header) or 0
         self._headers[extent] = header
         self._headers.move_to_end(extent)
         while len(self._headers) > HEADER_CACHE:

@@ -119,6 +119,15 @@ def encode(slot: int, tag: int, gfn: int, gen: int, crc: int) -> bytes:
     return head + _CRC.pack(crc32c.crc32c(head, slot & 0xFFFFFFFF))
 
 
+def encode_into(
+    view: memoryview, at: int, slot: int, tag: int, gfn: int, gen: int, crc: int
+) -> None:
+    """Write the record of a live slot at `at` of `view` (a writable byte view): `encode`
+    without building a bytes object (a header page is built from 120 of them)."""
+    _REC.pack_into(view, at, LIVE, tag, gfn, gen, crc)
+    _CRC.pack_into(view, at + 28, crc32c.crc32c(view[at : at + 28], slot & 0xFFFFFFFF))
+
+
 def decode(slot: int, rec: bytes) -> tuple[int, int, int, int] | None:
     """(tag, gfn, gen, crc) of a live record that verifies on its own; None for a free or
     damaged one."""
@@ -138,6 +147,15 @@ _PAGE_CRC: Final = _PER + 8  # where sector 0's trailer keeps the whole page's c
 def _page_crc(extent: int, page: bytes | bytearray | memoryview) -> int:
     view = memoryview(page)
     return crc32c.crc32c(view[_PAGE_CRC + 4 :], crc32c.crc32c(view[:_PAGE_CRC], extent))
+
+
+def sealed_crc(extent: int, page: bytes | bytearray) -> int | None:
+    """The whole-page crc that header page `page` of `extent` carries, if it verifies (the
+    page is whole, written by `seal` for this extent), else None."""
+    if len(page) != SLOT_SIZE:
+        return None
+    crc: int = _CRC.unpack_from(page, _PAGE_CRC)[0]
+    return crc if crc == _page_crc(extent, page) else None
 
 
 def seal(extent: int, page: bytearray) -> bytearray:
@@ -248,6 +266,7 @@ __all__ = [
     "checksum",
     "decode",
     "encode",
+    "encode_into",
     "extents_in",
     "header_offset",
     "header_page",
@@ -257,6 +276,7 @@ __all__ = [
     "parse_headers",
     "record_offset",
     "seal",
+    "sealed_crc",
     "slot_offset",
     "slots_in",
 ]
