@@ -38,9 +38,7 @@ from __future__ import annotations
 
 import errno as _errno
 from array import array
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from itertools import compress
 from typing import Final
 
 import structlog
@@ -51,27 +49,20 @@ from .migrate import migrate_if_needed
 from .rowindex import Row, RowIndex
 from .store_errors import ChecksumError, StoreError, StoreLocked, oserror
 from .store_format import (
-    EXTENT_DATA,
     EXTENT_SLOTS,
     FREE_RECORD,
-    RECORD_SIZE,
-    SECTOR_RECORDS,
     SLOT_SIZE,
     checksum,
     encode,
-    encode_into,
     header_offset,
     instance_tag,
     is_slot,
     join_runs,
-    seal,
-    sealed_crc,
     slot_offset,
 )
+from .store_headers import HeaderPages
 from .store_open import (
-    BIG_GFN,
     FORMAT,
-    data_index,
     load_pages,
     move_aside,
     read_meta,
@@ -84,9 +75,6 @@ log = structlog.get_logger("pager.store")
 PAGES: Final = "pages.xp"
 META: Final = "meta.json"
 
-#: Header pages kept in memory for the extents written last (patched, not rebuilt).
-HEADER_CACHE: Final = 16
-
 
 class PageStore:
     """One disk's pages file, owned by one process (see module doc). Open with `open`."""
@@ -98,8 +86,7 @@ class PageStore:
         self._phase = trio.Lock()  # one write+sync phase at a time
         #: gfn -> its durable row (changed only after a phase's sync returned).
         self.rows = RowIndex()
-        self._slot_gfn = array("I")  # slot -> gfn + 1 of the row naming it, 0: none
-        self._slot_big: dict[int, int] = {}  # slot -> gfn, for gfns >= BIG_GFN
+        self._used = bytearray()  # slot -> 1 if a row names it, else 0
         self.instance: str | None = None
         self._meta_ok = False  # meta.json holds `instance` and a sane next_gen
         self._tag = 0
@@ -109,10 +96,7 @@ class PageStore:
         self._high = 0  # slots below this exist (or existed) in the file
         self._pins: dict[int, int] = {}  # slot -> readers in flight
         self._unpin_free: set[int] = set()  # freed while pinned: free once unpinned
-        self._headers: OrderedDict[int, bytearray] = OrderedDict()  # extent -> header page
-        #: extent -> the whole-page crc of the header page its last synced phase wrote (0:
-        #: none since open): a header page read back with this crc is that page, byte for byte.
-        self._sealed = array("I")
+        self._headers = HeaderPages()  # the header pages a phase writes
         self.lost_records = 0  # records found damaged at open (their gfns are lost)
         self.closed = False
 
@@ -152,7 +136,8 @@ class PageStore:
             got = await load_pages(self._file)
         except OSError as exc:
             raise oserror("opening the pages file", exc) from exc
-        self.rows, self._slot_gfn, self._slot_big = got.rows, got.slot_gfn, got.slot_big
+        self.rows, self._used = got.rows, got.used
+        self._headers = HeaderPages(got.sealed)
         self._free, self._high, self._tags = got.free, got.high, got.tags
         self.lost_records = got.lost_records
         self._next_gen = max(int(meta.get("next_gen", 1)), got.max_gen + 1)
@@ -207,9 +192,8 @@ class PageStore:
                 await self._replace_files(None)
                 log.info("store.reset_empty", old_instance=self.instance, new_instance=instance)
         self.instance = instance
-        if tag != self._tag:  # header pages kept or read back carry the old tag
-            self._headers.clear()
-            self._sealed = array("I")
+        if not self._tags <= {tag}:  # header pages kept or read back carry another tag
+            self._headers.forget()
         self._tag = tag
         if outcome != "same" or not self._meta_ok:
             try:
@@ -226,8 +210,7 @@ class PageStore:
             await self._file.close()
             self._file = None
         name = await move_aside(self.disk, (PAGES, META), aside)
-        self._headers.clear()
-        self._sealed = array("I")
+        self._headers.forget()
         self.instance, self._meta_ok = None, False
         await self._load()
         return name
@@ -287,29 +270,13 @@ class PageStore:
                 out.append((gfn, gen))
         return out
 
-    def _gfn_of(self, slot: int) -> int | None:
-        i = data_index(slot)
-        if i < len(self._slot_gfn) and self._slot_gfn[i]:
-            return self._slot_gfn[i] - 1
-        return self._slot_big.get(slot) if self._slot_big else None
-
-    def _set_gfn(self, slot: int, gfn: int | None) -> None:
-        slot_gfn, i = self._slot_gfn, data_index(slot)
-        if i >= len(slot_gfn):
-            slot_gfn.frombytes(bytes(4 * (i + 1 - len(slot_gfn) + 1024)))
-        if gfn is not None and gfn >= BIG_GFN:
-            self._slot_big[slot] = gfn
-            gfn = None
-        else:
-            self._slot_big.pop(slot, None)
-        slot_gfn[i] = 0 if gfn is None else gfn + 1
-
     def _named(self, slot: int) -> bool:
-        gfn = self._gfn_of(slot)
-        if gfn is None:
-            return False
-        r = self.rows.get(gfn)
-        return r is not None and r.slot == slot
+        return slot < len(self._used) and self._used[slot] != 0
+
+    def _set_used(self, slot: int, used: int) -> None:
+        if slot >= len(self._used):
+            self._used.extend(bytes(slot + 1 - len(self._used) + 1024))
+        self._used[slot] = used
 
     # -- disk phases ------------------------------------------------------------------
 
@@ -344,7 +311,13 @@ class PageStore:
                 overlay[r.slot] = encode(r.slot, self._tag, r.gfn, r.gen, r.crc)
             if not overlay:
                 return
-            headers = {e: self._header(e, overlay) for e in {s // EXTENT_SLOTS for s in overlay}}
+            changes: dict[int, list[tuple[int, bytes]]] = {}
+            for slot, rec in overlay.items():
+                changes.setdefault(slot // EXTENT_SLOTS, []).append((slot, rec))
+            try:
+                headers = await self._headers.pages(self._file, changes, self.rows, self._tag)
+            except OSError as exc:
+                raise oserror("header page read", exc) from exc
             writes = join_runs(
                 [(slot_offset(r.slot), p) for r, p in zip(rows, pages, strict=True)]
                 + [(header_offset(e), bytes(h)) for e, h in headers.items()]
@@ -364,88 +337,27 @@ class PageStore:
                     await self._file.sync()
                 except OSError as exc:
                     raise oserror("pages file sync", exc) from exc
-            for e, h in headers.items():
-                self._cache_header(e, h)
+            self._headers.synced(headers)
             self._applied(rows, deletes)
 
     async def delete_rows(self, keys: Sequence[tuple[int, int]]) -> None:
         """Durably free the rows `keys` names by (gfn, gen) (free records, one sync)."""
         await self.persist((), (), keys)
 
-    def _header(self, extent: int, overlay: dict[int, bytes]) -> bytearray:
-        cached = self._headers.get(extent)
-        base = extent * EXTENT_SLOTS
-        if cached is None:
-            page = self._synced_header(extent) or self._build_header(extent)
-        else:
-            self._headers.move_to_end(extent)
-            page = bytearray(cached)
-        for s, rec in overlay.items():
-            if base <= s < base + EXTENT_SLOTS:
-                i = (s - base) * len(rec)
-                page[i : i + len(rec)] = rec
-        return seal(extent, page)
-
-    def _synced_header(self, extent: int) -> bytearray | None:
-        """Extent `extent`'s header page as the last synced phase wrote it, read back from
-        the page cache (one `pread_cached`, no rebuild) if it carries the crc kept for it:
-        then it is that page, which is what the in-memory index says (the index changes
-        only in a phase that rewrites the page). None if not cached, never written since
-        open, or different (a failed phase's write, damage): then it is rebuilt."""
-        want = self._sealed[extent] if extent < len(self._sealed) else 0
-        if not want or self._file is None:
-            return None
-        data = self._file.pread_cached(SLOT_SIZE, header_offset(extent))
-        if data is None or sealed_crc(extent, data) != want:
-            return None
-        return bytearray(data)
-
-    def _build_header(self, extent: int) -> bytearray:
-        """Extent `extent`'s header page (trailers unsealed) from the in-memory index: a
-        record for each slot a row names. The slot -> gfn map is read as one slice, the
-        free slots skipped at C speed, each record packed in place."""
-        base = extent * EXTENT_SLOTS
-        page = bytearray(SLOT_SIZE)
-        view = memoryview(page)
-        d0 = data_index(base)
-        named = self._slot_gfn[d0 : d0 + EXTENT_DATA]
-        get, tag = self.rows.get, self._tag
-        for d in compress(range(len(named)), named):
-            slot = base + d + d // SECTOR_RECORDS
-            r = get(named[d] - 1)
-            if r is not None and r.slot == slot:
-                encode_into(view, (slot - base) * RECORD_SIZE, slot, tag, r.gfn, r.gen, r.crc)
-        for slot, gfn in self._slot_big.items() if self._slot_big else ():
-            r = get(gfn) if base <= slot < base + EXTENT_SLOTS else None
-            if r is not None and r.slot == slot:
-                encode_into(view, (slot - base) * RECORD_SIZE, slot, tag, r.gfn, r.gen, r.crc)
-        view.release()
-        return page
-
-    def _cache_header(self, extent: int, header: bytearray) -> None:
-        """Keep a header page that a phase wrote and synced (its crc, and the page)."""
-        sealed = self._sealed
-        if extent >= len(sealed):
-            sealed.frombytes(bytes(4 * (extent + 1 - len(sealed) + 64)))
-        sealed[extent] = sealed_crc(extent, header) or 0
-        self._headers[extent] = header
-        self._headers.move_to_end(extent)
-        while len(self._headers) > HEADER_CACHE:
-            self._headers.popitem(last=False)
-
     def _applied(self, rows: Sequence[Row], deletes: Sequence[tuple[int, int]]) -> None:
+        index = self.rows
         for gfn, _ in deletes:
-            slot = self.rows[gfn].slot
-            del self.rows[gfn]
-            self._set_gfn(slot, None)
+            slot = index[gfn].slot
+            del index[gfn]
+            self._used[slot] = 0
             self._slot_freed(slot)
         for r in rows:
-            old = self.rows.get(r.gfn)
-            self.rows[r.gfn] = r
+            old = index.get(r.gfn)
+            index[r.gfn] = r
             if old is not None and old.slot != r.slot:
-                self._set_gfn(old.slot, None)
+                self._used[old.slot] = 0
                 self._slot_freed(old.slot)
-            self._set_gfn(r.slot, r.gfn)
+            self._set_used(r.slot, 1)
 
     def _slot_freed(self, slot: int) -> None:
         if slot in self._pins:

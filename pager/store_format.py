@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import struct
 import sys
+from array import array
 from collections.abc import Iterable
 from itertools import compress
 from typing import Final, NamedTuple
@@ -205,16 +206,32 @@ class Columns(NamedTuple):
     crcs: list[int]
 
 
+class Parsed(NamedTuple):
+    """What the header pages of a pages file say (`parse_pages`)."""
+
+    cols: Columns  # the trusted live records
+    damaged: int  # non-free entries neither in a verified sector nor verified alone
+    live: bytes  # by slot number: 1 for a trusted live record, else 0
+    whole: array[int]  # by extent: the page's crc if it verified whole, else 0
+
+
 def parse_headers(pages: list[bytes | None]) -> tuple[Columns, int]:
     """The live records of header pages 0, 1, ... (None: unreadable, nothing from it), and
     how many non-free entries were damaged (neither a verified sector nor record)."""
+    got = parse_pages(pages)
+    return got.cols, got.damaged
+
+
+def parse_pages(pages: list[bytes | None]) -> Parsed:
+    """`parse_headers`, with the live records' map by slot and the crcs of whole pages."""
     buf = bytearray(b"".join(p if p is not None else bytes(SLOT_SIZE) for p in pages))
     damaged = 0
+    whole = array("I", bytes(4 * len(pages)))
     for e in range(len(buf) // SLOT_SIZE):
         base = e * SLOT_SIZE
-        if _CRC.unpack_from(buf, base + _PAGE_CRC)[0] == _page_crc(
-            e, memoryview(buf)[base : base + SLOT_SIZE]
-        ):
+        crc = _CRC.unpack_from(buf, base + _PAGE_CRC)[0]
+        if pages[e] is not None and crc == _page_crc(e, memoryview(buf)[base : base + SLOT_SIZE]):
+            whole[e] = crc
             continue  # the fast path: the page is whole, every record stands
         for n in range(e * 8, e * 8 + 8):
             damaged += _check_sector(buf, n)
@@ -234,7 +251,7 @@ def parse_headers(pages: list[bytes | None]) -> tuple[Columns, int]:
     )
     del w32, w64
     view.release()
-    return cols, damaged
+    return Parsed(cols, damaged, live, whole)
 
 
 def join_runs(writes: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
@@ -263,6 +280,7 @@ __all__ = [
     "RECORD_SIZE",
     "SLOT_SIZE",
     "Columns",
+    "Parsed",
     "checksum",
     "decode",
     "encode",
@@ -274,6 +292,7 @@ __all__ = [
     "is_slot",
     "join_runs",
     "parse_headers",
+    "parse_pages",
     "record_offset",
     "seal",
     "sealed_crc",
