@@ -41,12 +41,6 @@ FULL_RETRY: Final = 10.0
 #: fault, so one is usually about to start). A delay here only delays a slot's reuse.
 FREE_WAIT: Final = 0.002
 
-#: While keys keep arriving (a stream of page-ins), the freer waits FREE_WAIT again, up to
-#: this long or this many keys: one disk phase for a run of page-ins rather than one per
-#: page-in batch (each phase costs a sync and a worker thread trip).
-FREE_MAX_WAIT: Final = 0.02
-FREE_MAX_KEYS: Final = 4096
-
 
 async def open_store(disk: Disk, *, faults: Faults = NO_FAULTS, lock_timeout: float) -> PageStore:
     """Lock and open the store on `disk` (`RealDisk(state_dir)` in production, the
@@ -155,24 +149,14 @@ class Committer:
 
     async def freer(self) -> None:
         """Delete rows of paged-in copies in groups: one commit for many keys. The keys
-        wait FREE_WAIT in `free_later` (longer while more keep coming: FREE_MAX_WAIT),
-        where every disk phase that starts takes them into its own commit (`_committer`);
-        the freer commits only what is left."""
+        wait FREE_WAIT in `free_later`, where every disk phase that starts takes them into
+        its own commit (`_committer`); the freer commits only what is left."""
         async for key in self._free_recv:
             self.free_later.append(key)
             self._take_free_keys()
             self.state.notify()
-            deadline = trio.current_time() + FREE_MAX_WAIT
-            while True:
-                seen = len(self.free_later)
-                await trio.sleep(FREE_WAIT)
-                self._take_free_keys()
-                if (
-                    len(self.free_later) <= seen  # none came (or a disk phase took them)
-                    or len(self.free_later) >= FREE_MAX_KEYS
-                    or trio.current_time() >= deadline
-                ):
-                    break
+            await trio.sleep(FREE_WAIT)
+            self._take_free_keys()
             if self.group_running or not self.free_later:
                 continue  # taken by a disk phase, or the running one's loop takes them
             keys, self.free_later = self.free_later, []
