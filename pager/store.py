@@ -23,10 +23,10 @@ Store rules (DESIGN.md "pager"), each closing a real way to lose a page:
 - a slot returns to the free list only once the record that freed it (a free record, or
   the durable record of a newer generation) is durable, and only when no reader has it
   pinned;
-- one disk phase at a time (`_phase`): header pages are rebuilt from the in-memory index,
-  which changes only after the phase's sync returned, or read back from the page cache
-  when they carry the crc of the page the last synced phase wrote there (never a failed
-  phase's page);
+- one disk phase at a time (`_phase`): a header page says what the in-memory index says,
+  which changes only after the phase's sync returned: it is read back when it carries the
+  crc of the page the last synced phase (or the open) found there, never a failed phase's
+  page, and rebuilt from the index otherwise (pager/store_headers.py);
 - a phase's write and its sync are one `write_and_sync` call (one worker thread trip)
   unless the crash point between them is armed;
 - one process per store (the disk's lock, waited for with a bound);
