@@ -315,7 +315,9 @@ class PageStore:
             for slot, rec in overlay.items():
                 changes.setdefault(slot // EXTENT_SLOTS, []).append((slot, rec))
             try:
-                headers = await self._headers.pages(self._file, changes, self.rows, self._tag)
+                headers = await self._headers.pages(
+                    self._file, changes, self.rows, self._used, self._tag
+                )
             except OSError as exc:
                 raise oserror("header page read", exc) from exc
             writes = join_runs(

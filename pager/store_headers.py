@@ -12,7 +12,8 @@ of cost, from:
    the index changed since only in phases that rewrote it. A failed phase's page (written,
    never synced), a damaged page or another one never matches;
 3. a rebuild from the index: the rows whose slot lies in the extent (a walk of every row,
-   for the rare page that is none of the above).
+   for the rare page that is none of the above; a new extent's page, where no row names a
+   slot, is all free records at once).
 """
 
 from __future__ import annotations
@@ -56,10 +57,12 @@ class HeaderPages:
         file: DiskFile,
         changes: dict[int, list[tuple[int, bytes]]],
         rows: RowIndex,
+        used: bytearray,
         tag: int,
     ) -> dict[int, bytearray]:
         """The sealed header page of each extent of `changes` (extent -> its (slot,
-        32-byte record) changes), with the changes over what the index says."""
+        32-byte record) changes), with the changes over what the index says (`used`: by
+        slot, 1 where a row names it)."""
         out: dict[int, bytearray] = {}
         unread: list[int] = []
         for e in changes:
@@ -74,14 +77,14 @@ class HeaderPages:
                 else:
                     unread.append(e)
             else:
-                out[e] = self._rebuild(e, rows, tag)
+                out[e] = self._rebuild(e, rows, used, tag)
         if unread:
             got = await file.preadv([(SLOT_SIZE, header_offset(e)) for e in unread])
             for e, data in zip(unread, got, strict=True):
                 if isinstance(data, bytes) and sealed_crc(e, data) == self._want(e):
                     out[e] = bytearray(data)
                 else:
-                    out[e] = self._rebuild(e, rows, tag)
+                    out[e] = self._rebuild(e, rows, used, tag)
         for e, page in out.items():
             base = e * EXTENT_SLOTS
             for s, rec in changes[e]:
@@ -104,12 +107,14 @@ class HeaderPages:
     def _want(self, extent: int) -> int:
         return self.sealed[extent] if extent < len(self.sealed) else 0
 
-    def _rebuild(self, extent: int, rows: RowIndex, tag: int) -> bytearray:
+    def _rebuild(self, extent: int, rows: RowIndex, used: bytearray, tag: int) -> bytearray:
         """Extent `extent`'s header page (trailers unsealed) from the index: a record for
-        each row whose slot lies in the extent."""
-        self.rebuilt += 1
+        each row whose slot lies in the extent (none, without a walk, in a new extent)."""
         base = extent * EXTENT_SLOTS
         page = bytearray(SLOT_SIZE)
+        if not any(used[base : base + EXTENT_SLOTS]):
+            return page
+        self.rebuilt += 1
         view = memoryview(page)
         for r in rows.rows_in_slots(base, base + EXTENT_SLOTS):
             encode_into(view, (r.slot - base) * RECORD_SIZE, r.slot, tag, r.gfn, r.gen, r.crc)
