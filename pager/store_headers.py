@@ -80,9 +80,9 @@ class HeaderPages:
                 out[e] = self._rebuild(e, rows, used, tag)
         if unread:
             got = await file.preadv([(SLOT_SIZE, header_offset(e)) for e in unread])
-            for e, data in zip(unread, got, strict=True):
-                if isinstance(data, bytes) and sealed_crc(e, data) == self._want(e):
-                    out[e] = bytearray(data)
+            for e, read in zip(unread, got, strict=True):
+                if isinstance(read, bytes) and sealed_crc(e, read) == self._want(e):
+                    out[e] = bytearray(read)
                 else:
                     out[e] = self._rebuild(e, rows, used, tag)
         for e, page in out.items():
