@@ -242,7 +242,11 @@ class Committer:
             return False
         rows = [r for e in group for r in e.batch.rows]
         pages = [p for e in group for p in e.batch.pages]
-        written = functools.partial(self.faults.hit, CrashPoint.after_write) if group else None
+        # The write and the sync go in one call (one worker thread trip) unless the crash
+        # point between them is armed.
+        written = None
+        if group and self.faults.arms(CrashPoint.after_write):
+            written = functools.partial(self.faults.hit, CrashPoint.after_write)
         try:
             await self.store.persist(rows, pages, deletes, written=written)
         except StoreError as exc:

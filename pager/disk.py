@@ -113,6 +113,20 @@ class Disk(Protocol):
         ...
 
 
+async def write_and_sync(f: DiskFile, writes: Sequence[tuple[int, bytes]]) -> None:
+    """`f.pwritev(writes)`, then `f.sync()`: in one call where the file offers one
+    (``pwritev_sync``, one worker thread trip instead of two, as `RealDiskFile` does), else
+    as the two calls. Files that lack it (the simulator's, `FileProxy` wrappers, which
+    override the two calls) keep working unchanged; a wrapper passes it on only by
+    defining it itself."""
+    both = getattr(f, "pwritev_sync", None)
+    if both is not None:
+        await both(writes)
+        return
+    await f.pwritev(writes)
+    await f.sync()
+
+
 class FileProxy:
     """A `DiskFile` that hands every call to `inner`: subclass it and override the calls a
     wrapper changes (fault injection, counting)."""

@@ -184,6 +184,11 @@ class Faults:
         """True when the spec names at least one fault."""
         return bool(self._points or self._store)
 
+    def arms(self, point: CrashPoint) -> bool:
+        """Whether a trigger is set on crash point `point` (a caller may then skip work
+        that exists only to make the point reachable)."""
+        return bool(self._points.get(point))
+
     def hit(self, point: CrashPoint) -> None:
         """Pass crash point `point`; crash if an armed trigger fires."""
         triggers = self._points.get(point)

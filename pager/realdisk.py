@@ -1,7 +1,8 @@
 """`RealDisk`: the production `Disk` (pager/disk.py) over a state directory of real files.
 
 Every blocking call runs in a trio worker thread, one thread round trip per call (a whole
-`preadv` or `pwritev` list is one trip). `pread_cached` reads on the event loop with
+`preadv` or `pwritev` list is one trip; `pwritev_sync`, a disk phase's write and its sync,
+is one trip too). `pread_cached` reads on the event loop with
 RWF_NOWAIT, which never blocks on the disk. The lock is `flock` on ``<root>/lock``, polled
 with trio sleeps for at most `wait` seconds of trio time (flock has no timeout).
 """
@@ -76,6 +77,18 @@ class RealDiskFile:
         def run() -> None:
             for offset, data in writes:
                 _pwrite_all(fd, data, offset)
+
+        await trio.to_thread.run_sync(run)
+
+    async def pwritev_sync(self, writes: Sequence[tuple[int, bytes]]) -> None:
+        """`pwritev` then `sync` in one worker thread trip (`pager.disk.write_and_sync`):
+        a disk phase pays one thread hand-off, not two."""
+        fd = self._fd
+
+        def run() -> None:
+            for offset, data in writes:
+                _pwrite_all(fd, data, offset)
+            os.fdatasync(fd)
 
         await trio.to_thread.run_sync(run)
 

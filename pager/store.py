@@ -23,8 +23,12 @@ Store rules (DESIGN.md "pager"), each closing a real way to lose a page:
 - a slot returns to the free list only once the record that freed it (a free record, or
   the durable record of a newer generation) is durable, and only when no reader has it
   pinned;
-- one disk phase at a time (`_phase`): header pages are rebuilt from the in-memory index,
-  which changes only after the phase's sync returned;
+- one disk phase at a time (`_phase`): a header page says what the in-memory index says,
+  which changes only after the phase's sync returned: it is read back when it carries the
+  crc of the page the last synced phase (or the open) found there, never a failed phase's
+  page, and rebuilt from the index otherwise (pager/store_headers.py);
+- a phase's write and its sync are one `write_and_sync` call (one worker thread trip)
+  unless the crash point between them is armed;
 - one process per store (the disk's lock, waited for with a bound);
 - the store records the hv `instance` (meta.json, and a tag in every record, so that a
   lost meta.json loses nothing); a store of another instance is set aside.
@@ -34,14 +38,13 @@ from __future__ import annotations
 
 import errno as _errno
 from array import array
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Final
 
 import structlog
 import trio
 
-from .disk import Disk, DiskFile, DiskLock
+from .disk import Disk, DiskFile, DiskLock, write_and_sync
 from .migrate import migrate_if_needed
 from .rowindex import Row, RowIndex
 from .store_errors import ChecksumError, StoreError, StoreLocked, oserror
@@ -55,13 +58,11 @@ from .store_format import (
     instance_tag,
     is_slot,
     join_runs,
-    seal,
     slot_offset,
 )
+from .store_headers import HeaderPages
 from .store_open import (
-    BIG_GFN,
     FORMAT,
-    data_index,
     load_pages,
     move_aside,
     read_meta,
@@ -74,9 +75,6 @@ log = structlog.get_logger("pager.store")
 PAGES: Final = "pages.xp"
 META: Final = "meta.json"
 
-#: Header pages kept in memory for the extents written last (patched, not rebuilt).
-HEADER_CACHE: Final = 16
-
 
 class PageStore:
     """One disk's pages file, owned by one process (see module doc). Open with `open`."""
@@ -88,8 +86,7 @@ class PageStore:
         self._phase = trio.Lock()  # one write+sync phase at a time
         #: gfn -> its durable row (changed only after a phase's sync returned).
         self.rows = RowIndex()
-        self._slot_gfn = array("I")  # slot -> gfn + 1 of the row naming it, 0: none
-        self._slot_big: dict[int, int] = {}  # slot -> gfn, for gfns >= BIG_GFN
+        self._used = bytearray()  # slot -> 1 if a row names it, else 0
         self.instance: str | None = None
         self._meta_ok = False  # meta.json holds `instance` and a sane next_gen
         self._tag = 0
@@ -99,7 +96,7 @@ class PageStore:
         self._high = 0  # slots below this exist (or existed) in the file
         self._pins: dict[int, int] = {}  # slot -> readers in flight
         self._unpin_free: set[int] = set()  # freed while pinned: free once unpinned
-        self._headers: OrderedDict[int, bytearray] = OrderedDict()  # extent -> header page
+        self._headers = HeaderPages()  # the header pages a phase writes
         self.lost_records = 0  # records found damaged at open (their gfns are lost)
         self.closed = False
 
@@ -139,7 +136,8 @@ class PageStore:
             got = await load_pages(self._file)
         except OSError as exc:
             raise oserror("opening the pages file", exc) from exc
-        self.rows, self._slot_gfn, self._slot_big = got.rows, got.slot_gfn, got.slot_big
+        self.rows, self._used = got.rows, got.used
+        self._headers = HeaderPages(got.sealed)
         self._free, self._high, self._tags = got.free, got.high, got.tags
         self.lost_records = got.lost_records
         self._next_gen = max(int(meta.get("next_gen", 1)), got.max_gen + 1)
@@ -194,6 +192,8 @@ class PageStore:
                 await self._replace_files(None)
                 log.info("store.reset_empty", old_instance=self.instance, new_instance=instance)
         self.instance = instance
+        if not self._tags <= {tag}:  # header pages kept or read back carry another tag
+            self._headers.forget()
         self._tag = tag
         if outcome != "same" or not self._meta_ok:
             try:
@@ -210,7 +210,7 @@ class PageStore:
             await self._file.close()
             self._file = None
         name = await move_aside(self.disk, (PAGES, META), aside)
-        self._headers.clear()
+        self._headers.forget()
         self.instance, self._meta_ok = None, False
         await self._load()
         return name
@@ -270,29 +270,13 @@ class PageStore:
                 out.append((gfn, gen))
         return out
 
-    def _gfn_of(self, slot: int) -> int | None:
-        i = data_index(slot)
-        if i < len(self._slot_gfn) and self._slot_gfn[i]:
-            return self._slot_gfn[i] - 1
-        return self._slot_big.get(slot) if self._slot_big else None
-
-    def _set_gfn(self, slot: int, gfn: int | None) -> None:
-        slot_gfn, i = self._slot_gfn, data_index(slot)
-        if i >= len(slot_gfn):
-            slot_gfn.frombytes(bytes(4 * (i + 1 - len(slot_gfn) + 1024)))
-        if gfn is not None and gfn >= BIG_GFN:
-            self._slot_big[slot] = gfn
-            gfn = None
-        else:
-            self._slot_big.pop(slot, None)
-        slot_gfn[i] = 0 if gfn is None else gfn + 1
-
     def _named(self, slot: int) -> bool:
-        gfn = self._gfn_of(slot)
-        if gfn is None:
-            return False
-        r = self.rows.get(gfn)
-        return r is not None and r.slot == slot
+        return slot < len(self._used) and self._used[slot] != 0
+
+    def _set_used(self, slot: int, used: int) -> None:
+        if slot >= len(self._used):
+            self._used.extend(bytes(slot + 1 - len(self._used) + 1024))
+        self._used[slot] = used
 
     # -- disk phases ------------------------------------------------------------------
 
@@ -306,7 +290,8 @@ class PageStore:
     ) -> None:
         """Make `rows` (whose data is `pages`) durable and free the rows `deletes` names by
         (gfn, gen), in one disk phase: the data slots and the header pages of their extents
-        in one `pwritev`, `written()` (a crash point), then one sync. Then, and only then,
+        in one `pwritev`, `written()` (a crash point), then one sync (without `written`,
+        the write and the sync in one `write_and_sync` call). Then, and only then,
         the in-memory index changes. StoreError (and no change) if the phase failed, or if a
         row's slot is named by a row already (a bookkeeping bug: writing would lose that
         row's page)."""
@@ -326,71 +311,55 @@ class PageStore:
                 overlay[r.slot] = encode(r.slot, self._tag, r.gfn, r.gen, r.crc)
             if not overlay:
                 return
-            headers = {e: self._header(e, overlay) for e in {s // EXTENT_SLOTS for s in overlay}}
+            changes: dict[int, list[tuple[int, bytes]]] = {}
+            for slot, rec in overlay.items():
+                changes.setdefault(slot // EXTENT_SLOTS, []).append((slot, rec))
+            try:
+                headers = await self._headers.pages(
+                    self._file, changes, self.rows, self._used, self._tag
+                )
+            except OSError as exc:
+                raise oserror("header page read", exc) from exc
             writes = join_runs(
                 [(slot_offset(r.slot), p) for r, p in zip(rows, pages, strict=True)]
                 + [(header_offset(e), bytes(h)) for e, h in headers.items()]
             )
-            try:
-                await self._file.pwritev(writes)
-            except OSError as exc:
-                raise oserror("slot write", exc) from exc
-            if written is not None:
+            if written is None:  # the write and its sync in one call (one thread trip)
+                try:
+                    await write_and_sync(self._file, writes)
+                except OSError as exc:
+                    raise oserror("slot write and sync", exc) from exc
+            else:
+                try:
+                    await self._file.pwritev(writes)
+                except OSError as exc:
+                    raise oserror("slot write", exc) from exc
                 written()
-            try:
-                await self._file.sync()
-            except OSError as exc:
-                raise oserror("pages file sync", exc) from exc
-            for e, h in headers.items():
-                self._cache_header(e, h)
+                try:
+                    await self._file.sync()
+                except OSError as exc:
+                    raise oserror("pages file sync", exc) from exc
+            self._headers.synced(headers)
             self._applied(rows, deletes)
 
     async def delete_rows(self, keys: Sequence[tuple[int, int]]) -> None:
         """Durably free the rows `keys` names by (gfn, gen) (free records, one sync)."""
         await self.persist((), (), keys)
 
-    def _header(self, extent: int, overlay: dict[int, bytes]) -> bytearray:
-        cached = self._headers.get(extent)
-        base = extent * EXTENT_SLOTS
-        if cached is None:
-            page = bytearray(b"".join(self._record(s) for s in range(base, base + EXTENT_SLOTS)))
-        else:
-            self._headers.move_to_end(extent)
-            page = bytearray(cached)
-        for s, rec in overlay.items():
-            if base <= s < base + EXTENT_SLOTS:
-                i = (s - base) * len(rec)
-                page[i : i + len(rec)] = rec
-        return seal(extent, page)
-
-    def _record(self, slot: int) -> bytes:
-        if not is_slot(slot):
-            return FREE_RECORD  # the trailer's place: `seal` writes it
-        gfn = self._gfn_of(slot)
-        r = None if gfn is None else self.rows.get(gfn)
-        if r is None or r.slot != slot:
-            return FREE_RECORD
-        return encode(slot, self._tag, r.gfn, r.gen, r.crc)
-
-    def _cache_header(self, extent: int, header: bytearray) -> None:
-        self._headers[extent] = header
-        self._headers.move_to_end(extent)
-        while len(self._headers) > HEADER_CACHE:
-            self._headers.popitem(last=False)
-
     def _applied(self, rows: Sequence[Row], deletes: Sequence[tuple[int, int]]) -> None:
+        index = self.rows
         for gfn, _ in deletes:
-            slot = self.rows[gfn].slot
-            del self.rows[gfn]
-            self._set_gfn(slot, None)
+            slot = index[gfn].slot
+            del index[gfn]
+            self._used[slot] = 0
             self._slot_freed(slot)
         for r in rows:
-            old = self.rows.get(r.gfn)
-            self.rows[r.gfn] = r
+            old = index.get(r.gfn)
+            index[r.gfn] = r
             if old is not None and old.slot != r.slot:
-                self._set_gfn(old.slot, None)
+                self._used[old.slot] = 0
                 self._slot_freed(old.slot)
-            self._set_gfn(r.slot, r.gfn)
+            self._set_used(r.slot, 1)
 
     def _slot_freed(self, slot: int) -> None:
         if slot in self._pins:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import struct
 import sys
+from array import array
 from collections.abc import Iterable
 from itertools import compress
 from typing import Final, NamedTuple
@@ -119,6 +120,15 @@ def encode(slot: int, tag: int, gfn: int, gen: int, crc: int) -> bytes:
     return head + _CRC.pack(crc32c.crc32c(head, slot & 0xFFFFFFFF))
 
 
+def encode_into(
+    view: memoryview, at: int, slot: int, tag: int, gfn: int, gen: int, crc: int
+) -> None:
+    """Write the record of a live slot at `at` of `view` (a writable byte view): `encode`
+    without building a bytes object (a header page is built from 120 of them)."""
+    _REC.pack_into(view, at, LIVE, tag, gfn, gen, crc)
+    _CRC.pack_into(view, at + 28, crc32c.crc32c(view[at : at + 28], slot & 0xFFFFFFFF))
+
+
 def decode(slot: int, rec: bytes) -> tuple[int, int, int, int] | None:
     """(tag, gfn, gen, crc) of a live record that verifies on its own; None for a free or
     damaged one."""
@@ -138,6 +148,15 @@ _PAGE_CRC: Final = _PER + 8  # where sector 0's trailer keeps the whole page's c
 def _page_crc(extent: int, page: bytes | bytearray | memoryview) -> int:
     view = memoryview(page)
     return crc32c.crc32c(view[_PAGE_CRC + 4 :], crc32c.crc32c(view[:_PAGE_CRC], extent))
+
+
+def sealed_crc(extent: int, page: bytes | bytearray) -> int | None:
+    """The whole-page crc that header page `page` of `extent` carries, if it verifies (the
+    page is whole, written by `seal` for this extent), else None."""
+    if len(page) != SLOT_SIZE:
+        return None
+    crc: int = _CRC.unpack_from(page, _PAGE_CRC)[0]
+    return crc if crc == _page_crc(extent, page) else None
 
 
 def seal(extent: int, page: bytearray) -> bytearray:
@@ -187,16 +206,32 @@ class Columns(NamedTuple):
     crcs: list[int]
 
 
+class Parsed(NamedTuple):
+    """What the header pages of a pages file say (`parse_pages`)."""
+
+    cols: Columns  # the trusted live records
+    damaged: int  # non-free entries neither in a verified sector nor verified alone
+    live: bytes  # by slot number: 1 for a trusted live record, else 0
+    whole: array[int]  # by extent: the page's crc if it verified whole, else 0
+
+
 def parse_headers(pages: list[bytes | None]) -> tuple[Columns, int]:
     """The live records of header pages 0, 1, ... (None: unreadable, nothing from it), and
     how many non-free entries were damaged (neither a verified sector nor record)."""
+    got = parse_pages(pages)
+    return got.cols, got.damaged
+
+
+def parse_pages(pages: list[bytes | None]) -> Parsed:
+    """`parse_headers`, with the live records' map by slot and the crcs of whole pages."""
     buf = bytearray(b"".join(p if p is not None else bytes(SLOT_SIZE) for p in pages))
     damaged = 0
+    whole = array("I", bytes(4 * len(pages)))
     for e in range(len(buf) // SLOT_SIZE):
         base = e * SLOT_SIZE
-        if _CRC.unpack_from(buf, base + _PAGE_CRC)[0] == _page_crc(
-            e, memoryview(buf)[base : base + SLOT_SIZE]
-        ):
+        crc = _CRC.unpack_from(buf, base + _PAGE_CRC)[0]
+        if pages[e] is not None and crc == _page_crc(e, memoryview(buf)[base : base + SLOT_SIZE]):
+            whole[e] = crc
             continue  # the fast path: the page is whole, every record stands
         for n in range(e * 8, e * 8 + 8):
             damaged += _check_sector(buf, n)
@@ -216,7 +251,7 @@ def parse_headers(pages: list[bytes | None]) -> tuple[Columns, int]:
     )
     del w32, w64
     view.release()
-    return cols, damaged
+    return Parsed(cols, damaged, live, whole)
 
 
 def join_runs(writes: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
@@ -245,9 +280,11 @@ __all__ = [
     "RECORD_SIZE",
     "SLOT_SIZE",
     "Columns",
+    "Parsed",
     "checksum",
     "decode",
     "encode",
+    "encode_into",
     "extents_in",
     "header_offset",
     "header_page",
@@ -255,8 +292,10 @@ __all__ = [
     "is_slot",
     "join_runs",
     "parse_headers",
+    "parse_pages",
     "record_offset",
     "seal",
+    "sealed_crc",
     "slot_offset",
     "slots_in",
 ]

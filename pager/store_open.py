@@ -4,23 +4,22 @@ and meta.json; and moving a store's files aside (pager/store.py uses them)."""
 from __future__ import annotations
 
 import json
-import operator
+import re
 from array import array
 from dataclasses import dataclass, field
-from itertools import compress
 from typing import Any, Final
 
 import structlog
 
 from .disk import Disk, DiskFile
-from .rowindex import RowIndex, key_runs, scatter
+from .rowindex import RowIndex
 from .store_format import (
     SECTOR_RECORDS,
     SLOT_SIZE,
     Columns,
     extents_in,
     header_offset,
-    parse_headers,
+    parse_pages,
     slots_in,
 )
 
@@ -32,13 +31,7 @@ FORMAT: Final = 2
 #: Header pages read per `preadv` at open (a few worker thread trips, few objects at once).
 HEADER_READS: Final = 128
 
-#: gfns at or above this do not fit the slot -> gfn array (4 bytes): kept in a dict.
-BIG_GFN: Final = (1 << 32) - 1
-
-
-def data_index(slot: int) -> int:
-    """The slot's place among data slots (slot numbers skip each sector's trailer)."""
-    return slot - slot // (SECTOR_RECORDS + 1)
+_ZERO: Final = re.compile(b"\x00")
 
 
 @dataclass
@@ -46,8 +39,8 @@ class Loaded:
     """What a pages file says, as the store keeps it in memory."""
 
     rows: RowIndex = field(default_factory=RowIndex)
-    slot_gfn: array[int] = field(default_factory=lambda: array("I"))  # by data_index: gfn+1
-    slot_big: dict[int, int] = field(default_factory=dict)  # slot -> gfn >= BIG_GFN
+    used: bytearray = field(default_factory=bytearray)  # by slot: 1 if a row names it
+    sealed: array[int] = field(default_factory=lambda: array("I"))  # by extent (store_headers)
     free: array[int] = field(default_factory=lambda: array("I"))  # slots no row names
     high: int = 0  # slot numbers below this lie whole in the file
     tags: set[int] = field(default_factory=set)
@@ -67,8 +60,9 @@ async def load_pages(pages: DiskFile) -> Loaded:
     unreadable = sum(isinstance(p, OSError) for p in headers)
     if unreadable:  # their slots' gfns are reported lost by the reconcile
         log.error("store.headers_unreadable", extents=unreadable)
-    cols, out.lost_records = parse_headers([None if isinstance(p, OSError) else p for p in headers])
+    got = parse_pages([None if isinstance(p, OSError) else p for p in headers])
     headers.clear()
+    cols, out.lost_records = got.cols, got.damaged
     if out.lost_records:
         log.error("store.records_damaged", records=out.lost_records)
     out.max_gen = max(cols.gens, default=0)
@@ -78,23 +72,21 @@ async def load_pages(pages: DiskFile) -> Loaded:
         if cols.slots and cols.slots[-1] >= out.high:
             raise ValueError("a record names a slot past the end of the file")
         out.rows = RowIndex.from_columns(*rows)
+        # Every trusted record is a row: the slot map is the records' kind bytes, and each
+        # page that verified whole is what the index would write there.
+        out.used, out.sealed = bytearray(got.live), got.whole
     except ValueError:
         rows = _newest(cols, out.high)
         out.rows = RowIndex.from_columns(*rows)
-    slot_gfn = out.slot_gfn = array("I", [0]) * data_index(out.high)
-    gfns, _, slots, _ = rows
-    if gfns and max(gfns) < BIG_GFN:
-        data = list(map(operator.sub, slots, map((SECTOR_RECORDS + 1).__rfloordiv__, slots)))
-        scatter(slot_gfn, data, list(map((1).__add__, gfns)), key_runs(data))
-    else:
-        for gfn, slot in zip(gfns, slots, strict=True):
-            if gfn < BIG_GFN:
-                slot_gfn[data_index(slot)] = gfn + 1
-            else:
-                out.slot_big[slot] = gfn
-    unnamed = compress(range(len(slot_gfn) - 1, -1, -1), map(operator.not_, reversed(slot_gfn)))
-    free = (d + d // SECTOR_RECORDS for d in unnamed)  # data index -> slot number
-    out.free = array("I", (s for s in free if s not in out.slot_big))
+        out.used = bytearray(len(got.live))
+        for slot in rows[2]:
+            out.used[slot] = 1
+    # Free: every slot below `high` that no row names, but the sectors' trailer entries;
+    # popped from the end, so the lowest slots are reused first.
+    unnamed = (m.start() for m in _ZERO.finditer(out.used, 0, out.high))
+    free = [s for s in unnamed if s % (SECTOR_RECORDS + 1) != SECTOR_RECORDS]
+    free.reverse()
+    out.free = array("I", free)
     return out
 
 

@@ -29,6 +29,7 @@ def _same(index: RowIndex, model: dict[int, Row]) -> None:
     assert sorted(index) == sorted(model)
     assert dict(index.items()) == model
     assert sorted(index.gens()) == sorted((g, r.gen) for g, r in model.items())
+    assert sorted(zip(*index.gen_columns(), strict=True)) == sorted(index.gens())
     for gfn in [*model, -1, 0, 3, 65, 1 << 21, 1 << 40]:
         assert (gfn in index) == (gfn in model)
         assert index.get(gfn) == model.get(gfn)

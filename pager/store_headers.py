@@ -1,0 +1,125 @@
+"""The header pages a disk phase writes: kept, read back, or rebuilt from the index.
+
+A phase rewrites the whole header page of every extent it changes (pager/store_format.py).
+The page must say what the in-memory index says after the phase, so it is made, in order
+of cost, from:
+
+1. the last pages written (`HEADER_CACHE` of them, patched in memory);
+2. the page as the last synced phase wrote it (or as the store found it at open), read
+   back from the disk: one `pread_cached` when the page cache holds it, else one `preadv`
+   for all such pages of the phase. It is used only if it carries the whole-page crc kept
+   for its extent (`sealed`, 4 bytes an extent): then it is that page, byte for byte, and
+   the index changed since only in phases that rewrote it. A failed phase's page (written,
+   never synced), a damaged page or another one never matches;
+3. a rebuild from the index: the rows whose slot lies in the extent (a walk of every row,
+   for the rare page that is none of the above; a new extent's page, where no row names a
+   slot, is all free records at once).
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections import OrderedDict
+from typing import Final
+
+from .disk import DiskFile
+from .rowindex import RowIndex
+from .store_format import (
+    EXTENT_SLOTS,
+    RECORD_SIZE,
+    SLOT_SIZE,
+    encode_into,
+    header_offset,
+    seal,
+    sealed_crc,
+)
+
+#: Header pages kept in memory for the extents written last (patched, not rebuilt).
+HEADER_CACHE: Final = 16
+
+
+class HeaderPages:
+    """The header pages of one open pages file (module doc)."""
+
+    def __init__(self, sealed: array[int] | None = None) -> None:
+        self._cache: OrderedDict[int, bytearray] = OrderedDict()
+        #: extent -> whole-page crc of its header page as last synced (0: unknown).
+        self.sealed: array[int] = sealed if sealed is not None else array("I")
+        self.rebuilt = 0  # pages built from the index (for tests and profiles)
+
+    def forget(self) -> None:
+        """Trust no page kept or on disk any more (the records' tag changed, new files)."""
+        self._cache.clear()
+        self.sealed = array("I")
+
+    async def pages(
+        self,
+        file: DiskFile,
+        changes: dict[int, list[tuple[int, bytes]]],
+        rows: RowIndex,
+        used: bytearray,
+        tag: int,
+    ) -> dict[int, bytearray]:
+        """The sealed header page of each extent of `changes` (extent -> its (slot,
+        32-byte record) changes), with the changes over what the index says (`used`: by
+        slot, 1 where a row names it)."""
+        out: dict[int, bytearray] = {}
+        unread: list[int] = []
+        for e in changes:
+            page = self._cache.get(e)
+            if page is not None:
+                self._cache.move_to_end(e)
+                out[e] = bytearray(page)
+            elif self._want(e):
+                data = file.pread_cached(SLOT_SIZE, header_offset(e))
+                if data is not None and sealed_crc(e, data) == self._want(e):
+                    out[e] = bytearray(data)
+                else:
+                    unread.append(e)
+            else:
+                out[e] = self._rebuild(e, rows, used, tag)
+        if unread:
+            got = await file.preadv([(SLOT_SIZE, header_offset(e)) for e in unread])
+            for e, read in zip(unread, got, strict=True):
+                if isinstance(read, bytes) and sealed_crc(e, read) == self._want(e):
+                    out[e] = bytearray(read)
+                else:
+                    out[e] = self._rebuild(e, rows, used, tag)
+        for e, page in out.items():
+            base = e * EXTENT_SLOTS
+            for s, rec in changes[e]:
+                page[(s - base) * RECORD_SIZE : (s - base + 1) * RECORD_SIZE] = rec
+            seal(e, page)
+        return out
+
+    def synced(self, pages: dict[int, bytearray]) -> None:
+        """Keep the pages a phase wrote, once its sync returned (never before)."""
+        sealed = self.sealed
+        for e, page in pages.items():
+            if e >= len(sealed):
+                sealed.frombytes(bytes(4 * (e + 1 - len(sealed) + 64)))
+            sealed[e] = sealed_crc(e, page) or 0
+            self._cache[e] = page
+            self._cache.move_to_end(e)
+        while len(self._cache) > HEADER_CACHE:
+            self._cache.popitem(last=False)
+
+    def _want(self, extent: int) -> int:
+        return self.sealed[extent] if extent < len(self.sealed) else 0
+
+    def _rebuild(self, extent: int, rows: RowIndex, used: bytearray, tag: int) -> bytearray:
+        """Extent `extent`'s header page (trailers unsealed) from the index: a record for
+        each row whose slot lies in the extent (none, without a walk, in a new extent)."""
+        base = extent * EXTENT_SLOTS
+        page = bytearray(SLOT_SIZE)
+        if not any(used[base : base + EXTENT_SLOTS]):
+            return page
+        self.rebuilt += 1
+        view = memoryview(page)
+        for r in rows.rows_in_slots(base, base + EXTENT_SLOTS):
+            encode_into(view, (r.slot - base) * RECORD_SIZE, r.slot, tag, r.gfn, r.gen, r.crc)
+        view.release()
+        return page
+
+
+__all__ = ["HEADER_CACHE", "HeaderPages"]
