@@ -5,7 +5,9 @@ Issue 17's figure: the 2-worker rate over the 1-worker rate (goal: at least 1.7x
 each block's seeds in a child forked from a Dask worker process) on a local cluster of 1,
 then 2, workers, alternated `repeats` times; the cluster's start is not timed. The floor,
 measured in the same run, is the same seeds run one after another in this process with
-no Dask and no fork (one core). On a loaded machine wall rates say what the other
+no Dask and no fork (one core); and, as the machine's own ceiling for the ratio, the same
+seeds on two processes of a fork pool with no Dask (`xpemu sim --jobs 2`): what two cores
+give over one here whatever the engine. On a loaded machine wall rates say what the other
 processes left over; so each run also reports the workers' CPU seconds per seed (the
 forked children's, and the worker processes' own for the Dask side), which load does not
 stretch. Not in the quick default (it takes minutes on a loaded machine): `--only
@@ -76,6 +78,7 @@ def bench_campaign(say: Callable[[str], None], *, repeats: int, full: bool) -> d
     import logging
 
     from sim import run_seed
+    from sim.runs import run_seeds
 
     # The nanny's "still alive after 4 s, killing" at a loaded cluster's close is not news.
     for name in ("distributed", "distributed.nanny"):
@@ -90,7 +93,16 @@ def bench_campaign(say: Callable[[str], None], *, repeats: int, full: bool) -> d
         for s in seeds:
             run_seed(s, scenario=SCENARIO)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-        floors.append({"seeds_per_min": 60 * len(seeds) / wall, "cpu_s_per_seed": cpu / len(seeds)})
+        t1 = time.perf_counter()
+        run_seeds(seeds, scenario=SCENARIO, jobs=2)
+        wall2 = time.perf_counter() - t1
+        floors.append(
+            {
+                "seeds_per_min": 60 * len(seeds) / wall,
+                "cpu_s_per_seed": cpu / len(seeds),
+                "two_procs_seeds_per_min": 60 * len(seeds) / wall2,
+            }
+        )
         for workers in (1, 2):
             r = _one_run(workers, seeds)
             runs[workers].append(r)
@@ -102,6 +114,8 @@ def bench_campaign(say: Callable[[str], None], *, repeats: int, full: bool) -> d
     out["loadavg_end"] = os.getloadavg()
     out["floor_seeds_per_min"] = statistics.median(f["seeds_per_min"] for f in floors)
     out["floor_cpu_s_per_seed"] = statistics.median(f["cpu_s_per_seed"] for f in floors)
+    out["two_procs_seeds_per_min"] = statistics.median(f["two_procs_seeds_per_min"] for f in floors)
+    out["two_procs_ratios"] = [f["two_procs_seeds_per_min"] / f["seeds_per_min"] for f in floors]
     for workers, rs in runs.items():
         out[f"w{workers}"] = {
             key: statistics.median(r[key] for r in rs)
@@ -140,6 +154,15 @@ def campaign_rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             "runs " + ", ".join(f"{x:.2f}x" for x in c["ratios"]),
         )
     )
+    if "two_procs_seeds_per_min" in c:
+        rows.append(
+            (
+                "  the machine's ceiling: 2 processes over 1, no Dask (sim --jobs 2)",
+                f"{c['two_procs_seeds_per_min'] / floor:.2f}x",
+                f"{c['two_procs_seeds_per_min']:.0f} / {floor:.0f} seeds/min",
+                "runs " + ", ".join(f"{x:.2f}x" for x in c["two_procs_ratios"]),
+            )
+        )
     rows.append(
         (
             "  CPU s per seed: seed child (1 / 2 workers)",
