@@ -70,7 +70,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--sizes",
         type=_sizes,
-        help="memory sizes, frames or % of the gfns the trace touches (default: 12.5%%,25%%,"
+        help="memory sizes, frames or %% of the gfns the trace touches (default: 12.5%%,25%%,"
         "...,75%%)",
     )
     p.add_argument("--gfns", type=positive_int, default=8192, help="synthetic: gfns (8192)")
