@@ -128,6 +128,11 @@ class SimChild:
         self.conn: Connection | None = None
 
     def _start(self) -> None:
+        # The sim's modules are imported here, in the worker, once: a child forked before
+        # that imported them itself, 0.24 CPU s a block (0.05 a seed at 5 seeds a block,
+        # a quarter of a small seed; measured with `distributed` imported, as in a worker).
+        import sim  # noqa: F401
+
         ours, theirs = multiprocessing.Pipe()
         parent = os.getpid()
         with warnings.catch_warnings():
