@@ -358,7 +358,10 @@ class PageStore:
                     await self._file.sync()
                 except OSError as exc:
                     raise oserror("pages file sync", exc) from exc
-                landed = await self._file.pread_media(back)
+                try:
+                    landed = await self._file.pread_media(back)
+                except OSError as exc:
+                    raise oserror("header page read-back", exc) from exc
             _check_landed(headers, landed)
             self._headers.synced(headers)
             self._applied(rows, deletes)

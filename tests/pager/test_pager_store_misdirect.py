@@ -246,3 +246,22 @@ async def test_write_and_sync_reads_back_in_the_same_call_on_a_real_disk(
         assert await write_and_sync(wrapped, [(2, b"zz")]) == []  # nothing to read back
         assert calls[3:] == ["pwritev", "sync"]
         await f.close()
+
+
+async def test_the_read_back_also_runs_when_the_crash_point_splits_write_and_sync() -> None:
+    with trio.fail_after(10):
+        disk = MemDisk()
+        d = Driver(disk)
+        store = await d.open()
+        hits: list[int] = []
+        disk.land = astray("lost")
+        slots = store.reserve(1)
+        gen = store.next_gen()
+        row = Row(3, gen, slots[0], checksum(3, gen, d.resident[3]))
+        with pytest.raises(StoreError, match="did not land"):
+            await store.persist([row], [d.resident[3]], written=lambda: hits.append(1))
+        assert hits == [1] and 3 not in store.rows
+        disk.land = None
+        await store.persist([row], [d.resident[3]], written=lambda: hits.append(2))
+        assert hits == [1, 2] and store.rows[3] == row
+        await store.close()
