@@ -45,6 +45,13 @@ class DiskFile(Protocol):
         result is the bytes or the error of that read alone."""
         ...
 
+    async def pread_media(self, reads: Sequence[tuple[int, int]]) -> list[bytes | OSError]:
+        """`preadv` from the media: each (size, offset) read as a power loss now would leave
+        it, never a cache's copy of what was written. After a `sync` it tells whether the
+        synced writes landed where they were aimed: a lost or misdirected write reads back
+        the old bytes (`write_and_sync`'s read-back)."""
+        ...
+
     async def pwritev(self, writes: Sequence[tuple[int, bytes]]) -> None:
         """Write each (offset, data) in order, all of each; in one call (one worker thread
         round trip). Not durable until `sync`."""
@@ -113,18 +120,22 @@ class Disk(Protocol):
         ...
 
 
-async def write_and_sync(f: DiskFile, writes: Sequence[tuple[int, bytes]]) -> None:
-    """`f.pwritev(writes)`, then `f.sync()`: in one call where the file offers one
-    (``pwritev_sync``, one worker thread trip instead of two, as `RealDiskFile` does), else
-    as the two calls. Files that lack it (the simulator's, `FileProxy` wrappers, which
-    override the two calls) keep working unchanged; a wrapper passes it on only by
-    defining it itself."""
+async def write_and_sync(
+    f: DiskFile, writes: Sequence[tuple[int, bytes]], back: Sequence[tuple[int, int]] = ()
+) -> list[bytes | OSError]:
+    """`f.pwritev(writes)`, `f.sync()`, then `f.pread_media(back)` (the (size, offset)
+    reads of `back`, from the media; nothing when empty): its result. In one call where
+    the file offers one (``pwritev_sync``, one worker thread trip instead of three, as
+    `RealDiskFile` does), else as the separate calls. Files that lack it (the simulator's,
+    `FileProxy` wrappers, which override the calls) keep working unchanged; a wrapper
+    passes it on only by defining it itself."""
     both = getattr(f, "pwritev_sync", None)
     if both is not None:
-        await both(writes)
-        return
+        got: list[bytes | OSError] = await both(writes, back)
+        return got
     await f.pwritev(writes)
     await f.sync()
+    return await f.pread_media(back) if back else []
 
 
 class FileProxy:
@@ -143,6 +154,9 @@ class FileProxy:
 
     async def preadv(self, reads: Sequence[tuple[int, int]]) -> list[bytes | OSError]:
         return await self.inner.preadv(reads)
+
+    async def pread_media(self, reads: Sequence[tuple[int, int]]) -> list[bytes | OSError]:
+        return await self.inner.pread_media(reads)
 
     async def pwritev(self, writes: Sequence[tuple[int, bytes]]) -> None:
         await self.inner.pwritev(writes)

@@ -2,8 +2,10 @@
 
 Every blocking call runs in a trio worker thread, one thread round trip per call (a whole
 `preadv` or `pwritev` list is one trip; `pwritev_sync`, a disk phase's write and its sync,
-is one trip too). `pread_cached` reads on the event loop with
-RWF_NOWAIT, which never blocks on the disk. The lock is `flock` on ``<root>/lock``, polled
+and its read-back, is one trip too). `pread_cached` reads on the event loop with
+RWF_NOWAIT, which never blocks on the disk. `pread_media` drops the pages from the page
+cache (POSIX_FADV_DONTNEED: clean pages go, so it is meant for synced ones) and reads them
+from the device. The lock is `flock` on ``<root>/lock``, polled
 with trio sleeps for at most `wait` seconds of trio time (flock has no timeout).
 """
 
@@ -23,6 +25,20 @@ LOCK_POLL: Final = 0.05
 
 #: The lock file's name in the root (kept out of `listdir`'s concerns: it is just a file).
 LOCK_NAME: Final = "lock"
+
+
+def _read_media(fd: int, reads: Sequence[tuple[int, int]]) -> list[bytes | OSError]:
+    """Each (size, offset) read from the device: its pages dropped from the page cache
+    first (they must be clean: synced), so the read goes to the device, not to the copy
+    the kernel kept of what was written."""
+    out: list[bytes | OSError] = []
+    for size, offset in reads:
+        try:
+            os.posix_fadvise(fd, offset, size, os.POSIX_FADV_DONTNEED)
+            out.append(os.pread(fd, size, offset))
+        except OSError as exc:
+            out.append(exc)
+    return out
 
 
 def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
@@ -80,17 +96,31 @@ class RealDiskFile:
 
         await trio.to_thread.run_sync(run)
 
-    async def pwritev_sync(self, writes: Sequence[tuple[int, bytes]]) -> None:
-        """`pwritev` then `sync` in one worker thread trip (`pager.disk.write_and_sync`):
-        a disk phase pays one thread hand-off, not two."""
+    async def pread_media(self, reads: Sequence[tuple[int, int]]) -> list[bytes | OSError]:
+        """Each (size, offset) read from the device (`_read_media`), in one worker thread
+        trip."""
+        got = await trio.to_thread.run_sync(_read_media, self._fd, reads)
+        out = list(got)
+        got.clear()  # the worker thread keeps its last result until its next job
+        return out
+
+    async def pwritev_sync(
+        self, writes: Sequence[tuple[int, bytes]], back: Sequence[tuple[int, int]] = ()
+    ) -> list[bytes | OSError]:
+        """`pwritev`, `sync`, then `pread_media(back)`, in one worker thread trip
+        (`pager.disk.write_and_sync`): a disk phase pays one thread hand-off, not three."""
         fd = self._fd
 
-        def run() -> None:
+        def run() -> list[bytes | OSError]:
             for offset, data in writes:
                 _pwrite_all(fd, data, offset)
             os.fdatasync(fd)
+            return _read_media(fd, back) if back else []
 
-        await trio.to_thread.run_sync(run)
+        got = await trio.to_thread.run_sync(run)
+        out = list(got)
+        got.clear()
+        return out
 
     async def sync(self) -> None:
         """fdatasync, in a worker thread."""

@@ -27,11 +27,28 @@ Store rules (DESIGN.md "pager"), each closing a real way to lose a page:
   which changes only after the phase's sync returned: it is read back when it carries the
   crc of the page the last synced phase (or the open) found there, never a failed phase's
   page, and rebuilt from the index otherwise (pager/store_headers.py);
-- a phase's write and its sync are one `write_and_sync` call (one worker thread trip)
-  unless the crash point between them is armed;
+- a phase's header pages are read back from the media once its sync returned
+  (`DiskFile.pread_media`: the page cache's copy dropped first), and a page that does not
+  read back as written fails the phase as a failed sync does: StoreError, the index
+  unchanged (the batch is not evicted, the free not applied). It closes wrong bytes after
+  lost or misdirected header writes: were two writes of one extent's header page lost
+  (the free record of gfn G's old copy, then the record of G paged out again), both
+  syncs would return, and recovery would find the old page's record of G naming a slot
+  that still holds G's old bytes, crc and all: the guest would be served an older
+  generation. With the read-back, each header page a phase relies on was seen on the
+  media, so the page recovery reads is the last phase's (or a damaged one: EIO, honest);
+- a phase's write, its sync and its read-back are one `write_and_sync` call (one worker
+  thread trip) unless the crash point between the write and the sync is armed;
 - one process per store (the disk's lock, waited for with a bound);
 - the store records the hv `instance` (meta.json, and a tag in every record, so that a
   lost meta.json loses nothing); a store of another instance is set aside.
+
+What no disk-only scheme closes: a header page that read back correct and is lost later
+(a drive that answers the read-back from a volatile cache, then drops the write, or
+reverts the sector). Recovery would then again find an older record whose slot's crc
+matches. Only hv can tell: it would have to remember the generation of each evicted copy
+and the pager check a record's generation against it at recovery, a protocol change
+(PROTOCOL.md), not made here.
 """
 
 from __future__ import annotations
@@ -290,11 +307,12 @@ class PageStore:
     ) -> None:
         """Make `rows` (whose data is `pages`) durable and free the rows `deletes` names by
         (gfn, gen), in one disk phase: the data slots and the header pages of their extents
-        in one `pwritev`, `written()` (a crash point), then one sync (without `written`,
-        the write and the sync in one `write_and_sync` call). Then, and only then,
-        the in-memory index changes. StoreError (and no change) if the phase failed, or if a
-        row's slot is named by a row already (a bookkeeping bug: writing would lose that
-        row's page)."""
+        in one `pwritev`, `written()` (a crash point), then one sync, then the header pages
+        read back from the media (without `written`, the three in one `write_and_sync`
+        call). Then, and only then, the in-memory index changes. StoreError (and no
+        change) if the phase failed, a header page read back other bytes than written
+        included, or if a row's slot is named by a row already (a bookkeeping bug:
+        writing would lose that row's page)."""
         if twice := [r.slot for r in rows if self._named(r.slot) or not is_slot(r.slot)]:
             raise StoreError(f"slots {twice[:8]} are named already, or no slots", _errno.EIO)
         async with self._phase:
@@ -324,9 +342,10 @@ class PageStore:
                 [(slot_offset(r.slot), p) for r, p in zip(rows, pages, strict=True)]
                 + [(header_offset(e), bytes(h)) for e, h in headers.items()]
             )
-            if written is None:  # the write and its sync in one call (one thread trip)
+            back = [(SLOT_SIZE, header_offset(e)) for e in headers]
+            if written is None:  # write, sync, read-back in one call (one thread trip)
                 try:
-                    await write_and_sync(self._file, writes)
+                    landed = await write_and_sync(self._file, writes, back)
                 except OSError as exc:
                     raise oserror("slot write and sync", exc) from exc
             else:
@@ -339,6 +358,11 @@ class PageStore:
                     await self._file.sync()
                 except OSError as exc:
                     raise oserror("pages file sync", exc) from exc
+                try:
+                    landed = await self._file.pread_media(back)
+                except OSError as exc:
+                    raise oserror("header page read-back", exc) from exc
+            _check_landed(headers, landed)
             self._headers.synced(headers)
             self._applied(rows, deletes)
 
@@ -395,6 +419,19 @@ class PageStore:
                 return None
             out.append(_verified(r, data))
         return out
+
+
+def _check_landed(headers: dict[int, bytearray], landed: Sequence[bytes | OSError]) -> None:
+    """StoreError (EIO) unless every header page written reads back from the media as it
+    was written (`headers`, extent -> page, in the order of `landed`): a phase whose
+    header page did not land has failed, as if its sync had."""
+    for (e, page), got in zip(headers.items(), landed, strict=True):
+        if isinstance(got, OSError) or got != page:
+            what = got if isinstance(got, OSError) else "other bytes than written"
+            log.warning("store.header_not_landed", extent=e, got=str(what))
+            raise StoreError(
+                f"the header page of extent {e} did not land: read back {what}", _errno.EIO
+            )
 
 
 def _verified(r: Row, data: bytes) -> bytes | StoreError:

@@ -10,6 +10,8 @@ so that ``@N`` counts page-out passes as before):
 - ``store.read``: each slot read (each element of a `preadv`; header pages, read at open,
   are not slot reads) raises, or with ``corrupt`` returns the bytes with one flipped.
   `pread_cached` returns None while read faults are armed, so that every read passes here.
+  A phase's read-back of its header pages (`pread_media`) passes through unfaulted, as
+  header page reads do.
 """
 
 from __future__ import annotations

@@ -21,6 +21,11 @@ if TYPE_CHECKING:
     from .world import World
 
 #: Disk faults that destroy a copy for good: a page lost to them (EIO) is an honest outcome.
+#: Not their only possible outcome: a misdirected (or lost) header page write leaves the
+#: page's previous records on the media, and a record of an older generation whose slot
+#: still holds its bytes would be served after a restart (wrong bytes) were the store not
+#: to read each phase's header pages back from the media after its sync (pager/store.py).
+#: Wrong reads stay a failure, with or without media faults.
 MEDIA_FAULTS: Final = ("latent", "misdirect", "eio_read")
 
 

@@ -120,6 +120,16 @@ def _apply(buf: bytearray, change: tuple[int, bytes] | int) -> None:
     buf[off : off + len(data)] = data
 
 
+def _touched(pending: list[tuple[int, bytes] | int], offset: int, size: int) -> bool:
+    """True if an unsynced write or truncate touches [offset, offset + size)."""
+    for change in pending:
+        if isinstance(change, int) or (
+            change[0] < offset + size and offset < change[0] + len(change[1])
+        ):
+            return True
+    return False
+
+
 class SimLock:
     """The disk's exclusive lock, held until `release` (or the holder's crash)."""
 
@@ -170,6 +180,20 @@ class SimFile:
         for size, offset in reads:
             try:
                 out.append(self._disk._read(node, self.name, size, offset))
+            except OSError as exc:
+                out.append(exc)
+        return out
+
+    async def pread_media(self, reads: Sequence[tuple[int, int]]) -> list[bytes | OSError]:
+        """`preadv` of the durable bytes (what a power loss now leaves), not of what reads
+        see: a misdirected write is not where it was aimed. As the real call (dirty pages
+        stay cached), a range that unsynced changes touch reads as `pread` does."""
+        await trio.lowlevel.checkpoint()
+        node = self._live()
+        out: list[bytes | OSError] = []
+        for size, offset in reads:
+            try:
+                out.append(self._disk._read(node, self.name, size, offset, media=True))
             except OSError as exc:
                 out.append(exc)
         return out
@@ -346,11 +370,14 @@ class SimDisk:
 
     # ------------------------------------------------------------------ file I/O
 
-    def _read(self, node: _File, name: str, size: int, offset: int) -> bytes:
+    def _read(
+        self, node: _File, name: str, size: int, offset: int, *, media: bool = False
+    ) -> bytes:
         if self.faults.eio_read and self.rng.random() < self.faults.eio_read:
             self._fault("eio_read", name, offset=offset)
             raise _oserror(_errno.EIO, f"read of {name}")
-        data = bytes(node.data[offset : offset + size])
+        dirty = media and _touched(node.pending, offset, size)
+        data = bytes((node.durable if media and not dirty else node.data)[offset : offset + size])
         if node.bad and data:
             first, last = offset // SECTOR, (offset + len(data) - 1) // SECTOR
             hit = sorted(s for s in node.bad if first <= s <= last)

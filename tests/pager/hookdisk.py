@@ -1,4 +1,5 @@
-"""A `Disk` wrapper for pager tests: counts the pages file's operations, can hold a sync
+"""A `Disk` wrapper for pager tests: counts the pages file's operations (media read-backs
+apart from reads), can hold a sync
 (until the test lets it go) and can refuse the page-cache path."""
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ class HookedFile(FileProxy):
         self.disk.reads += len(reads)
         return await self.inner.preadv(reads)
 
+    async def pread_media(self, reads: Sequence[tuple[int, int]]) -> list[bytes | OSError]:
+        self.disk.media_reads += len(reads)
+        return await self.inner.pread_media(reads)
+
     async def pwritev(self, writes: Sequence[tuple[int, bytes]]) -> None:
         self.disk.writes += 1
         await self.inner.pwritev(writes)
@@ -42,7 +47,7 @@ class HookedDisk(DiskProxy):
     def __init__(self, inner: Disk, *, no_cache: bool = False) -> None:
         super().__init__(inner)
         self.no_cache = no_cache
-        self.reads = self.writes = self.syncs = 0
+        self.reads = self.writes = self.syncs = self.media_reads = 0
         self.before_sync: Callable[[], Awaitable[None]] | None = None
 
     def wrap(self, name: str, f: DiskFile) -> DiskFile:

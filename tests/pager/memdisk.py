@@ -5,15 +5,18 @@ last sync. Per directory: the names a reader sees and the durable names. A `powe
 throws away what was not synced, or (``keep="random"``) keeps a random subset of the
 unsynced writes of each file, in order, tearing one kept write at a 512-byte boundary.
 `crash_in(n)` makes the n-th disk operation from now raise `PowerCut` before it runs: a
-crash at a random instant. (The simulator's disk, in sim/, is another one; this one only
-serves the store's tests.)
+crash at a random instant. `land` (a hook) can lose or misdirect writes: what it returns
+lands, on what reads see and on the media alike, as the simulator's misdirected writes
+do. `pread_media` reads the durable bytes (but a range an unsynced change touches reads
+as `pread` does: the kernel drops no dirty page from its cache). (The simulator's disk,
+in sim/, is another one; this one only serves the store's tests.)
 """
 
 from __future__ import annotations
 
 import errno
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import trio
@@ -76,12 +79,28 @@ class MemFile:
             for size, off in reads
         ]
 
+    async def pread_media(self, reads: Sequence[tuple[int, int]]) -> list[bytes | OSError]:
+        self._check()
+        self.disk.media_reads += len(reads)
+        out: list[bytes | OSError] = []
+        for size, off in reads:
+            dirty = any(
+                kind == "t" or (at < off + size and off < at + len(data))
+                for kind, at, data in self.inode.pending
+            )
+            buf = self.inode.data if dirty else self.inode.durable
+            out.append(bytes(self.disk.read_filter(self.name, off, buf[off : off + size])))
+        return out
+
     async def pwritev(self, writes: Sequence[tuple[int, bytes]]) -> None:
         self._check()
+        land = self.disk.land
         for offset, data in writes:
-            op = ("w", offset, bytes(data))
-            _apply(self.inode.data, op)
-            self.inode.pending.append(op)
+            pieces = [(offset, bytes(data))] if land is None else land(self.name, offset, data)
+            for at, piece in pieces:
+                op = ("w", at, bytes(piece))
+                _apply(self.inode.data, op)
+                self.inode.pending.append(op)
 
     async def sync(self) -> None:
         self._check()
@@ -123,7 +142,10 @@ class MemDisk:
         self.countdown: int | None = None
         self.syncs = 0
         self.reads = 0
+        self.media_reads = 0
         self.no_cache = False
+        #: (name, offset, data) -> the (offset, bytes) pieces that land (None: all, in place).
+        self.land: Callable[[str, int, bytes], list[tuple[int, bytes]]] | None = None
         self.corrupt: dict[str, set[int]] = {}  # name -> offsets whose byte reads flipped
 
     # -- faults ------------------------------------------------------------------------
