@@ -44,12 +44,17 @@ class BenchStack:
         self.nr_gfns = 0
         self._pagers = 0
 
-    async def start_hv(self, nr_gfns: int, vcpus: int, *, ring_size: int = 64) -> None:
-        """Start hv and wait until both sockets answer a hello."""
+    async def start_hv(
+        self, nr_gfns: int, vcpus: int, *, ring_size: int = 64, ring_mode: str | None = None
+    ) -> None:
+        """Start hv and wait until both sockets answer a hello (`ring_mode`: hv's
+        `--ring-mode`, its default when None)."""
         self.nr_gfns = nr_gfns
         argv = [sys.executable, "-m", "hv", "--run-dir", str(self.run_dir)]
         argv += ["--nr-gfns", str(nr_gfns), "--vcpus", str(vcpus)]
         argv += ["--ring-size", str(ring_size), "--log-level", "warning"]
+        if ring_mode is not None:
+            argv += ["--ring-mode", ring_mode]
         self.hv = self.children.add(f"{self.name}-hv", self._profiled(f"{self.name}-hv", argv))
         await self.hv.start()
         with trio.move_on_after(30) as waited:
@@ -186,14 +191,20 @@ def children_of(pid: int) -> list[int]:
 
 @contextlib.asynccontextmanager
 async def open_stack(
-    work: Path, name: str, nr_gfns: int, vcpus: int, profile: Path | None = None
+    work: Path,
+    name: str,
+    nr_gfns: int,
+    vcpus: int,
+    profile: Path | None = None,
+    *,
+    ring_mode: str | None = None,
 ) -> AsyncIterator[BenchStack]:
     """hv started and a control connection open; every child reaped on exit."""
     run_dir = work / name
     run_dir.mkdir()
     async with open_children(run_dir) as children:
         stack = BenchStack(children, run_dir, name, profile)
-        await stack.start_hv(nr_gfns, vcpus)
+        await stack.start_hv(nr_gfns, vcpus, ring_mode=ring_mode)
         async with open_unix_client(str(run_dir / "privcmd.sock"), "control") as control:
             await control.hello()
             stack.control = control
