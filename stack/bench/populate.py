@@ -48,9 +48,10 @@ def cpu_seconds(pid: int) -> float:
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
         for task in tasks:
-            with contextlib.suppress(FileNotFoundError), open(
-                f"/proc/{pid}/task/{task}/schedstat"
-            ) as f:
+            with (
+                contextlib.suppress(FileNotFoundError),
+                open(f"/proc/{pid}/task/{task}/schedstat") as f,
+            ):
                 total += int(f.read().split()[0])
         return total / 1e9
     except OSError:
@@ -142,6 +143,7 @@ async def _bench_mode(
             "pager": _python_pid(stack, pager.pid),
             "guest": os.getpid(),
         }
+        await stack.profile_guest()  # this process is the guest (under `--profile`)
         async with open_unix_client(str(stack.run_dir / "guest.sock"), "guest") as guest:
             await guest.hello(1)
 
