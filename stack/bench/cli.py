@@ -46,7 +46,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--profile",
         type=Path,
-        help="record hv and pager processes with py-spy (must be installed) into this dir",
+        help="record hv, pager and guest with py-spy (the profile extra) into this dir: raw"
+        " stacks (profile-summary) and one flame graph SVG per process",
     )
 
 
@@ -92,7 +93,10 @@ def main(args: argparse.Namespace) -> int:
     )
     if args.profile is not None:
         if not Path(sys.executable).with_name("py-spy").exists():
-            print("xpemu: error: --profile needs py-spy in the venv", file=sys.stderr)
+            print(
+                "xpemu: error: --profile needs py-spy in the venv (pip install '.[profile]')",
+                file=sys.stderr,
+            )
             return 2
         args.profile.mkdir(parents=True, exist_ok=True)
 

@@ -43,7 +43,7 @@ class Sizes:
     policy_gfns: int
     policy_capacity: int
     policy_len: int
-    vcpu_counts: tuple[int, ...] = (4, 16)
+    vcpu_counts: tuple[int, ...] = (1, 4, 16)
 
 
 QUICK: Final = Sizes(

@@ -1,7 +1,16 @@
-"""Bench section 2, populate: a guest read of a paged gfn until its data returns."""
+"""Bench section 2, populate: a guest read of a paged gfn until its data returns.
+
+Both ring modes (hv's `--ring-mode`, each at its default settings) and each vCPU count of
+the sizes, in one table: page-ins/s next to an echo with as many callers, measured on the
+same connection pattern in the same run, and the CPU time each process spends per page-in
+next to the echo's CPU time per round trip (CPU time hardly moves with the other load of a
+shared machine; wall time does).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -10,40 +19,115 @@ from typing import Any, Final
 
 import trio
 
-from protocol import PAGE_SIZE, P2MType
+from protocol import PAGE_SIZE, P2MType, RingMode
 from transport import Client, open_unix_client
 
 from ..benchlib import (
-    median,
     open_echo,
     percentile,
     round_trips,
 )
 from .floor import med_runs
 from .options import BenchError, Sizes
-from .procs import open_stack
+from .procs import BenchStack, children_of, open_stack
 
 #: Blocks of echo round trips interleaved with each run of populates (the floor beside it).
 POP_BLOCKS: Final = 5
+
+#: The ring modes measured, each at hv's default settings (the first is hv's default).
+RING_MODES: Final = (RingMode.reattach.value, RingMode.xen.value)
+
+#: The processes whose CPU time a page-in costs (the guest is this bench process).
+CPU_PROCS: Final = ("hv", "pager", "guest")
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time `pid` has used so far, every thread: the scheduler's nanosecond clock
+    (/proc/PID/task/*/schedstat), or utime+stime of /proc/PID/stat (10 ms ticks) without it."""
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+        for task in tasks:
+            with (
+                contextlib.suppress(FileNotFoundError),
+                open(f"/proc/{pid}/task/{task}/schedstat") as f,
+            ):
+                total += int(f.read().split()[0])
+        return total / 1e9
+    except OSError:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds of named processes between `start` and `stop`."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self._t0: dict[str, float] = {}
+
+    def start(self) -> None:
+        self._t0 = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+
+    def stop(self) -> dict[str, float]:
+        return {name: cpu_seconds(pid) - self._t0[name] for name, pid in self.pids.items()}
+
+
+def _python_pid(stack: BenchStack, pid: int) -> int:
+    """The Python process of a child: itself, or py-spy's child under `--profile`."""
+    if stack.profile is None:
+        return pid
+    kids = children_of(pid)
+    if not kids:
+        raise BenchError(f"no profiled process under py-spy {pid}")
+    return kids[0]
+
+
+def _echo_pid() -> int:
+    """The echo process `open_echo` started (a child of this process)."""
+    for pid in children_of(os.getpid()):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/cmdline", "rb") as f:
+            if b"stack.benchlib" in f.read():
+                return pid
+    raise BenchError("the echo process is not a child of the bench")
 
 
 async def bench_populate(
     sizes: Sizes, work: Path, say: Callable[[str], None], profile: Path | None = None
 ) -> dict[str, Any]:
-    """Populate latency with one vCPU and page-ins/s with several, on real processes.
+    """Populate latency with one vCPU and page-ins/s with each vCPU count, on real
+    processes, for each ring mode; the first mode's figures also at the top level.
 
     The pager holds the target: after each page-in it pages one other gfn out. The
-    one-vCPU samples wait for that to finish before the next read, so each sample is one
-    populate against an otherwise idle pager; the many-vCPU runs do not wait (page-outs
-    run alongside, as they would in a guest at its target).
+    one-vCPU latency samples wait for that to finish before the next read, so each sample
+    is one populate against an otherwise idle pager; the page-ins/s runs do not wait
+    (page-outs run alongside, as they would in a guest at its target, and their CPU time
+    is in the pager's CPU per page-in).
     """
+    modes: dict[str, Any] = {}
+    for mode in RING_MODES:
+        say(f"  ring mode {mode}:")
+        modes[mode] = await _bench_mode(sizes, work, say, profile, mode)
+    first = modes[RING_MODES[0]]
+    out: dict[str, Any] = {k: first[k] for k in ("paged", "nr_gfns", "read_len", "latency")}
+    for v in sizes.vcpu_counts:
+        out[f"pageins_per_s_{v}vcpu"] = first["vcpus"][v]["pageins_per_s"]
+    out["modes"] = modes
+    return out
+
+
+async def _bench_mode(
+    sizes: Sizes, work: Path, say: Callable[[str], None], profile: Path | None, mode: str
+) -> dict[str, Any]:
     per_run = sizes.pop_samples + sizes.pop_warm
     need = sizes.repeats * (per_run + len(sizes.vcpu_counts) * sizes.par_reads)
     paged_n = need + 64
     nr = paged_n + 4096
     vcpus = max(sizes.vcpu_counts)
     out: dict[str, Any] = {"paged": paged_n, "nr_gfns": nr, "read_len": PAGE_SIZE}
-    async with open_stack(work, "populate", nr, vcpus, profile) as stack:
+    name = "populate" if mode == RING_MODES[0] else f"populate-{mode}"
+    async with open_stack(work, name, nr, vcpus, profile, ring_mode=mode) as stack:
         pager = await stack.start_pager(stack.pager_argv(batch=256))
         await stack.wait_attached(pager)
         await stack.set_target(nr - paged_n)
@@ -53,6 +137,13 @@ async def bench_populate(
         if len(paged) < need:
             raise BenchError(f"only {len(paged)} gfns paged, {need} needed")
         random.Random(7).shuffle(paged)  # no help from the store's slot order
+        assert stack.hv is not None and stack.hv.pid is not None and pager.pid is not None
+        pids = {
+            "hv": _python_pid(stack, stack.hv.pid),
+            "pager": _python_pid(stack, pager.pid),
+            "guest": os.getpid(),
+        }
+        await stack.profile_guest()  # this process is the guest (under `--profile`)
         async with open_unix_client(str(stack.run_dir / "guest.sock"), "guest") as guest:
             await guest.hello(1)
 
@@ -67,6 +158,7 @@ async def bench_populate(
             # populates, so that both see the machine in the same state (this VM's speed
             # moves by 20% and more within minutes; the floor section runs minutes away).
             async with open_echo() as echo:
+                echo_cpu = CpuMeter({"echo": _echo_pid(), "guest": os.getpid()})
                 await round_trips(echo, sizes.floor_n // 10, PAGE_SIZE)  # warm-up
                 block = -(-per_run // POP_BLOCKS)  # populates per block, rounded up
                 for r in range(sizes.repeats):
@@ -91,16 +183,40 @@ async def bench_populate(
                         f" p99 {run['p99_us']:.0f} µs; echo beside it p50"
                         f" {run['floor_p50_us']:.0f} µs, p99 {run['floor_p99_us']:.0f} µs"
                     )
-            out["latency"] = med_runs(lat_runs, list(lat_runs[0]))  # the echo's too
-            for v in sizes.vcpu_counts:
-                rates = []
-                for _ in range(sizes.repeats):
-                    gfns = [paged.pop() for _ in range(sizes.par_reads)]
-                    rates.append(await _parallel_reads(guest, gfns, v))
-                    await settled()
-                out[f"pageins_per_s_{v}vcpu"] = median(rates)
-                out[f"pageins_per_s_{v}vcpu_runs"] = rates
-                say(f"  {v} vCPUs: {median(rates):.0f} page-ins/s")
+                out["latency"] = med_runs(lat_runs, list(lat_runs[0]))  # the echo's too
+                out["vcpus"] = {}
+                for v in sizes.vcpu_counts:
+                    runs = []
+                    for _ in range(sizes.repeats):
+                        # The echo with as many callers first, then the page-ins: each
+                        # measured with its processes' CPU time.
+                        echo_cpu.start()
+                        echo_rate, n_echo = await _parallel_echo(echo, sizes.floor_n, v)
+                        e_cpu = echo_cpu.stop()
+                        gfns = [paged.pop() for _ in range(sizes.par_reads)]
+                        meter = CpuMeter(pids)
+                        meter.start()
+                        rate = await _parallel_reads(guest, gfns, v)
+                        cpu = meter.stop()
+                        runs.append(
+                            {
+                                "pageins_per_s": rate,
+                                "echo_per_s": echo_rate,
+                                **{f"cpu_us_{p}": cpu[p] / len(gfns) * 1e6 for p in CPU_PROCS},
+                                "echo_cpu_us_echo": e_cpu["echo"] / n_echo * 1e6,
+                                "echo_cpu_us_guest": e_cpu["guest"] / n_echo * 1e6,
+                            }
+                        )
+                        await settled()
+                    row = med_runs(runs, list(runs[0]))
+                    out["vcpus"][v] = row
+                    cpu_s = "+".join(f"{row[f'cpu_us_{p}']:.0f}" for p in CPU_PROCS)
+                    say(
+                        f"  {v} vCPUs: {row['pageins_per_s']:.0f} page-ins/s"
+                        f" ({row['echo_per_s']:.0f} echo/s, {v} callers);"
+                        f" CPU/page-in {cpu_s} µs (hv+pager+guest), echo CPU/rt"
+                        f" {row['echo_cpu_us_echo']:.0f}+{row['echo_cpu_us_guest']:.0f} µs"
+                    )
         out["pager_log"] = str(pager.log_path)
     return out
 
@@ -128,3 +244,19 @@ async def _parallel_reads(guest: Client, gfns: Sequence[int], vcpus: int) -> flo
         for v in range(vcpus):
             nursery.start_soon(vcpu, v)
     return len(gfns) / (time.perf_counter() - t0)
+
+
+async def _parallel_echo(echo: Client, n: int, callers: int) -> tuple[float, int]:
+    """`callers` tasks make `n` echo round trips between them on one connection, as
+    `_parallel_reads` does its page-ins: (round trips per second, n)."""
+    left = iter(range(n))
+
+    async def caller(v: int) -> None:
+        for _ in left:
+            await echo.call("read", vcpu=v, gfn=0, off=0, len=PAGE_SIZE)
+
+    t0 = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for v in range(callers):
+            nursery.start_soon(caller, v)
+    return n / (time.perf_counter() - t0), n

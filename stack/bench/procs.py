@@ -16,6 +16,7 @@ from protocol import MAX_AUDIT_COUNT
 from transport import Client, open_unix_client
 
 from ..procs import Child, ChildSet, open_children
+from .flame import write_flamegraph
 from .options import BenchError
 
 #: Seconds any one wait on the stack may take before the bench gives up with an error.
@@ -23,6 +24,9 @@ STEP_TIMEOUT: Final = 300.0
 
 #: Seconds between two polls of hv's counters (a poll is one control round trip).
 POLL: Final = 0.002
+
+#: Samples per second of `--profile`'s py-spy recorders.
+PROFILE_RATE: Final = 250
 
 #: Poll interval of waits that take a second or more (at most 1% of the figure).
 POLL_LONG: Final = 0.01
@@ -35,7 +39,7 @@ class BenchStack:
         self, children: ChildSet, run_dir: Path, name: str, profile: Path | None = None
     ) -> None:
         self.children = children
-        self.profile = profile  # py-spy records hv and pager here (raw collapsed stacks)
+        self.profile = profile  # py-spy records hv, pager, guest here (raw stacks and SVG)
         self.run_dir = run_dir
         self.name = name
         self.state_dir = run_dir / "state"
@@ -43,13 +47,19 @@ class BenchStack:
         self.control: Client | None = None
         self.nr_gfns = 0
         self._pagers = 0
+        self._guest_spy: Child | None = None
 
-    async def start_hv(self, nr_gfns: int, vcpus: int, *, ring_size: int = 64) -> None:
-        """Start hv and wait until both sockets answer a hello."""
+    async def start_hv(
+        self, nr_gfns: int, vcpus: int, *, ring_size: int = 64, ring_mode: str | None = None
+    ) -> None:
+        """Start hv and wait until both sockets answer a hello (`ring_mode`: hv's
+        `--ring-mode`, its default when None)."""
         self.nr_gfns = nr_gfns
         argv = [sys.executable, "-m", "hv", "--run-dir", str(self.run_dir)]
         argv += ["--nr-gfns", str(nr_gfns), "--vcpus", str(vcpus)]
         argv += ["--ring-size", str(ring_size), "--log-level", "warning"]
+        if ring_mode is not None:
+            argv += ["--ring-mode", ring_mode]
         self.hv = self.children.add(f"{self.name}-hv", self._profiled(f"{self.name}-hv", argv))
         await self.hv.start()
         with trio.move_on_after(30) as waited:
@@ -95,24 +105,46 @@ class BenchStack:
         await child.start()
         return child
 
+    def _spy(self, name: str) -> list[str]:
+        assert self.profile is not None
+        out = str(self.profile / f"{name}.txt")
+        spy = str(Path(sys.executable).with_name("py-spy"))
+        return [spy, "record", "--format", "raw", "--rate", str(PROFILE_RATE), "--output", out]
+
     def _profiled(self, name: str, argv: list[str]) -> list[str]:
         if self.profile is None:
             return argv
-        out = str(self.profile / f"{name}.txt")
-        spy = str(Path(sys.executable).with_name("py-spy"))
-        return [spy, "record", "--format", "raw", "--rate", "250", "--output", out, "--", *argv]
+        return [*self._spy(name), "--", *argv]
+
+    async def profile_guest(self) -> None:
+        """Under `--profile`: py-spy records this process too, the guest of the bench's
+        reads (its `guest.sock` client), until `stop_profiled`."""
+        if self.profile is None:
+            return
+        name = f"{self.name}-guest"
+        self._guest_spy = self.children.add(
+            f"{name}-py-spy", [*self._spy(name), "--pid", str(os.getpid())]
+        )
+        await self._guest_spy.start()
 
     async def stop_profiled(self) -> None:
-        """Stop each profiled child's Python process (not py-spy, which then writes out)."""
+        """Stop each profiled child's Python process (not py-spy, which then writes out),
+        and the guest's recorder (SIGINT: py-spy writes out and exits); then a flame graph
+        (SVG) beside each raw profile of this stack."""
         if self.profile is None:
             return
         for child in self.children.children.values():
-            if child.running and child.argv[0].endswith("py-spy") and child.pid is not None:
-                for pid in children_of(child.pid):
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGTERM)
-                with trio.move_on_after(30):
-                    await child.wait()
+            if not (child.running and child.argv[0].endswith("py-spy") and child.pid):
+                continue
+            if child is self._guest_spy:
+                child.send_signal(signal.SIGINT)
+            for pid in children_of(child.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+            with trio.move_on_after(30):
+                await child.wait()
+        for raw in sorted(self.profile.glob(f"{self.name}-*.txt")):
+            write_flamegraph(raw, raw.with_suffix(".svg"))
 
     async def counters(self) -> dict[str, Any]:
         """tot_pages, target, paged_pages of domain 1 (a control `audit` of no gfn)."""
@@ -186,14 +218,20 @@ def children_of(pid: int) -> list[int]:
 
 @contextlib.asynccontextmanager
 async def open_stack(
-    work: Path, name: str, nr_gfns: int, vcpus: int, profile: Path | None = None
+    work: Path,
+    name: str,
+    nr_gfns: int,
+    vcpus: int,
+    profile: Path | None = None,
+    *,
+    ring_mode: str | None = None,
 ) -> AsyncIterator[BenchStack]:
     """hv started and a control connection open; every child reaped on exit."""
     run_dir = work / name
     run_dir.mkdir()
     async with open_children(run_dir) as children:
         stack = BenchStack(children, run_dir, name, profile)
-        await stack.start_hv(nr_gfns, vcpus)
+        await stack.start_hv(nr_gfns, vcpus, ring_mode=ring_mode)
         async with open_unix_client(str(run_dir / "privcmd.sock"), "control") as control:
             await control.hello()
             stack.control = control

@@ -34,7 +34,9 @@ def table_rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             ("round trip p99 (echo, 4 KiB read)", f"{floor['p99_us']:.0f} µs", "(the floor)", "")
         )
     pop = res.get("populate")
-    if pop:
+    if pop and "modes" in pop:
+        rows += _populate_rows(pop["modes"])
+    elif pop:
         lat = pop["latency"]
         # The echo measured between the populates when there is one (results before it
         # had only the floor section's, measured minutes apart).
@@ -153,6 +155,45 @@ def table_rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                         )
                     )
     return rows + lazyfs_rows(res) + sim_rows(res) + campaign_rows(res)
+
+
+def _populate_rows(modes: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """Each ring mode's populate latency, page-ins/s and CPU per page-in, each next to the
+    echo measured beside it (same run, same number of callers)."""
+    rows: list[tuple[str, str, str, str]] = []
+    for mode, m in modes.items():
+        lat = m["latency"]
+        for q in ("p50", "p99"):
+            f = lat[f"floor_{q}_us"]
+            rows.append(
+                (
+                    f"populate {q}, 1 vCPU, {mode}",
+                    f"{lat[f'{q}_us']:.0f} µs",
+                    f"{f:.0f} µs (beside)",
+                    _ratio(lat[f"{q}_us"], f),
+                )
+            )
+        for v, row in sorted(m["vcpus"].items(), key=lambda kv: int(kv[0])):
+            callers = f"{v} caller{'s' if int(v) > 1 else ''}"
+            rows.append(
+                (
+                    f"page-ins/s, {v} vCPU{'s' if int(v) > 1 else ''}, {mode}",
+                    f"{row['pageins_per_s']:.0f}/s",
+                    f"{row['echo_per_s']:.0f} echo/s, {callers}",
+                    _ratio(row["pageins_per_s"], row["echo_per_s"]),
+                )
+            )
+            hv, pager, guest = (row[f"cpu_us_{p}"] for p in ("hv", "pager", "guest"))
+            echo, caller = row["echo_cpu_us_echo"], row["echo_cpu_us_guest"]
+            rows.append(
+                (
+                    "  CPU/page-in (hv+pager+guest)",
+                    f"{hv + pager + guest:.0f} µs ({hv:.0f}+{pager:.0f}+{guest:.0f})",
+                    f"{echo + caller:.0f} µs/rt ({echo:.0f}+{caller:.0f})",
+                    _ratio(hv + pager + guest, echo + caller),
+                )
+            )
+    return rows
 
 
 def render_table(res: dict[str, Any]) -> str:

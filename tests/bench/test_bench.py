@@ -147,6 +147,44 @@ def test_table_puts_each_figure_next_to_its_floor() -> None:
     assert len({len(line) for line in text.splitlines()[1:3]}) == 1  # header and rule align
 
 
+def _mode(pageins: float, cpu: tuple[float, float, float]) -> dict:
+    return {
+        "latency": {"p50_us": 600.0, "p99_us": 900.0, "floor_p50_us": 200.0, "floor_p99_us": 300.0},
+        "vcpus": {
+            16: {
+                "pageins_per_s": pageins,
+                "echo_per_s": 20000.0,
+                "cpu_us_hv": cpu[0],
+                "cpu_us_pager": cpu[1],
+                "cpu_us_guest": cpu[2],
+                "echo_cpu_us_echo": 20.0,
+                "echo_cpu_us_guest": 30.0,
+            }
+        },
+    }
+
+
+def test_table_has_each_ring_mode_and_the_cpu_per_pagein_beside_the_echo() -> None:
+    modes = {"reattach": _mode(5000.0, (100.0, 150.0, 50.0)), "xen": _mode(4000.0, (1, 2, 3))}
+    res = {**RESULT, "populate": {**RESULT["populate"], "modes": modes}}
+    rows = table_rows(res)
+    by_name = {r[0]: r[1:] for r in rows}
+    assert by_name["populate p50, 1 vCPU, reattach"] == ("600 µs", "200 µs (beside)", "3.00x")
+    assert by_name["populate p99, 1 vCPU, xen"] == ("900 µs", "300 µs (beside)", "3.00x")
+    assert by_name["page-ins/s, 16 vCPUs, reattach"] == (
+        "5000/s",
+        "20000 echo/s, 16 callers",
+        "0.25x",
+    )
+    assert by_name["page-ins/s, 16 vCPUs, xen"][2] == "0.20x"
+    names = [r[0] for r in rows]
+    # The CPU row follows its page-ins/s row: hv+pager+guest against echo+caller.
+    cpu = rows[names.index("page-ins/s, 16 vCPUs, reattach") + 1]
+    assert cpu[1:] == ("300 µs (100+150+50)", "50 µs/rt (20+30)", "6.00x")
+    assert cpu[0] == "  CPU/page-in (hv+pager+guest)"
+    assert "populate p50, 1 vCPU" not in by_name  # one table: the per-mode rows only
+
+
 def _without_beside(res: dict) -> dict:
     """A result as benches before the interleaved echo wrote it."""
     lat = {k: v for k, v in res["populate"]["latency"].items() if not k.startswith("floor_")}
@@ -233,6 +271,11 @@ async def test_process_sections_run_and_leave_no_child(tmp_path: Path) -> None:
     assert res["populate"]["latency"]["p50_us"] > 0
     assert res["populate"]["latency"]["floor_p50_us"] > 0  # the echo between the populates
     assert res["populate"]["pageins_per_s_4vcpu"] > 0
+    for mode in ("reattach", "xen"):  # both ring modes, each with its processes' CPU time
+        row = res["populate"]["modes"][mode]["vcpus"][4]
+        assert row["pageins_per_s"] > 0 and row["echo_per_s"] > 0
+        assert min(row["cpu_us_hv"], row["cpu_us_pager"], row["cpu_us_guest"]) > 0
+        assert row["echo_cpu_us_echo"] > 0 and row["echo_cpu_us_guest"] > 0
     rec = res["recovery"][300]
     assert len(rec["runs_s"]) == 1 and rec["start_to_first_served_s"] > 0
     assert rec["pager_recover_s"] > 0  # parsed from the new pager's own log
