@@ -68,7 +68,10 @@ async def test_profile_writes_one_flame_graph_per_process(tmp_path: Path) -> Non
 
 
 def test_profile_without_py_spy_is_one_line_and_status_2(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    structlog_restored: None,  # `xpemu bench` configures logging onto capsys's stream
 ) -> None:
     monkeypatch.setattr(sys, "executable", str(tmp_path / "bin" / "python"))
     assert xpemu_main(["bench", "--only", "populate", "--profile", str(tmp_path / "p")]) == 2
