@@ -182,3 +182,15 @@ async def test_the_recorder_seals_blocks_in_a_worker_thread_and_on_a_timer(
     assert got == [(g, v, int(w), o) for g, v, w, o in expected]
     rec.close()
     assert read_trace(path).info["blocks"] == 3  # nothing left to seal
+
+
+def test_the_trace_cost_benchmark_runs_small(tmp_path: Path) -> None:
+    from stack.bench import trace_cost
+
+    rows = trace_cost.size_rows([], 3000)
+    assert [name for name, _, _ in rows] == ["zipf", "random"]
+    # Compressed: well under XPTRACE1's 12 bytes, and above the header alone.
+    assert all(64 < size < 6 * n for _, n, size in rows)
+    stalls = trace_cost.stall_rows(65_536, 1)  # one full block each way
+    assert sorted(stalls) == sorted(trace_cost.MODES)
+    assert all(len(runs) == 1 and runs[0][0] > 0 for runs in stalls.values())
