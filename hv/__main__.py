@@ -81,6 +81,9 @@ async def _run(hv: Hypervisor, run_dir: str) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(serve, hv, run_dir)
+            recorder = hv.domains[1].recorder
+            if recorder is not None:  # --record-trace: blocks sealed in a worker thread
+                await nursery.start(recorder.run)
             log.info(
                 "hv.ready",
                 run_dir=run_dir,

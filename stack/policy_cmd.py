@@ -133,6 +133,8 @@ def main(args: argparse.Namespace) -> int:
             trace = read_trace(Path(args.trace))
     except TraceError as exc:
         return _fail(str(exc))
+    if "dropped" in trace.info:  # a last block cut short: the whole ones are replayed
+        print(f"xpemu: warning: {trace.info['dropped']}", file=sys.stderr, flush=True)
     note = ""
     if trace.live_span is not None and not args.whole and trace.live_span < len(trace.gfns):
         note = (

@@ -10,15 +10,25 @@ from typing import Final
 
 import numpy as np
 
-from hv.trace import HEADER_SIZE, MAGIC, RECORD_SIZE
+from hv import trace_format
+from hv.trace_format import HEADER_SIZE, MAGIC, RECORD_SIZE, V1_MAGIC, V1_RECORD_SIZE
 
 from ..benchlib import hotset_trace, zipf_ranking, zipf_trace
 
-#: One record of a trace file, as numpy reads it (hv/trace.py has the layout).
+#: One record of an XPTRACE1 file, as numpy reads it (docs/policy.md has the layout).
 TRACE_DTYPE: Final = np.dtype(
     [("t_us", "<u4"), ("gfn", "<u4"), ("vcpu", "<u2"), ("write", "u1"), ("outcome", "u1")]
 )
-assert TRACE_DTYPE.itemsize == RECORD_SIZE
+assert TRACE_DTYPE.itemsize == V1_RECORD_SIZE
+
+#: One record as `read_records` returns it, from either format: t_us unwrapped.
+RECORDS_DTYPE: Final = np.dtype(
+    [("t_us", "<u8"), ("gfn", "<u4"), ("vcpu", "<u2"), ("write", "u1"), ("outcome", "u1")]
+)
+
+#: One XPTRACE2 record before compression (hv/trace_format.py: gfn, dt_us, vf).
+_STORED_DTYPE: Final = np.dtype([("gfn", "<u4"), ("dt_us", "<u4"), ("vf", "<u2")])
+assert _STORED_DTYPE.itemsize == RECORD_SIZE
 
 SYNTHETIC: Final = ("zipf", "hotset", "scan")
 
@@ -85,7 +95,8 @@ def loop_trace(nr_gfns: int, length: int, loop: int, seed: int) -> list[int]:
     return [gfns[i % loop] for i in range(length)]
 
 
-def _records(path: Path) -> np.ndarray:
+def _records(path: Path) -> tuple[np.ndarray, dict[str, object]]:
+    """The records of `path` (RECORDS_DTYPE, or plain gfns for .npy) and header facts."""
     try:
         with path.open("rb") as f:
             head = f.read(HEADER_SIZE)
@@ -103,34 +114,88 @@ def _records(path: Path) -> np.ndarray:
                 f"{path}: a .npy trace must be a 1-D integer array of gfns, or records with"
                 f" a 'gfn' field; this one is {arr.dtype} of shape {arr.shape}"
             )
-        return arr
-    if not head.startswith(MAGIC) or len(head) < HEADER_SIZE:
+        return arr, {}
+    if head.startswith(MAGIC):
+        return _records_v2(path)
+    if not head.startswith(V1_MAGIC) or len(head) < HEADER_SIZE:
         raise TraceError(
             f"{path}: not a trace (no {MAGIC.decode()} header, not .npy): record one with"
             " `xpemu up --record-trace FILE`"
         )
     size = int.from_bytes(head[12:14], "little")
-    if int.from_bytes(head[8:10], "little") != 1 or size != RECORD_SIZE:
+    if int.from_bytes(head[8:10], "little") != 1 or size != V1_RECORD_SIZE:
         raise TraceError(f"{path}: trace version or record size this xpemu does not read")
     body = path.stat().st_size - HEADER_SIZE
     # A trace cut by a killed hv may end in a torn record: the whole ones are kept.
-    return np.fromfile(path, TRACE_DTYPE, count=body // RECORD_SIZE, offset=HEADER_SIZE)
+    v1 = np.fromfile(path, TRACE_DTYPE, count=body // V1_RECORD_SIZE, offset=HEADER_SIZE)
+    recs = np.empty(len(v1), RECORDS_DTYPE)
+    for name in ("gfn", "vcpu", "write", "outcome"):
+        recs[name] = v1[name]
+    recs["t_us"] = _unwrap(v1["t_us"])
+    info: dict[str, object] = {
+        "format": V1_MAGIC.decode(),
+        "vcpus": int.from_bytes(head[14:16], "little"),
+        "nr_gfns": int.from_bytes(head[16:20], "little"),
+    }
+    return recs, info
+
+
+def _records_v2(path: Path) -> tuple[np.ndarray, dict[str, object]]:
+    try:
+        parsed = trace_format.parse(str(path), path.read_bytes())
+    except OSError as exc:
+        raise TraceError(f"cannot read {path}: {exc.strerror}") from None
+    except trace_format.TraceFormatError as exc:
+        raise TraceError(str(exc)) from None
+    recs = np.empty(sum(b.records for b in parsed.blocks), RECORDS_DTYPE)
+    at = 0
+    for b in parsed.blocks:
+        n = b.records
+        # Byte planes back to records: plane k holds byte k of every record.
+        rows = np.frombuffer(b.planes, np.uint8).reshape(RECORD_SIZE, n).T.copy()
+        block = rows.view(_STORED_DTYPE).reshape(n)
+        out = recs[at : at + n]
+        out["gfn"] = block["gfn"]
+        out["t_us"] = b.t0_us + np.cumsum(block["dt_us"], dtype=np.uint64)
+        out["vcpu"] = block["vf"] >> 3
+        out["write"] = block["vf"] & 1
+        out["outcome"] = (block["vf"] >> 1) & 3
+        at += n
+    h = parsed.header
+    info: dict[str, object] = {
+        "format": MAGIC.decode(),
+        "vcpus": h.vcpus,
+        "nr_gfns": h.nr_gfns,
+        "blocks": len(parsed.blocks),
+    }
+    if parsed.torn is not None:
+        info["dropped"] = parsed.torn
+    return recs, info
+
+
+def read_records(path: Path) -> np.ndarray:
+    """Every record of the recorded trace `path` (XPTRACE2 or XPTRACE1), RECORDS_DTYPE:
+    t_us unwrapped, since recording began (TraceError when it is not a recorded trace)."""
+    recs, info = _records(Path(path))
+    if not info:
+        raise TraceError(f"{path}: a .npy of gfns, not a recorded trace")
+    return recs
 
 
 def read_trace(path: Path) -> Trace:
     """The trace in `path` (TraceError when it is not one, or holds no access)."""
-    recs = _records(path)
+    recs, head = _records(path)
     info: dict[str, object] = {"file": str(path)}
     live, span = None, None
-    if recs.dtype == TRACE_DTYPE:
-        head = path.read_bytes()[:HEADER_SIZE]
-        nr = int.from_bytes(head[16:20], "little")
-        info.update(vcpus=int.from_bytes(head[14:16], "little"), records=len(recs))
+    if recs.dtype == RECORDS_DTYPE:
+        nr = head["nr_gfns"]
+        assert isinstance(nr, int)
+        info.update(head, records=len(recs))
         refused = recs["outcome"] == 2
         info.update(
             refused=int(refused.sum()),
             writes=int(recs["write"].sum()),
-            seconds=float(_unwrap(recs["t_us"])[-1] / 1e6) if len(recs) else 0.0,
+            seconds=float(recs["t_us"][-1] / 1e6) if len(recs) else 0.0,
         )
         faulted = recs["outcome"][~refused] == 1
         live = int(faulted.sum())

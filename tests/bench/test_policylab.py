@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import random
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -12,14 +13,23 @@ import numpy as np
 import pytest
 import trio
 
-from hv.trace import FLUSH_RECORDS, HEADER_SIZE, RECORD_SIZE, TraceRecorder
+from hv.trace import TraceRecorder
+from hv.trace_format import HEADER_SIZE
 from pager.policy import PolicyLoadError, check_policy, make_policy
 from stack.benchlib import belady_faults, lru_faults
 from stack.policylab.reference import arc_faults, lru_curve
 from stack.policylab.replay import ReplayError, TraceMemory
-from stack.policylab.traces import TRACE_DTYPE, TraceError, loop_trace, read_trace
+from stack.policylab.traces import (
+    TRACE_DTYPE,
+    TraceError,
+    loop_trace,
+    read_records,
+    read_trace,
+)
 
 PY = sys.executable
+#: A small block, so that a test fills one fast.
+BLOCK = 4096
 
 #: A plug-in that implements the interface without the project's base class: FIFO.
 FIFO = '''
@@ -148,29 +158,50 @@ def test_arc_between_the_optimum_and_lru_and_resists_a_scan() -> None:
     assert arc_faults(trace, 100) == 50 + 500
 
 
-async def test_recorder_writes_what_numpy_reads_and_survives_a_kill(tmp_path: Path) -> None:
+async def test_recorder_writes_what_the_reader_reads_and_survives_a_kill(tmp_path: Path) -> None:
     path = tmp_path / "rec.bin"
-    rec = TraceRecorder(str(path), nr_gfns=1000, vcpus=3, domid=1)
-    n = FLUSH_RECORDS + 10
+    rec = TraceRecorder(str(path), nr_gfns=1000, vcpus=3, domid=1, block_records=BLOCK)
+    n = BLOCK + 10
     for i in range(n):
         rec.record(i % 1000, i % 3, i % 2 == 1, i % 3 == 0)
-        if i == FLUSH_RECORDS - 1:
+        if i == BLOCK - 1:
             await trio.sleep(0.002)  # time moves on: later records carry a later t_us
-    # Not closed (as when hv is SIGKILLed): the flushed records are there, whole.
-    assert path.stat().st_size == HEADER_SIZE + FLUSH_RECORDS * RECORD_SIZE
-    assert len(read_trace(path).gfns) == FLUSH_RECORDS
+    # Not closed (as when hv is SIGKILLed): the sealed block is there, whole.
+    assert rec.blocks == 1 and path.stat().st_size > HEADER_SIZE
+    assert len(read_trace(path).gfns) == BLOCK
     rec.close()
-    recs = np.fromfile(path, TRACE_DTYPE, offset=HEADER_SIZE)
+    recs = read_records(path)
     assert len(recs) == n and recs["gfn"].tolist() == [i % 1000 for i in range(n)]
     assert recs["vcpu"].tolist() == [i % 3 for i in range(n)]
     assert recs["write"].tolist() == [i % 2 for i in range(n)]
     assert recs["t_us"][-1] >= 2000 and recs["t_us"][0] == 0
     trace = read_trace(path)
     assert trace.nr_gfns == 1000 and trace.live_faults == (n + 2) // 3
-    # A torn last record (hv killed mid-write) is dropped, the rest read.
+    assert trace.info["blocks"] == 2 and "dropped" not in trace.info
+    # A torn last block (hv killed mid-write) is dropped, the rest read.
     with path.open("ab") as f:
         f.write(b"\1\2\3")
-    assert len(read_trace(path).gfns) == n
+    trace = read_trace(path)
+    assert len(trace.gfns) == n and "block 2 at byte" in str(trace.info["dropped"])
+
+
+async def test_xptrace1_files_are_still_read(tmp_path: Path) -> None:
+    path = tmp_path / "v1.bin"
+    n = 300
+    recs = np.zeros(n, TRACE_DTYPE)
+    recs["gfn"] = [i * 7 % 500 for i in range(n)]
+    recs["vcpu"] = [i % 2 for i in range(n)]
+    recs["outcome"] = [i % 5 == 0 for i in range(n)]
+    # t_us wraps once: the reader unwraps it
+    recs["t_us"] = (np.arange(n, dtype=np.int64) * 20_000_000) % (1 << 32)
+    head = struct.pack("<8sHHHHII", b"XPTRACE1", 1, 64, 12, 2, 500, 1).ljust(64, b"\0")
+    path.write_bytes(head + recs.tobytes() + b"\7\7")  # and a torn last record
+    back = read_records(path)
+    assert back["gfn"].tolist() == recs["gfn"].tolist()
+    assert back["t_us"].tolist() == [i * 20_000_000 for i in range(n)]
+    trace = read_trace(path)
+    assert trace.info["format"] == "XPTRACE1" and trace.info["vcpus"] == 2
+    assert trace.nr_gfns == 500 and trace.live_faults == n // 5
 
 
 def test_trace_files_of_the_wrong_format_are_refused(tmp_path: Path) -> None:

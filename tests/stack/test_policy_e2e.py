@@ -34,6 +34,9 @@ async def test_record_a_run_then_compare_the_example_policy_on_it(tmp_path: Path
     # Every guest access is one record; hv's populates for guest faults are the recorded
     # faults (a retry after a pause is not recorded again, and here none re-faulted).
     assert trace.info["records"] >= rep["guest"]["ops"] > 0
+    # XPTRACE2: compressed blocks, a few bytes a record where XPTRACE1 took 12.
+    assert trace.info["format"] == "XPTRACE2" and "dropped" not in trace.info
+    assert rec.stat().st_size < 5 * int(str(trace.info["records"]))
     assert trace.live_faults == rep["pages"]["populated"] > 0
     assert trace.live_span is not None
     # Replayed at the target up to the last live fault, memory full at the start as the
