@@ -150,7 +150,12 @@ def main(argv: list[str] | None = None) -> int:
         hv.close()
         if recorder is not None:
             recorder.close()
-            log.info("hv.trace_recorded", path=args.record_trace, records=recorder.records)
+            log.info(
+                "hv.trace_recorded",
+                path=args.record_trace,
+                records=recorder.records,
+                blocks=recorder.blocks,
+            )
     if failed:
         log.error("hv.failed", error="; ".join(failed))
         print(f"python -m hv: error: {'; '.join(failed)}", file=sys.stderr)

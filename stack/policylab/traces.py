@@ -1,5 +1,6 @@
-"""Access traces for `xpemu policy`: recorded files (hv/trace.py's format, or a plain .npy
-of gfns) and the synthetic ones (Zipf, a shifting hot set, a looping scan)."""
+"""Access traces for `xpemu policy`: recorded files (XPTRACE2, hv/trace_format.py; the
+XPTRACE1 files of before; or a plain .npy of gfns) and the synthetic ones (Zipf, a
+shifting hot set, a looping scan)."""
 
 from __future__ import annotations
 
