@@ -13,6 +13,9 @@ last bytes or an honest error, never other bytes.
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import os
 from pathlib import Path
 from typing import Any
 
@@ -265,3 +268,51 @@ async def test_the_read_back_also_runs_when_the_crash_point_splits_write_and_syn
         await store.persist([row], [d.resident[3]], written=lambda: hits.append(2))
         assert hits == [1, 2] and store.rows[3] == row
         await store.close()
+
+
+def _direct_ok(path: Path) -> bool:
+    """Whether `path`'s filesystem opens files with O_DIRECT (tmpfs does not)."""
+    probe = path / "probe"
+    probe.write_bytes(b"x")
+    try:
+        os.close(os.open(probe, os.O_RDONLY | os.O_DIRECT))
+    except OSError:
+        return False
+    return True
+
+
+async def test_a_real_disk_reads_back_through_o_direct_any_range(tmp_path: Path) -> None:
+    """Production reads back from the device, not the page cache: a second descriptor with
+    O_DIRECT (POSIX_FADV_DONTNEED alone drops no page of a large folio, so the read-back
+    would see the cache); unaligned ranges and ranges past the end read as pread does."""
+    with trio.fail_after(10):
+        disk = RealDisk(tmp_path)
+        f = await disk.open("f", create=True)
+        data = os.urandom(1 << 20)
+        assert await write_and_sync(f, [(0, data)], [(4096, 8192)]) == [data[8192:12288]]
+        reads = [(10, 3 * 4096 + 5), (100, len(data) - 50), (10, 2 * len(data)), (0, 4096)]
+        want = [data[3 * 4096 + 5 : 3 * 4096 + 15], data[-50:], b"", b""]
+        assert await f.pread_media(reads) == want
+        if _direct_ok(tmp_path):
+            assert f._direct is not None and f._direct >= 0
+            assert fcntl.fcntl(f._direct, fcntl.F_GETFL) & os.O_DIRECT
+        await f.close()
+        assert f._direct == -1
+
+
+async def test_a_real_disk_without_o_direct_falls_back_to_dropping_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_open = os.open
+
+    def no_direct(path: Any, flags: int, *args: Any) -> int:
+        if flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "no O_DIRECT here")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", no_direct)
+    with trio.fail_after(10):
+        f = await RealDisk(tmp_path).open("f", create=True)
+        assert await write_and_sync(f, [(0, b"ab" * 4096)], [(4, 4094)]) == [b"abab"]
+        assert f._direct == -1
+        await f.close()
