@@ -78,11 +78,19 @@ def main(args: argparse.Namespace) -> int:
     if args.json_path is not None and not args.json_path.parent.is_dir():
         print(f"xpemu: error: no directory {args.json_path.parent} for --json", file=sys.stderr)
         return 2
+    if args.profile is not None and not Path(sys.executable).with_name("py-spy").exists():
+        print(
+            "xpemu: error: --profile needs py-spy in the venv (pip install '.[profile]')",
+            file=sys.stderr,
+        )
+        return 2
     if args.soak is not None:
         from . import soak  # soak.py: its own run and table
 
         return soak.main(args.soak, args.work_dir, args.json_path)
     configure_logging("xpemu-bench", level="warning")
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
     opts = BenchOptions(
         full=args.full,
         repeats=args.repeats,
@@ -91,14 +99,6 @@ def main(args: argparse.Namespace) -> int:
         profile=args.profile,
         policies=tuple(dict.fromkeys((*POLICIES, *args.extra_policies))),
     )
-    if args.profile is not None:
-        if not Path(sys.executable).with_name("py-spy").exists():
-            print(
-                "xpemu: error: --profile needs py-spy in the venv (pip install '.[profile]')",
-                file=sys.stderr,
-            )
-            return 2
-        args.profile.mkdir(parents=True, exist_ok=True)
 
     def say(text: str) -> None:
         print(text, flush=True)
