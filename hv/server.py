@@ -108,7 +108,10 @@ class _Session:
                 self._eproto(exc)
                 return
             # Every request already read is served before the next read, and the replies
-            # (and events) to this peer go out as one write: one wake-up of the peer.
+            # (and events) to this peer go out as one write: one wake-up of the peer. The
+            # requests this burst put on the ring go to the pager as one `mem_event` after
+            # it (§6: several may share one event): vCPUs that fault together cost the pager
+            # one event, one read of the store and one `prep` + `resume`.
             self.conn.cork()
             try:
                 while msg is not None:
@@ -119,14 +122,14 @@ class _Session:
                         rid = request_id(msg) if exc.answer else None
                         self._send(error_reply(rid, exc.errno, exc.msg))
                         return
-                    if self.domain is not None and not self.domain.destroyed:
-                        self.domain.flush_events()
                     try:
                         msg = self.conn.receive_buffered()
                     except RemoteProtocolError as exc:
                         self._eproto(exc)
                         return
             finally:
+                if self.domain is not None and not self.domain.destroyed:
+                    self.domain.flush_events()  # after this burst's replies, before uncork
                 self._uncork()
 
     def _eproto(self, exc: RemoteProtocolError) -> None:
