@@ -57,6 +57,11 @@ class _Close(Exception):
         self.answer = answer
 
 
+#: Guest sessions corked while a `resume` retries their vCPUs' accesses (None outside one:
+#: a resume runs without a checkpoint, so no other session's code runs meanwhile).
+_held: dict[int, _Session] | None = None
+
+
 class _Session:
     """One connection: its role, its domain, the holds it took, its guest accesses."""
 
@@ -86,6 +91,9 @@ class _Session:
     # ---------------------------------------------------------------- plumbing
 
     def _send(self, msg: dict[str, Any]) -> None:
+        if _held is not None and self.role is Role.guest and id(self) not in _held:
+            _held[id(self)] = self  # a retried access answered inside a resume
+            self.conn.cork()
         try:
             self.conn.send_nowait(msg)
         except LocalProtocolError as exc:  # a reply that does not fit a frame: our bug
@@ -257,7 +265,19 @@ class _Session:
         return ok_reply(req.id, results=domain.prep(req.args["gfns"], req.args["pages"]))
 
     def _op_resume(self, req: Request) -> dict[str, Any]:
-        return ok_reply(req.id, results=self._pager().resume(req.args["rsps"]))
+        # The accesses this resume retries answer their guests' connections from inside it:
+        # each guest connection gets its replies as one write (one wake-up of the guest),
+        # not one write per vCPU.
+        global _held
+        domain = self._pager()
+        _held = {}
+        try:
+            results = domain.resume(req.args["rsps"])
+        finally:
+            held, _held = _held, None
+            for session in held.values():
+                session._uncork()
+        return ok_reply(req.id, results=results)
 
     def _op_map(self, req: Request) -> dict[str, Any]:
         domain = self._pager()

@@ -8,6 +8,7 @@ from hv_helpers import Harness, next_event, page, page_out, rsp
 
 from hv import HvConfig
 from protocol import MemEventFlag
+from transport import connection
 
 
 async def test_vcpus_faulting_in_one_burst_cost_the_pager_one_event(harness: Harness) -> None:
@@ -68,4 +69,38 @@ async def test_a_vcpu_that_waited_for_a_slot_still_tells_the_pager(harness: Harn
                 assert (await pager.call("resume", rsps=[rsp(q)]))["results"] == [0]
             for rid in ids[1:]:
                 assert (await guest.call_reply(rid))["data"] == b"\0"
+        harness.check()
+
+
+async def test_a_resume_answers_a_guest_s_retried_accesses_in_one_write(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gfns = [4, 5, 6, 7]
+    marks = [bytes([0xA0 + i]) * 8 for i in range(4)]  # what each vCPU reads back
+    writes: list[bytes] = []
+    write_some = connection._write_some
+
+    def counting(sock: trio.socket.SocketType, frame: bytes) -> int:
+        writes.append(frame)
+        return write_some(sock, frame)
+
+    with trio.fail_after(10):
+        async with harness.client("pager") as pager, harness.client("guest") as guest:
+            for g, m in zip(gfns, marks, strict=True):
+                await guest.call("write", vcpu=0, gfn=g, off=0, data=m)
+            copies = (await pager.call("map", gfns=gfns))["pages"]
+            await page_out(pager, gfns)
+            ids = await guest.send_requests(
+                [("read", {"vcpu": v, "gfn": g, "off": 0, "len": 8}) for v, g in enumerate(gfns)]
+            )
+            reqs = (await next_event(pager, "mem_event"))["reqs"]
+            assert (await pager.call("prep", gfns=gfns, pages=copies))["results"] == [0] * 4
+            monkeypatch.setattr(connection, "_write_some", counting)
+            assert (await pager.call("resume", rsps=[rsp(q) for q in reqs]))["results"] == [0] * 4
+            for rid, m in zip(ids, marks, strict=True):
+                assert (await guest.call_reply(rid))["data"] == m
+            monkeypatch.undo()
+            # The four replies went to the guest in one write (one wake-up of the guest).
+            with_replies = [w for w in writes if any(m in w for m in marks)]
+            assert len(with_replies) == 1 and all(m in with_replies[0] for m in marks)
         harness.check()
