@@ -612,9 +612,9 @@ class Domain:
         """One attempt of a claimed vCPU's access, never waiting.
 
         ("done", bytes read or None for a write); ("paused", None) after a populate: the
-        vCPU is paused on its request; ("wait", None): the ring is full. GuestFault with
-        the errno otherwise. The vCPU stays claimed: `access` (or the caller, when done)
-        releases it."""
+        vCPU is paused on its request, which waits in `flush_events` for the caller to
+        send; ("wait", None): the ring is full. GuestFault with the errno otherwise. The
+        vCPU stays claimed: `access` (or the caller, when done) releases it."""
         if self.destroyed:
             raise GuestFault(Errno.ESRCH, f"domain {self.domid} was destroyed")
         self.p2m.accessed[gfn] = 1
@@ -639,7 +639,8 @@ class Domain:
             self.counters["page.populated"] += 1
             self.log.debug("page.populated", gfn=gfn, seq=req.seq, vcpu=vcpu_id)
             self.vcpus[vcpu_id].pause(req.seq)
-            self.flush_events()
+            # Not told to the pager yet: the caller flushes (a session once per burst of
+            # requests, so that the requests of vCPUs faulting together share one event).
             return PAUSED, None
         assert isinstance(rule.result, str)
         raise GuestFault(Errno(rule.result), f"gfn {gfn} is {src.name}")
@@ -675,6 +676,8 @@ class Domain:
                         continue
                 if step == DONE:
                     return value
+                if step == PAUSED:
+                    self.flush_events()  # a task: no session flushes after it
                 if step == WAITING:
                     if not waited:  # once per access: a waiter may be woken many times
                         waited = True

@@ -57,6 +57,11 @@ class _Close(Exception):
         self.answer = answer
 
 
+#: Guest sessions corked while a `resume` retries their vCPUs' accesses (None outside one:
+#: a resume runs without a checkpoint, so no other session's code runs meanwhile).
+_held: dict[int, _Session] | None = None
+
+
 class _Session:
     """One connection: its role, its domain, the holds it took, its guest accesses."""
 
@@ -86,6 +91,9 @@ class _Session:
     # ---------------------------------------------------------------- plumbing
 
     def _send(self, msg: dict[str, Any]) -> None:
+        if _held is not None and self.role is Role.guest and id(self) not in _held:
+            _held[id(self)] = self  # a retried access answered inside a resume
+            self.conn.cork()
         try:
             self.conn.send_nowait(msg)
         except LocalProtocolError as exc:  # a reply that does not fit a frame: our bug
@@ -108,7 +116,10 @@ class _Session:
                 self._eproto(exc)
                 return
             # Every request already read is served before the next read, and the replies
-            # (and events) to this peer go out as one write: one wake-up of the peer.
+            # (and events) to this peer go out as one write: one wake-up of the peer. The
+            # requests this burst put on the ring go to the pager as one `mem_event` after
+            # it (§6: several may share one event): vCPUs that fault together cost the pager
+            # one event, one read of the store and one `prep` + `resume`.
             self.conn.cork()
             try:
                 while msg is not None:
@@ -119,14 +130,14 @@ class _Session:
                         rid = request_id(msg) if exc.answer else None
                         self._send(error_reply(rid, exc.errno, exc.msg))
                         return
-                    if self.domain is not None and not self.domain.destroyed:
-                        self.domain.flush_events()
                     try:
                         msg = self.conn.receive_buffered()
                     except RemoteProtocolError as exc:
                         self._eproto(exc)
                         return
             finally:
+                if self.domain is not None and not self.domain.destroyed:
+                    self.domain.flush_events()  # after this burst's replies, before uncork
                 self._uncork()
 
     def _eproto(self, exc: RemoteProtocolError) -> None:
@@ -254,7 +265,19 @@ class _Session:
         return ok_reply(req.id, results=domain.prep(req.args["gfns"], req.args["pages"]))
 
     def _op_resume(self, req: Request) -> dict[str, Any]:
-        return ok_reply(req.id, results=self._pager().resume(req.args["rsps"]))
+        # The accesses this resume retries answer their guests' connections from inside it:
+        # each guest connection gets its replies as one write (one wake-up of the guest),
+        # not one write per vCPU.
+        global _held
+        domain = self._pager()
+        _held = {}
+        try:
+            results = domain.resume(req.args["rsps"])
+        finally:
+            held, _held = _held, None
+            for session in held.values():
+                session._uncork()
+        return ok_reply(req.id, results=results)
 
     def _op_map(self, req: Request) -> dict[str, Any]:
         domain = self._pager()

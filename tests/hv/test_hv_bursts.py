@@ -1,0 +1,106 @@
+"""A burst of faults: the requests of one read of the guest's connection share a mem_event."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+from hv_helpers import Harness, next_event, page, page_out, rsp
+
+from hv import HvConfig
+from protocol import MemEventFlag
+from transport import connection
+
+
+async def test_vcpus_faulting_in_one_burst_cost_the_pager_one_event(harness: Harness) -> None:
+    gfns = [3, 9, 12, 20]
+    with trio.fail_after(10):
+        async with harness.client("pager") as pager, harness.client("guest") as guest:
+            copies = []
+            for i, g in enumerate(gfns):
+                await guest.call("write", vcpu=0, gfn=g, off=0, data=page(i + 1))
+                copies.append((await pager.call("map", gfns=[g]))["pages"][0])
+            await page_out(pager, gfns)
+            # Four vCPUs fault at once: their reads reach hv in one write.
+            ids = await guest.send_requests(
+                [("read", {"vcpu": v, "gfn": g, "off": 0, "len": 8}) for v, g in enumerate(gfns)]
+            )
+            reqs = (await next_event(pager, "mem_event"))["reqs"]
+            assert [(q["gfn"], q["vcpu_id"]) for q in reqs] == [(g, v) for v, g in enumerate(gfns)]
+            assert all(q["flags"] & MemEventFlag.VCPU_PAUSED for q in reqs)
+            # One prep and one resume answer the whole burst.
+            pid, rid = await pager.send_requests(
+                [
+                    ("prep", {"gfns": gfns, "pages": copies}),
+                    ("resume", {"rsps": list(map(rsp, reqs))}),
+                ]
+            )
+            assert (await pager.call_reply(pid))["results"] == [0] * 4
+            assert (await pager.call_reply(rid))["results"] == [0] * 4
+            for i, rid in enumerate(ids):
+                assert (await guest.call_reply(rid))["data"] == bytes([i + 1]) * 8
+            # Nothing else was told to the pager: no second event of the same requests.
+            with trio.move_on_after(0.2):
+                ev = await next_event(pager, "mem_event")
+                raise AssertionError(f"a second mem_event: {ev}")
+        harness.check()
+
+
+@pytest.mark.parametrize("config", [HvConfig(nr_gfns=64, vcpus=4, ring_size=2)])
+async def test_a_vcpu_that_waited_for_a_slot_still_tells_the_pager(harness: Harness) -> None:
+    # Two slots: the third fault waits in a task for one, then populates from that task,
+    # where no session flushes after it: the access itself sends its event.
+    gfns = [10, 11, 12]
+    with trio.fail_after(10):
+        async with harness.client("pager") as pager, harness.client("guest") as guest:
+            await page_out(pager, gfns)
+            ids = await guest.send_requests(
+                [("read", {"vcpu": v, "gfn": g, "off": 0, "len": 1}) for v, g in enumerate(gfns)]
+            )
+            first = (await next_event(pager, "mem_event"))["reqs"]
+            assert [q["gfn"] for q in first] == [10, 11]  # the third waits for a slot
+            # A prep and resume of gfn 10 free its slot; nothing else is sent after them.
+            assert (await pager.call("prep", gfns=[10], pages=[page(0)]))["results"] == [0]
+            assert (await pager.call("resume", rsps=[rsp(first[0])]))["results"] == [0]
+            (late,) = (await next_event(pager, "mem_event", seconds=2))["reqs"]
+            assert (late["gfn"], late["vcpu_id"]) == (12, 2)
+            assert (await guest.call_reply(ids[0]))["data"] == b"\0"
+            for q, g in ((first[1], 11), (late, 12)):
+                assert (await pager.call("prep", gfns=[g], pages=[page(0)]))["results"] == [0]
+                assert (await pager.call("resume", rsps=[rsp(q)]))["results"] == [0]
+            for rid in ids[1:]:
+                assert (await guest.call_reply(rid))["data"] == b"\0"
+        harness.check()
+
+
+async def test_a_resume_answers_a_guest_s_retried_accesses_in_one_write(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gfns = [4, 5, 6, 7]
+    marks = [bytes([0xA0 + i]) * 8 for i in range(4)]  # what each vCPU reads back
+    writes: list[bytes] = []
+    write_some = connection._write_some
+
+    def counting(sock: trio.socket.SocketType, frame: bytes) -> int:
+        writes.append(frame)
+        return write_some(sock, frame)
+
+    with trio.fail_after(10):
+        async with harness.client("pager") as pager, harness.client("guest") as guest:
+            for g, m in zip(gfns, marks, strict=True):
+                await guest.call("write", vcpu=0, gfn=g, off=0, data=m)
+            copies = (await pager.call("map", gfns=gfns))["pages"]
+            await page_out(pager, gfns)
+            ids = await guest.send_requests(
+                [("read", {"vcpu": v, "gfn": g, "off": 0, "len": 8}) for v, g in enumerate(gfns)]
+            )
+            reqs = (await next_event(pager, "mem_event"))["reqs"]
+            assert (await pager.call("prep", gfns=gfns, pages=copies))["results"] == [0] * 4
+            monkeypatch.setattr(connection, "_write_some", counting)
+            assert (await pager.call("resume", rsps=[rsp(q) for q in reqs]))["results"] == [0] * 4
+            for rid, m in zip(ids, marks, strict=True):
+                assert (await guest.call_reply(rid))["data"] == m
+            monkeypatch.undo()
+            # The four replies went to the guest in one write (one wake-up of the guest).
+            with_replies = [w for w in writes if any(m in w for m in marks)]
+            assert len(with_replies) == 1 and all(m in with_replies[0] for m in marks)
+        harness.check()
