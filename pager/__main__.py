@@ -170,7 +170,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from transport.malloc import pin_mmap_threshold
-
-    pin_mmap_threshold()  # a heap that does not creep over days (transport/malloc.py)
     sys.exit(main())

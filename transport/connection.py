@@ -21,19 +21,21 @@ import trio
 
 from protocol import (
     CLOSED,
-    LENGTH_PREFIX,
-    MAX_FRAME,
     MAX_QUEUED_FRAMES,
     NEED_DATA,
     FrameDecoder,
     encode_frame,
 )
 
-#: Bytes asked of the stream per read: a whole frame of the largest size, so that a large
-#: reply (a `map` of 64 pages is 262 KiB) is read in as few calls as the socket allows (each
-#: read is a wake-up and a pass of the event loop), and one call brings many small frames.
-#: The buffer is only allocated for the call and shrunk to what came.
-RECEIVE_SIZE: Final = LENGTH_PREFIX + MAX_FRAME
+#: Bytes asked of the stream per read: 64 KiB, under glibc's mmap threshold (128 KiB at
+#: start). CPython allocates a buffer of this size for each read and shrinks it to what
+#: came. A whole frame's worth (1 MiB, as before) made the heap creep: glibc raises its
+#: threshold to the size of each large block freed, so from the second read on each 1 MiB
+#: buffer came from the brk heap, shrunk in place around the frames still alive, and the
+#: next one needed fresh contiguous heap: the pager's `[heap]` grew ~4 MB an hour at full
+#: load (BENCHMARKS.md "Soak"); with 64 KiB it stays flat, and page-out is as fast. A `map`
+#: of 64 pages (262 KiB) takes a few reads; one read still brings many small frames.
+RECEIVE_SIZE: Final = 64 * 1024
 
 #: Seconds the writer may take to flush queued frames (a last error reply) when closing.
 FLUSH_TIMEOUT: Final = 2.0

@@ -42,7 +42,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="SPEC",
         help="the policy section also runs this plug-in package.module:Class (repeatable)",
     )
-    p.add_argument("--work-dir", type=Path, help="stores and floor files here (same disk)")
+    p.add_argument(
+        "--work-dir",
+        type=Path,
+        help="stores and floor files in a new directory in here (the disk to measure)",
+    )
     p.add_argument(
         "--profile",
         type=Path,

@@ -47,9 +47,9 @@ async def run_bench(opts: BenchOptions, say: Callable[[str], None]) -> dict[str,
         if opts.work_dir is None:
             tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="xpemu-bench-"))
             work = Path(tmp)
-        else:
-            work = opts.work_dir
-            work.mkdir(parents=True, exist_ok=True)
+        else:  # a fresh directory inside it per run: the sections make fixed names
+            opts.work_dir.mkdir(parents=True, exist_ok=True)
+            work = Path(tempfile.mkdtemp(prefix="xpemu-bench-", dir=opts.work_dir))
         res: dict[str, Any] = {
             "mode": "full" if opts.full else "quick",
             "repeats": sizes.repeats,

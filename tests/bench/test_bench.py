@@ -287,6 +287,17 @@ async def test_process_sections_run_and_leave_no_child(tmp_path: Path) -> None:
     assert not _running_children()  # every hv, pager and echo process is gone
 
 
+async def test_a_work_dir_serves_a_second_run(tmp_path: Path) -> None:
+    """`--work-dir` twice with the same directory: each run gets a new directory in it (the
+    sections make fixed names; the second run used to die of FileExistsError)."""
+    opts = BenchOptions(only=("recovery",), sizes=TINY, work_dir=tmp_path)
+    with trio.fail_after(120):
+        for _ in range(2):
+            res = await run_bench(opts, lambda s: None)
+            assert res["recovery"][300]["start_to_first_served_s"] > 0
+    assert len(os.listdir(tmp_path)) == 2
+
+
 def _running_children() -> list[int]:
     """Our child processes still alive (zombies excluded)."""
     out = []
