@@ -49,7 +49,7 @@ async def run_bench(opts: BenchOptions, say: Callable[[str], None]) -> dict[str,
             work = Path(tmp)
         else:  # a fresh directory inside it per run: the sections make fixed names
             opts.work_dir.mkdir(parents=True, exist_ok=True)
-            work = Path(tempfile.mkdtemp(prefix="xpemu-bench-", dir=opts.work_dir))
+            work = Path(tempfile.mkdtemp(prefix="b-", dir=opts.work_dir))  # short: socket paths
         res: dict[str, Any] = {
             "mode": "full" if opts.full else "quick",
             "repeats": sizes.repeats,
