@@ -50,8 +50,10 @@ async def test_a_tiny_run_measures_both_and_leaves_no_mount_nor_child(tmp_path: 
     assert lz["plain_pps"] > 0 and lz["lazy_pps"] > 0
     assert "lazyfs..." in lines
     assert not [m for m in mount_points() if m.startswith(str(tmp_path))]
-    assert (tmp_path / "lazyfs-lazy" / "state").is_dir()  # the store put back
-    assert not (tmp_path / "lazyfs-lazy" / "state.disk").exists()
+    (name,) = os.listdir(tmp_path)  # the run's own directory inside --work-dir
+    run = tmp_path / name
+    assert (run / "lazyfs-lazy" / "state").is_dir()  # the store put back
+    assert not (run / "lazyfs-lazy" / "state.disk").exists()
     assert _running_children() == []  # hv, both pagers and the lazy FS are gone
 
 
