@@ -124,15 +124,23 @@ class TraceRecorder:
         """The open block to the pending ones; sealed by `run`, or here without it."""
         if not self._n:
             return
-        self._pending.append((bytes(self._buf[: self._n * RECORD_SIZE]), self._block_t0))
-        self._n = 0
+        self._take_block()
         if self._wake is None:
-            while self._seal_next():
-                pass
+            self._seal_pending()
             return
         self._wake.set()
-        while len(self._pending) > MAX_PENDING:  # the thread is behind: wait for it
-            self._seal_next()
+        self._seal_pending(keep=MAX_PENDING)  # the thread is behind: wait for it
+
+    def _take_block(self) -> None:
+        """The open block's records to the pending ones, to be sealed."""
+        self._pending.append((bytes(self._buf[: self._n * RECORD_SIZE]), self._block_t0))
+        self._n = 0
+
+    def _seal_pending(self, keep: int = 0) -> None:
+        """Seal pending blocks, oldest first, until `keep` are left (or the file closed)."""
+        while len(self._pending) > keep:
+            if not self._seal_next():
+                return
 
     def _seal_next(self) -> bool:
         """Compress and append the oldest pending block (any thread); False if none."""
@@ -175,10 +183,8 @@ class TraceRecorder:
         if self._fd < 0:
             return
         if self._n:
-            self._pending.append((bytes(self._buf[: self._n * RECORD_SIZE]), self._block_t0))
-            self._n = 0
-        while self._seal_next():
-            pass
+            self._take_block()
+        self._seal_pending()
 
     def close(self) -> None:
         """Seal what is left and close; idempotent."""
