@@ -10,6 +10,27 @@ from pager.disk import Disk, DiskFile, DiskProxy, FileProxy
 from pager.store import PAGES
 
 
+class CallLog(FileProxy):
+    """A file wrapper that logs its write, sync and media-read calls in `calls`: it passes
+    `write_and_sync` on as separate calls (no `pwritev_sync` of its own)."""
+
+    def __init__(self, inner: DiskFile) -> None:
+        super().__init__(inner)
+        self.calls: list[str] = []
+
+    async def pwritev(self, writes: Sequence[tuple[int, bytes]]) -> None:
+        self.calls.append("pwritev")
+        await self.inner.pwritev(writes)
+
+    async def sync(self) -> None:
+        self.calls.append("sync")
+        await self.inner.sync()
+
+    async def pread_media(self, reads: Sequence[tuple[int, int]]) -> list[bytes | OSError]:
+        self.calls.append("pread_media")
+        return await self.inner.pread_media(reads)
+
+
 class HookedFile(FileProxy):
     def __init__(self, inner: DiskFile, disk: HookedDisk) -> None:
         super().__init__(inner)

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any
 
 import pytest
+from hookdisk import CallLog
 from memdisk import MemDisk
 
 import pager.store_headers
 from pager import PageStore, RealDisk, Row, StoreError, checksum, parse_faults
-from pager.disk import Disk, FileProxy, write_and_sync
+from pager.disk import Disk, write_and_sync
 from pager.store import PAGES
 from pager.store_faults import FaultyDisk
 from pager.store_format import EXTENT_BYTES
@@ -119,23 +119,12 @@ async def test_a_reopened_store_reads_back_the_pages_it_found_whole(
 async def test_write_and_sync_is_one_call_on_a_real_disk_and_two_through_a_wrapper(
     tmp_path: Path,
 ) -> None:
-    calls: list[str] = []
-
-    class Counting(FileProxy):
-        async def pwritev(self, writes: Any) -> None:
-            calls.append("pwritev")
-            await self.inner.pwritev(writes)
-
-        async def sync(self) -> None:
-            calls.append("sync")
-            await self.inner.sync()
-
     disk = RealDisk(tmp_path)
     f = await disk.open("f", create=True)
     await write_and_sync(f, [(0, b"ab"), (4096, b"cd")])
     assert await f.pread(2, 4096) == b"cd"
-    wrapped = Counting(f)
+    wrapped = CallLog(f)
     await write_and_sync(wrapped, [(2, b"xy")])  # a wrapper's own calls run
-    assert calls == ["pwritev", "sync"]
+    assert wrapped.calls == ["pwritev", "sync"]
     assert await f.pread(4, 0) == b"abxy"
     await f.close()

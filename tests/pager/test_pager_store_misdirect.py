@@ -21,11 +21,11 @@ from typing import Any
 
 import pytest
 import trio
-from hookdisk import HookedDisk
+from hookdisk import CallLog, HookedDisk
 from memdisk import MemDisk
 
 from pager import PageStore, RealDisk, Row, StoreError, checksum
-from pager.disk import FileProxy, write_and_sync
+from pager.disk import write_and_sync
 from pager.store import PAGES
 from pager.store_format import SLOT_SIZE, header_offset, slot_offset
 from protocol import PAGE_SIZE
@@ -222,32 +222,17 @@ async def test_a_header_page_unreadable_on_the_media_fails_the_phase() -> None:
 async def test_write_and_sync_reads_back_in_the_same_call_on_a_real_disk(
     tmp_path: Path,
 ) -> None:
-    calls: list[str] = []
-
-    class Counting(FileProxy):
-        async def pwritev(self, writes: Any) -> None:
-            calls.append("pwritev")
-            await self.inner.pwritev(writes)
-
-        async def sync(self) -> None:
-            calls.append("sync")
-            await self.inner.sync()
-
-        async def pread_media(self, reads: Any) -> list[bytes | OSError]:
-            calls.append("pread_media")
-            return await self.inner.pread_media(reads)
-
     with trio.fail_after(10):
         disk = RealDisk(tmp_path)
         f = await disk.open("f", create=True)
         got = await write_and_sync(f, [(0, b"a" * 4096), (8192, b"b" * 4096)], [(4096, 8192)])
         assert got == [b"b" * 4096]
         assert await f.pread_media([(2, 4096), (1, 1 << 20)]) == [b"\0\0", b""]
-        wrapped = Counting(f)
+        wrapped = CallLog(f)
         assert await write_and_sync(wrapped, [(2, b"xy")], [(4, 0)]) == [b"aaxy"]
-        assert calls == ["pwritev", "sync", "pread_media"]
+        assert wrapped.calls == ["pwritev", "sync", "pread_media"]
         assert await write_and_sync(wrapped, [(2, b"zz")]) == []  # nothing to read back
-        assert calls[3:] == ["pwritev", "sync"]
+        assert wrapped.calls[3:] == ["pwritev", "sync"]
         await f.close()
 
 
