@@ -1,0 +1,66 @@
+"""transport/malloc.py: with the thresholds pinned, a large block freed does not send the
+next ones into the heap (glibc's dynamic mmap threshold would: the pager's heap crept by
+MBs an hour, issue 21), and a batch buffer freed at the heap's top is not trimmed away
+and faulted in again for the next batch (what made a pinned mmap threshold alone cost
+page-out 25-40%)."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import subprocess
+import sys
+
+import pytest
+
+from transport.malloc import ENV_VARS, pin_malloc_thresholds
+
+PROBE = r"""
+import ctypes, sys
+from transport.malloc import pin_malloc_thresholds
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = Info
+if sys.argv[1] == "pin":
+    assert pin_malloc_thresholds()
+big = bytearray(2_000_000)  # above 512 KiB: its own mapping either way
+del big                     # freed: glibc's dynamic threshold rises to its size
+before = libc.mallinfo2().hblks
+large = bytearray(1_000_000)  # a multi-batch frame's buffer
+mapped = libc.mallinfo2().hblks - before  # 1 if it got its own mapping, 0 if from the heap
+del large
+batch = bytearray(300_000)  # a batch-sized buffer, from the heap
+arena = libc.mallinfo2().arena
+del batch  # freed at the top of the heap
+kept = libc.mallinfo2().arena == arena  # True if the heap kept its top
+print(mapped, int(kept))
+"""
+
+
+def _probe(mode: str) -> tuple[int, int]:
+    env = {k: v for k, v in os.environ.items() if k not in ENV_VARS}
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, mode], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    mapped, kept = out.stdout.split()
+    return int(mapped), int(kept)
+
+
+@pytest.mark.skipif(
+    not hasattr(ctypes.CDLL(None), "mallinfo2"), reason="not glibc 2.33+ (no mallinfo2)"
+)
+def test_pinned_thresholds_map_large_blocks_and_keep_the_heaps_top() -> None:
+    mapped, _ = _probe("dynamic")
+    assert mapped == 0  # glibc's default: the freed block moved the threshold up
+    assert _probe("pin") == (1, 1)
+
+
+@pytest.mark.parametrize("var", ENV_VARS)
+def test_the_users_own_setting_wins(monkeypatch: pytest.MonkeyPatch, var: str) -> None:
+    for v in ENV_VARS:
+        monkeypatch.delenv(v, raising=False)
+    monkeypatch.setenv(var, "65536")
+    assert pin_malloc_thresholds() is False
