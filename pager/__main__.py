@@ -88,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--target", type=_nonneg_int, default=None, help="override hv's target")
     p.add_argument(
+        "--reserve",
+        type=_nonneg_int,
+        default=None,
+        help="free frames kept below the target, refilled in batches (default: 2 batches)",
+    )
+    p.add_argument(
         "--prefetch", type=_nonneg_int, default=0, help="paged neighbours to bring in per fault"
     )
     p.add_argument("--mru-size", type=_positive_int, default=None, help="xenpaging MRU length")
@@ -145,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             concurrency=args.concurrency,
             pipeline=args.pipeline,
             target=args.target,
+            reserve=args.reserve,
             prefetch=args.prefetch,
             mru_size=args.mru_size,
             hello_timeout=args.hello_timeout,

@@ -65,7 +65,7 @@ async def test_batches_ready_during_a_disk_phase_share_the_next_one(tmp_path: Pa
         async with open_stack(tmp_path, nr_gfns=NR, vcpus=VCPUS) as stack, stack.guest() as guest:
             await guest.fill(VCPUS)
             io, release = _held_sync_disk(stack.state_dir)
-            run = stack.start_pager(PagerConfig(batch=16, pipeline=8), disk=io)
+            run = stack.start_pager(PagerConfig(batch=16, pipeline=8, reserve=0), disk=io)
             pager = await run.wait_started()
             phases: list[int] = []  # batches per disk phase
             persist_group = pager.commit.persist_group
@@ -118,7 +118,7 @@ async def test_a_page_in_during_a_disk_phase_is_freed_by_the_next_one(tmp_path: 
             io = _HoldArmedSync()
             disk = HookedDisk(RealDisk(stack.state_dir))
             disk.before_sync = io
-            run = stack.start_pager(PagerConfig(batch=16), disk=disk)
+            run = stack.start_pager(PagerConfig(batch=16, reserve=0), disk=disk)
             pager = await run.wait_started()
             await stack.set_target(NR - 32)
             await stack.until(pager, lambda: stack.domain_status()["paged_pages"] >= 32)

@@ -65,7 +65,9 @@ async def test_a_plugin_policy_pages_in_a_real_pager_and_the_trace_replays_to_it
                 await guest.fill(2)  # no pager yet: every access finds its page resident
                 pager = await procs.start(
                     "pager",
-                    *tpp.pager_args(run, state, "--policy", "plug_highest:HighestFirst"),
+                    *tpp.pager_args(
+                        run, state, "--policy", "plug_highest:HighestFirst", "--reserve", "0"
+                    ),
                     env={"PYTHONPATH": str(tmp_path)},
                 )
                 await tpp.wait_status(control, lambda s: s["tot_pages"] <= TARGET)

@@ -278,10 +278,12 @@ async def test_corrupted_slot_gives_eio_never_wrong_bytes(tmp_path: Path) -> Non
 
 
 async def test_target_down_and_up(tmp_path: Path) -> None:
+    """Without a reserve the pager holds the target exactly (test_pager_balance.py has the
+    reserve's)."""
     with trio.fail_after(20):
         async with open_stack(tmp_path, nr_gfns=NR, vcpus=2) as stack, stack.guest() as guest:
             await guest.fill(2)
-            run = stack.start_pager(config())
+            run = stack.start_pager(config(reserve=0))
             pager = await run.wait_started()
             for target in (16, 48, 8, NR):
                 await stack.set_target(target)
@@ -416,7 +418,7 @@ async def test_prefetch_brings_neighbours_in_first(tmp_path: Path) -> None:
     with trio.fail_after(20):
         async with open_stack(tmp_path, nr_gfns=NR, vcpus=2) as stack, stack.guest() as guest:
             await guest.fill(2)
-            run = stack.start_pager(config(prefetch=4))
+            run = stack.start_pager(config(prefetch=4, reserve=0))
             pager = await run.wait_started()
             await stack.set_target(16)
             await stack.until(pager, lambda: stack.domain_status()["tot_pages"] <= 16)
