@@ -57,11 +57,6 @@ class _Close(Exception):
         self.answer = answer
 
 
-#: Guest sessions corked while a `resume` retries their vCPUs' accesses (None outside one:
-#: a resume runs without a checkpoint, so no other session's code runs meanwhile).
-_held: dict[int, _Session] | None = None
-
-
 class _Session:
     """One connection: its role, its domain, the holds it took, its guest accesses."""
 
@@ -91,8 +86,9 @@ class _Session:
     # ---------------------------------------------------------------- plumbing
 
     def _send(self, msg: dict[str, Any]) -> None:
-        if _held is not None and self.role is Role.guest and id(self) not in _held:
-            _held[id(self)] = self  # a retried access answered inside a resume
+        held = self.domain.held if self.domain is not None else None
+        if held is not None and self.role is Role.guest and id(self) not in held:
+            held[id(self)] = self._uncork  # a retried access answered inside a resume
             self.conn.cork()
         try:
             self.conn.send_nowait(msg)
@@ -267,16 +263,16 @@ class _Session:
     def _op_resume(self, req: Request) -> dict[str, Any]:
         # The accesses this resume retries answer their guests' connections from inside it:
         # each guest connection gets its replies as one write (one wake-up of the guest),
-        # not one write per vCPU.
-        global _held
+        # not one write per vCPU. The domain holds them (None outside a resume: a resume
+        # runs without a checkpoint, so no other session of this hv runs meanwhile).
         domain = self._pager()
-        _held = {}
+        domain.held = {}
         try:
             results = domain.resume(req.args["rsps"])
         finally:
-            held, _held = _held, None
-            for session in held.values():
-                session._uncork()
+            held, domain.held = domain.held, None
+            for uncork in held.values():
+                uncork()
         return ok_reply(req.id, results=results)
 
     def _op_map(self, req: Request) -> dict[str, Any]:
