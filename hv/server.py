@@ -35,7 +35,8 @@ from protocol import (
 )
 from transport import Connection, ConnectionClosed, open_connection, serve_unix
 
-from .domain import DONE, PAUSED, Domain, GuestFault
+from .domain import Domain
+from .domain_guest import DONE, PAUSED, GuestFault
 from .hypervisor import Hypervisor
 
 log = structlog.get_logger("hv.server")
