@@ -82,8 +82,9 @@ class DomainState:
         self.destroyed = False
         self.counters: Counter[str] = Counter()
         self._unsent: list[MemRequest] = []  # put on the ring, not yet told to the pager
-        # While a `resume` served by hv.server runs: the guest connections it corked, by id,
-        # each with its uncork (its retried accesses' replies go out as one write per guest).
+        # While a session's `resume` runs (hv.session_privcmd): the guest connections it
+        # corked, by id, each with its uncork (the retried accesses' replies go out as one
+        # write per guest).
         self.held: dict[int, Callable[[], None]] | None = None
         self._slot_freed = trio.lowlevel.ParkingLot()
         # `xpemu up --record-trace`: one record per guest access (hv/trace.py). A vCPU's
