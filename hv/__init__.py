@@ -7,7 +7,8 @@ are the table in `hv.rules`. `python -m hv` runs it as a process (PROTOCOL.md §
 """
 
 from .config import HvConfig, default_host_frames
-from .domain import Domain, GuestFault
+from .domain import Domain
+from .domain_guest import GuestFault
 from .frames import NO_FRAME, FramePool
 from .hypervisor import Hypervisor
 from .rules import TABLE, Rule, lookup

@@ -1,15 +1,16 @@
 """The p2m transition rules: every operation from every p2m type, in one table.
 
 This module is the one place to read what each operation does to a gfn (PROTOCOL.md §6-7,
-DESIGN.md's state machine, the seed's comments on p2m_mem_paging_*). `hv.domain` only looks
-rules up here and carries out their effects; nothing else decides a transition.
+DESIGN.md's state machine, the seed's comments on p2m_mem_paging_*). `hv.domain` (and its
+parts `hv.domain_*`) only looks rules up here and carries out their effects; nothing else
+decides a transition.
 
 Reading the table: for an operation `op` on a gfn of type `src`, the rows for (op, src) are
 tried top to bottom and the first whose guard holds wins. Its `result` is what the caller
 gets (OK, an errno, or for guest accesses PAUSE / WAIT), `dst` is the new type (None: the
 type does not change) and `effect` names what else happens.
 
-Guards (evaluated by `hv.domain` for the gfn at hand):
+Guards (evaluated by `hv.domain_state` for the gfn at hand):
 
     ""        always
     held      a foreign mapping holds the page (`map` with `hold`)

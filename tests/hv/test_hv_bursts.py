@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
 import pytest
 import trio
 from hv_helpers import Harness, next_event, page, page_out, rsp
 
-from hv import HvConfig
+from hv import HvConfig, Hypervisor
 from protocol import MemEventFlag
-from transport import connection
+from transport import Client, connection
 
 
 async def test_vcpus_faulting_in_one_burst_cost_the_pager_one_event(harness: Harness) -> None:
@@ -72,11 +75,8 @@ async def test_a_vcpu_that_waited_for_a_slot_still_tells_the_pager(harness: Harn
         harness.check()
 
 
-async def test_a_resume_answers_a_guest_s_retried_accesses_in_one_write(
-    harness: Harness, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    gfns = [4, 5, 6, 7]
-    marks = [bytes([0xA0 + i]) * 8 for i in range(4)]  # what each vCPU reads back
+def _counting_writes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """From now on, every frame written to a socket at once (`connection._write_some`)."""
     writes: list[bytes] = []
     write_some = connection._write_some
 
@@ -84,23 +84,94 @@ async def test_a_resume_answers_a_guest_s_retried_accesses_in_one_write(
         writes.append(frame)
         return write_some(sock, frame)
 
+    monkeypatch.setattr(connection, "_write_some", counting)
+    return writes
+
+
+async def _paused_reads(pager: Client, guest: Client, marks: list[bytes]) -> tuple[list[int], Any]:
+    """Four vCPUs read gfns 4-7, which hold `marks` and are paged out: the guest's request
+    ids and the `mem_event` requests, prepped (a resume of them retries the four reads)."""
+    gfns = [4, 5, 6, 7]
+    for g, m in zip(gfns, marks, strict=True):
+        await guest.call("write", vcpu=0, gfn=g, off=0, data=m)
+    copies = (await pager.call("map", gfns=gfns))["pages"]
+    await page_out(pager, gfns)
+    ids = await guest.send_requests(
+        [("read", {"vcpu": v, "gfn": g, "off": 0, "len": 8}) for v, g in enumerate(gfns)]
+    )
+    reqs = (await next_event(pager, "mem_event"))["reqs"]
+    assert (await pager.call("prep", gfns=gfns, pages=copies))["results"] == [0] * 4
+    return ids, reqs
+
+
+async def _resume_in_one_write(
+    pager: Client,
+    guest: Client,
+    ids: list[int],
+    reqs: Any,
+    marks: list[bytes],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One resume of `_paused_reads`' requests: the guest reads `marks` back, its four
+    replies all in one write (one wake-up of the guest)."""
+    writes = _counting_writes(monkeypatch)
+    assert (await pager.call("resume", rsps=[rsp(q) for q in reqs]))["results"] == [0] * 4
+    for rid, m in zip(ids, marks, strict=True):
+        assert (await guest.call_reply(rid))["data"] == m
+    monkeypatch.undo()
+    with_replies = [w for w in writes if any(m in w for m in marks)]
+    assert len(with_replies) == 1 and all(m in with_replies[0] for m in marks)
+
+
+async def test_a_resume_answers_a_guest_s_retried_accesses_in_one_write(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    marks = [bytes([0xA0 + i]) * 8 for i in range(4)]  # what each vCPU reads back
     with trio.fail_after(10):
         async with harness.client("pager") as pager, harness.client("guest") as guest:
-            for g, m in zip(gfns, marks, strict=True):
-                await guest.call("write", vcpu=0, gfn=g, off=0, data=m)
-            copies = (await pager.call("map", gfns=gfns))["pages"]
-            await page_out(pager, gfns)
-            ids = await guest.send_requests(
-                [("read", {"vcpu": v, "gfn": g, "off": 0, "len": 8}) for v, g in enumerate(gfns)]
-            )
-            reqs = (await next_event(pager, "mem_event"))["reqs"]
-            assert (await pager.call("prep", gfns=gfns, pages=copies))["results"] == [0] * 4
-            monkeypatch.setattr(connection, "_write_some", counting)
-            assert (await pager.call("resume", rsps=[rsp(q) for q in reqs]))["results"] == [0] * 4
-            for rid, m in zip(ids, marks, strict=True):
-                assert (await guest.call_reply(rid))["data"] == m
-            monkeypatch.undo()
-            # The four replies went to the guest in one write (one wake-up of the guest).
-            with_replies = [w for w in writes if any(m in w for m in marks)]
-            assert len(with_replies) == 1 and all(m in with_replies[0] for m in marks)
+            ids, reqs = await _paused_reads(pager, guest, marks)
+            await _resume_in_one_write(pager, guest, ids, reqs, marks, monkeypatch)
         harness.check()
+
+
+async def test_two_hvs_in_one_process_hold_their_guests_replies_apart(
+    harness: Harness, config: HvConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two hv instances in one process (two simulated worlds run by threads, say): a resume
+    # of the first is interrupted by a whole run of the second, resume included. The
+    # first's guest still gets its four retried replies in one write, and both worlds end
+    # well: the guest connections a resume holds back belong to that resume's domain.
+    marks = [bytes([0xA0 + i]) * 8 for i in range(4)]
+    other = Hypervisor(config)
+
+    async def other_world() -> None:
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                h = Harness(other, nursery)
+                async with h.client("pager") as pager, h.client("guest") as guest:
+                    theirs = [bytes([0xB0 + i]) * 8 for i in range(4)]
+                    ids, reqs = await _paused_reads(pager, guest, theirs)
+                    results = (await pager.call("resume", rsps=[rsp(q) for q in reqs]))["results"]
+                    assert results == [0] * 4
+                    for rid, m in zip(ids, theirs, strict=True):
+                        assert (await guest.call_reply(rid))["data"] == m
+                nursery.cancel_scope.cancel()
+        h.check()
+
+    domain = harness.hv.domain(1)
+    resume = domain.resume
+
+    def interrupted(rsps: Any) -> Any:
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(trio.run, other_world).result(timeout=30)
+        return resume(rsps)
+
+    try:
+        with trio.fail_after(40):
+            async with harness.client("pager") as pager, harness.client("guest") as guest:
+                ids, reqs = await _paused_reads(pager, guest, marks)
+                monkeypatch.setattr(domain, "resume", interrupted)
+                await _resume_in_one_write(pager, guest, ids, reqs, marks, monkeypatch)
+            harness.check()
+    finally:
+        other.close()

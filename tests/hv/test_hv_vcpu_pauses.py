@@ -7,8 +7,9 @@ import trio
 import trio.testing
 from hv_helpers import Harness
 
-from hv.domain import Domain, VCpu
+from hv.domain import Domain
 from hv.frames import FramePool
+from hv.vcpu import VCpu
 from protocol import Errno
 
 
@@ -29,7 +30,11 @@ async def test_pauses_total_and_longest_are_exact_on_the_mock_clock(
     v.pause(2)  # an open pause counts so far
     await trio.sleep(0.25)
     assert v.stats() == {
-        "vcpu": 0, "paused": True, "pauses": 2, "paused_s": 2.75, "longest_s": 2.5,
+        "vcpu": 0,
+        "paused": True,
+        "pauses": 2,
+        "paused_s": 2.75,
+        "longest_s": 2.5,
     }
     v.then(lambda outcome: None, owner="conn")  # woken through a continuation
     await trio.sleep(3.75)
@@ -40,7 +45,11 @@ async def test_pauses_total_and_longest_are_exact_on_the_mock_clock(
     v.forget("conn")
     assert ended == [2.5, 4.0, 0.5]
     assert v.stats() == {
-        "vcpu": 0, "paused": False, "pauses": 3, "paused_s": 7.0, "longest_s": 4.0,
+        "vcpu": 0,
+        "paused": False,
+        "pauses": 3,
+        "paused_s": 7.0,
+        "longest_s": 4.0,
     }
     v.unpause()  # nothing open: nothing counted twice
     assert v.stats()["paused_s"] == 7.0
@@ -50,7 +59,12 @@ async def test_domain_reports_each_vcpu_and_the_round_trip_histogram(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     dom = Domain(
-        1, FramePool(64), nr_gfns=16, vcpus=2, ring_size=4, ring_mode="reattach",
+        1,
+        FramePool(64),
+        nr_gfns=16,
+        vcpus=2,
+        ring_size=4,
+        ring_mode="reattach",
         instance="t",
     )
     for seconds in (0.002, 0.5):

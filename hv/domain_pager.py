@@ -1,0 +1,248 @@
+"""A domain's pager-side operations: attaching its pager, and what the pager and mappers do.
+
+The pager's attachment (hello, takeover, loss, detach, target) and the operations of the
+pager and of foreign mappers (nominate, evict, prep, resume, map, audit, ...), each looked
+up in `hv.rules`.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Sequence
+from typing import Any
+
+import trio
+
+from protocol import FLAG_VCPU_PAUSED, Errno, RingMode, make_event, pack_bits
+
+from .domain_state import DomainState, Peer, Result
+from .rules import OK
+
+
+class PagerOps(DomainState):
+    """What the pager and foreign mappers do to a domain."""
+
+    # ------------------------------------------------------------------ pager attachment
+
+    def attach_pager(self, peer: Peer, *, takeover: bool) -> Errno | None:
+        """Make `peer` this domain's pager; an errno when refused (PROTOCOL.md §4, §8)."""
+        if self.orphaned:
+            self.log.warning("pager.refused", reason="ring orphaned (xen mode)")
+            return Errno.EBUSY
+        if self.pager is not None:
+            if not takeover:
+                self.log.info("pager.refused", reason="a pager is attached")
+                return Errno.EBUSY
+            old, self.pager = self.pager, None
+            self.log.warning("pager.fenced", epoch=self.epoch)
+            old.fence()
+        self.pager = peer
+        self.epoch += 1
+        self.attached_at = trio.current_time()
+        self.counters["pager_attaches"] += 1
+        self.log.info("pager.attached", epoch=self.epoch, unanswered=self.ring.used)
+        return None
+
+    def greet_pager(self) -> None:
+        """After the hello reply: the target, then every unanswered request, oldest first."""
+        assert self.pager is not None
+        self.pager.send_event(make_event("target", tot_pages=self.target))
+        self._unsent.clear()  # all of them go out now
+        unanswered = self.ring.unanswered()
+        if unanswered:
+            self.log.info("ring.redelivered", count=len(unanswered), epoch=self.epoch)
+            self.pager.send_event(make_event("mem_event", reqs=[r.wire() for r in unanswered]))
+
+    def pager_lost(self, peer: Peer) -> None:
+        """`peer`'s connection ended without a detach."""
+        if self.pager is not peer:
+            return
+        self.pager = None
+        if self.ring_mode is RingMode.xen and not self.destroyed:
+            self.orphaned = True
+        self.counters["pager_losses"] += 1
+        self.log.warning(
+            "pager.lost",
+            epoch=self.epoch,
+            unanswered=self.ring.used,
+            orphaned=self.orphaned,
+        )
+
+    def detach(self, peer: Peer | None) -> Errno | None:
+        """Disable the ring cleanly: the pager's own `detach`, or control's (peer None)."""
+        if peer is not None and self.pager is not peer:
+            return Errno.ENODEV
+        if peer is None and self.pager is not None:
+            return Errno.EBUSY  # a live pager detaches itself (or is replaced by takeover)
+        if self.ring.used or self.waiters or self.p2m.paged_pages:
+            return Errno.EBUSY
+        self.pager = None
+        self.orphaned = False
+        self.log.info("pager.detached", epoch=self.epoch, by="pager" if peer else "control")
+        return None
+
+    def set_target(self, tot_pages: int) -> None:
+        """New target: the pager is told at once (the xenstore watch)."""
+        self.target = tot_pages
+        self.log.info("target.set", tot_pages=tot_pages)
+        if self.pager is not None:
+            self.pager.send_event(make_event("target", tot_pages=tot_pages))
+
+    # ------------------------------------------------------------------ pager operations
+
+    def nominate(self, gfns: Sequence[int]) -> list[Result]:
+        """ram_rw -> paging_out for each gfn (p2m_mem_paging_nominate)."""
+        return [self._simple("nominate", g, "page.nominated") for g in gfns]
+
+    def evict(self, gfns: Sequence[int]) -> list[Result]:
+        """paging_out -> paged, frame freed (p2m_mem_paging_evict)."""
+        # The frames go back together at the end: one madvise per run of frames, not one
+        # per page (a batch of victims swept in gfn order mostly owns a run of frames).
+        freed = array("I")
+        out = [self._simple("evict", g, "page.evicted", freed) for g in gfns]
+        self.pool.release_many(freed)
+        return out
+
+    def mark_broken(self, gfns: Sequence[int]) -> list[Result]:
+        """Frameless paging gfns whose copy the pager lost -> broken."""
+        out = []
+        for g in gfns:
+            res = self._simple("mark_broken", g, "page.broken")
+            if res == OK:
+                self.log.error("page.broken", gfn=g)
+            out.append(res)
+        return out
+
+    def _simple(self, op: str, gfn: int, event: str, freed: array[int] | None = None) -> Result:
+        """Ops whose effects are a type change and maybe freeing the frame (into `freed`,
+        when given, for the caller to release)."""
+        if not self.in_range(gfn):
+            return Errno.EINVAL
+        rule = self._rule(op, gfn)
+        if rule.result != OK:
+            return rule.result
+        if rule.effect == "free_frame":
+            assert rule.dst is not None
+            self._free_frame(gfn, rule.dst, freed)
+        else:
+            self._move(rule, gfn)
+        self.counters[event] += 1
+        self.log.debug(event, gfn=gfn)
+        return OK
+
+    def prep(self, gfns: Sequence[int], pages: Sequence[bytes | None]) -> list[Result]:
+        """Allocate and load populated (or unrequested paged) gfns (p2m_mem_paging_prep)."""
+        out: list[Result] = []
+        for g, data in zip(gfns, pages, strict=True):
+            if not self.in_range(g):
+                out.append(Errno.EINVAL)
+                continue
+            rule = self._rule("prep", g, data)
+            if rule.result == OK and rule.dst is not None:
+                if rule.effect == "alloc_load":
+                    self._alloc(g, rule.dst, data)
+                else:
+                    self._move(rule, g)
+                self.counters["page.prepped"] += 1
+                self.log.debug("page.prepped", gfn=g, to=rule.dst.name)
+            out.append(rule.result)
+        return out
+
+    def resume(self, rsps: Sequence[dict[str, Any]]) -> list[Result]:
+        """Consume responses by `seq` (p2m_mem_paging_resume / vm_event_resume)."""
+        out: list[Result] = []
+        for rsp in rsps:
+            req = self.ring.get(rsp["seq"])
+            if req is None:
+                out.append(Errno.ENOENT)
+                continue
+            if rsp["gfn"] != req.gfn or rsp["vcpu_id"] != req.vcpu_id:
+                self.log.warning(
+                    "resume.mismatch",
+                    seq=req.seq,
+                    gfn=rsp["gfn"],
+                    vcpu_id=rsp["vcpu_id"],
+                    recorded_gfn=req.gfn,
+                    recorded_vcpu_id=req.vcpu_id,
+                )
+                out.append(Errno.EINVAL)
+                continue
+            rule = self._rule("resume", req.gfn, req=req)
+            assert rule.effect == "complete"
+            self.ring.consume(req.seq)
+            self._move(rule, req.gfn)
+            if req.flags & FLAG_VCPU_PAUSED and not req.drop:
+                vcpu = self.vcpus[req.vcpu_id]
+                if vcpu.paused_seq == req.seq:
+                    vcpu.unpause()
+            self.counters["page.resumed"] += 1
+            self.log.debug("page.resumed", seq=req.seq, gfn=req.gfn, vcpu_id=req.vcpu_id)
+            out.append(OK)
+            self._slot_released()
+        return out
+
+    def map(self, gfns: Sequence[int], *, hold: bool, holder: dict[int, int]) -> list[bytes | str]:
+        """Copies of pages for a foreign mapper; a paged gfn is populated (FOREIGN)."""
+        out: list[bytes | str] = []
+        for g in gfns:
+            if not self.in_range(g):
+                out.append(Errno.EINVAL)
+                continue
+            src = self.p2m.type(g)
+            rule = self._rule("map", g)
+            if rule.effect == "copy":
+                out.append(self.pool.read(self.p2m.frames[g]))
+                if hold:
+                    self.p2m.hold(g)
+                    holder[g] = holder.get(g, 0) + 1
+                continue
+            if rule.effect == "populate":
+                req = self._put(g, -1, rule.flags, src)
+                self._move(rule, g)
+                self.counters["page.populated"] += 1
+                self.log.debug("page.populated", gfn=g, seq=req.seq, foreign=True)
+            assert isinstance(rule.result, str)
+            out.append(rule.result)
+        return out
+
+    def unmap(self, gfns: Sequence[int], holder: dict[int, int]) -> list[Result]:
+        """Drop holds taken by `map` on this connection (ENOENT for a gfn it does not hold)."""
+        out: list[Result] = []
+        for g in gfns:
+            if not self.in_range(g):
+                out.append(Errno.EINVAL)
+            elif holder.get(g, 0) == 0:
+                out.append(Errno.ENOENT)
+            else:
+                holder[g] -= 1
+                if holder[g] == 0:
+                    del holder[g]
+                self.p2m.unhold(g)
+                out.append(OK)
+        return out
+
+    def release_holds(self, holder: dict[int, int]) -> None:
+        """A mapper's connection closed: its mappings go away."""
+        if self.destroyed:
+            return
+        for g, n in holder.items():
+            for _ in range(n):
+                self.p2m.unhold(g)
+        holder.clear()
+
+    def audit(self, start: int, count: int) -> dict[str, Any]:
+        """Types and has-frame bitmap of [start, start+count), and the counters."""
+        return {
+            "types": bytes(self.p2m.types[start : start + count]),
+            "frames": pack_bits(self.p2m.has_frame_flags(start, count)),
+            "tot_pages": self.p2m.tot_pages,
+            "target": self.target,
+            "paged_pages": self.p2m.paged_pages,
+        }
+
+    def accessed(self, start: int, count: int, clear: bool) -> bytes:
+        """Accessed bits of [start, start+count), cleared afterwards when asked."""
+        bits = pack_bits(self.p2m.accessed[start : start + count])
+        if clear:
+            self.p2m.accessed[start : start + count] = bytes(count)
+        return bits
