@@ -7,6 +7,9 @@ whole batches, once half of the reserve is used, instead of one gfn after every 
 page-out at batch 1 costs ~20x more per page than at batch 64). tot_pages exceeds the
 target only if more faults arrive during one refill than half the reserve; with a reserve
 of 0 the pager pages out only what exceeds the target, after the fact (`plan_step`).
+Between two audits of hv's counters the balancer counts its own page-ins, and audits again
+only when they may call for a step, when the target may have moved, after a step, and at
+least every `recheck_interval` (a balloon changes tot_pages silently).
 """
 
 from __future__ import annotations
@@ -61,6 +64,10 @@ class Balancer:
         self.pageout = pageout
         self.proactive = proactive
         self.config = config
+        #: hv's tot_pages, paged_pages and the target at the last audit, and
+        #: `state.pageins` just before it.
+        self._last: tuple[int, int, int, int] | None = None
+        self._audited_at = 0.0  # trio time of the last audit
 
     def target(self, counters: dict[str, Any]) -> int:
         """The tot_pages to keep at most: the configured override, else hv's."""
@@ -81,14 +88,32 @@ class Balancer:
         if adopt and not no_room:
             await self.pageout.pageout(adopt, nominate=False)
             return True
-        counters = await self.hv.audit(0, 0)
+        state, reserve = self.state, self.config.reserve_pages
+        if (
+            not state.audit_due
+            and self._last is not None
+            and now - self._audited_at < self.config.recheck_interval
+        ):
+            # Only page-ins since the last audit: each used one frame (tot_pages + 1,
+            # paged_pages - 1). With a reserve most of them ask for no step, and an audit
+            # round trip per fault would cost hv and the pager more than the fault.
+            tot, paged, target, seen = self._last
+            used = state.pageins - seen
+            if plan_step(tot + used, paged - used, target, reserve) == 0:
+                return False
+        state.audit_due, self._audited_at = False, now
+        seen = state.pageins  # before the audit: page-ins meanwhile are counted twice at
+        counters = await self.hv.audit(0, 0)  # most (an early audit), never missed
         tot, paged, target = counters["tot_pages"], counters["paged_pages"], self.target(counters)
-        step = plan_step(tot, paged, target, self.config.reserve_pages)
+        self._last = (tot, paged, target, seen)
+        step = plan_step(tot, paged, target, reserve)
         if step > 0:
             if no_room:
                 return False
+            state.audit_due = True
             return await self.pageout.pipelined(step)
         if step < 0:
+            state.audit_due = True
             return await self.proactive.some(min(self.config.batch, -step)) > 0
         return False
 

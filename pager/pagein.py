@@ -350,7 +350,8 @@ class PageIn:
         self.stats.paged_in += len(freed)
         if self.config.prefetch:
             self._note_prefetch(j.gfn for j in done)
-        self.state.wake()
+        self.state.pageins += len(freed)
+        self.state.wake(audit=False)
         self.state.notify()
 
     def _note_prefetch(self, gfns: Iterable[int]) -> None:

@@ -56,6 +56,8 @@ class PagerState:
         self.in_inflight: set[int] = set()  # gfns in a proactive page-in
         self.prefetch: dict[int, None] = {}  # candidates for proactive page-in, oldest first
         self.stopping = False
+        self.pageins = 0  # gfns paged in by a prep that answered 0, since the start
+        self.audit_due = True  # the balancer's next step asks hv for its counters first
         self._wake_event = trio.Event()
         self._progress = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -118,14 +120,20 @@ class PagerState:
 
     # -- signals and background tasks ---------------------------------------------------
 
-    def wake(self) -> None:
-        """Have the balancer look again now (target moved, a page-in freed room)."""
+    def wake(self, *, audit: bool = True) -> None:
+        """Have the balancer look again now (target moved, a page-in used a frame). With
+        `audit=False` (a page-in, counted in `pageins`) the balancer may judge from its
+        last counters instead of asking hv (`Balancer.once`)."""
+        if audit:
+            self.audit_due = True
         self._wake_event.set()
 
     async def wait_wake(self, at_most: float) -> None:
-        """Wait for `wake()`, at most `at_most` s."""
-        with trio.move_on_after(at_most):
+        """Wait for `wake()`, at most `at_most` s (then the next step audits)."""
+        with trio.move_on_after(at_most) as scope:
             await self._wake_event.wait()
+        if scope.cancelled_caught:
+            self.audit_due = True
         self._wake_event = trio.Event()
 
     def notify(self) -> None:

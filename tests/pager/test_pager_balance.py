@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -121,12 +122,13 @@ def test_the_reserve_is_kept_below_the_target_and_refilled_at_half() -> None:
     assert plan_step(201, 99, 200, 16) == 17  # over the target: down to 184 at once
 
 
-async def _faults_at_target(tmp_path: Path, reserve: int) -> tuple[list[int], int]:
+async def _faults_at_target(tmp_path: Path, reserve: int) -> tuple[list[int], int, int]:
     """Fault 48 paged gfns in one by one at a target of 128 of 256 (batch 8); the size
-    of every page-out batch of the run after the target was first reached, and the
-    highest tot_pages seen after a fault."""
+    of every page-out batch of the run after the target was first reached, the highest
+    tot_pages seen after a fault, and the balancer's audits of hv's counters meanwhile."""
     nr, target = 256, 128
     batches: list[int] = []
+    audits = 0
     async with open_stack(tmp_path, streams="memory", nr_gfns=nr, vcpus=2) as stack:
         async with stack.guest() as guest:
             await guest.fill(2)
@@ -141,6 +143,15 @@ async def _faults_at_target(tmp_path: Path, reserve: int) -> tuple[list[int], in
                 return await pageout(gfns, nominate=nominate)
 
             pager.pageout.pageout = counted  # type: ignore[method-assign]
+            hv = pager.balancer.hv
+            audit = hv.audit
+
+            async def audited(start: int, count: int) -> Any:
+                nonlocal audits
+                audits += count == 0
+                return await audit(start, count)
+
+            hv.audit = audited  # type: ignore[method-assign]
             types = stack.hv.domains[1].p2m.types
             out = [g for g in range(nr) if types[g] == P2MType.paged][:48]
             highest = 0
@@ -153,11 +164,11 @@ async def _faults_at_target(tmp_path: Path, reserve: int) -> tuple[list[int], in
                 await guest.read_check(0, gfn)
                 highest = max(highest, stack.domain_status()["tot_pages"])
                 await stack.until(pager, settled)  # the balancer's step is done
-            seen = list(batches)
+            seen, seen_audits = list(batches), audits
             await guest.verify_all(2)
             await run.stop_ok()
             stack.assert_clean()
-    return seen, highest
+    return seen, highest, seen_audits
 
 
 @pytest.mark.parametrize("reserve", [0, 16])
@@ -167,14 +178,17 @@ async def test_with_a_reserve_faults_at_the_target_page_out_in_batches(
     """A guest at its target faulting gfns in one at a time: without a reserve every
     fault costs a page-out of one gfn, after tot_pages went over the target; with a
     reserve of two batches the faults take free frames, and the refills go in whole
-    batches, with tot_pages never over the target."""
+    batches, with tot_pages never over the target; and the balancer, counting its own
+    page-ins, asks hv for its counters only when a refill may be due."""
     with trio.fail_after(60):
-        batches, highest = await _faults_at_target(tmp_path, reserve)
+        batches, highest, audits = await _faults_at_target(tmp_path, reserve)
     if reserve:
         assert highest <= 128
         assert batches and min(batches) == 8  # whole batches only
         assert sum(batches) >= 48 - reserve  # the faults' frames came back
         assert len(batches) <= 48 // 8
+        assert audits <= 2 * len(batches) + 2  # one to see a refill is due, one after it
     else:
         assert highest == 129  # each fault went over the target
         assert batches.count(1) >= 40  # and cost a batch of one
+        assert audits >= 48  # and an audit at least
