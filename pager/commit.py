@@ -37,9 +37,12 @@ FULL_RETRY: Final = 10.0
 
 #: Seconds the freer holds rows to delete before committing their deletion itself: a
 #: page-out's disk phase that starts meanwhile writes their free records with its own, which
-#: saves the freer's write and its sync (a guest at its target pages one gfn out per
-#: fault, so one is usually about to start). A delay here only delays a slot's reuse.
-FREE_WAIT: Final = 0.002
+#: saves the freer's write and its sync, and what is left goes in one commit for all the
+#: page-ins of that time. With the reserve (pager/balance.py) a refill comes only every
+#: half-reserve of faults, so at 2 ms the freer synced for every few page-ins (hundreds of
+#: syncs a second under load); at 50 ms it syncs at most 20 times a second. A delay here
+#: only delays a slot's reuse (and a crash meanwhile leaves stale rows, freed at reconcile).
+FREE_WAIT: Final = 0.05
 
 
 async def open_store(disk: Disk, *, faults: Faults = NO_FAULTS, lock_timeout: float) -> PageStore:
