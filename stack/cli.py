@@ -67,6 +67,7 @@ def _options(args: argparse.Namespace) -> StackOptions:
         write_ratio=args.write_ratio,
         seed=args.seed,
         policy=args.policy,
+        reserve=args.reserve,
         record_trace=args.record_trace.absolute() if args.record_trace else None,
         stuck_after=args.stuck_after,
         live=False if args.no_live else None,
@@ -97,6 +98,8 @@ def _use_xenpaging(args: argparse.Namespace, opts: StackOptions) -> None:
         raise StackError("--pager xenpaging and --pager-cmd exclude each other")
     if args.policy:
         raise StackError("--policy is xpemu's pager's; xenpaging has its own")
+    if args.reserve is not None:
+        raise StackError("--reserve is xpemu's pager's; xenpaging has its own")
     why = xenpaging_missing()
     if why is not None:
         raise StackError(why)

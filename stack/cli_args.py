@@ -89,6 +89,13 @@ def _add_stack_options(p: argparse.ArgumentParser, *, stress: bool) -> None:
         help=f"pager policy: {', '.join(POLICIES)}, or a plug-in package.module:Class",
     )
     p.add_argument(
+        "--reserve",
+        type=nonneg_int,
+        metavar="PAGES",
+        help="free frames the pager keeps below the target (its --reserve; default: two "
+        "batches; 0 holds the target exactly)",
+    )
+    p.add_argument(
         "--record-trace",
         type=Path,
         metavar="FILE",

@@ -28,6 +28,7 @@ class StackOptions:
     write_ratio: float = 0.3
     seed: int = 0
     policy: str | None = None
+    reserve: int | None = None  # the pager's --reserve (None: its default)
     record_trace: Path | None = None  # hv records the guest's accesses here (hv/trace.py)
     schedule: list[Fault] = field(default_factory=list)
     stuck_after: float = 10.0

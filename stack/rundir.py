@@ -82,6 +82,8 @@ def pager_argv(o: StackOptions, run_dir: Path) -> list[str]:
     ]
     if o.policy:
         argv += ["--policy", o.policy]
+    if o.reserve is not None:
+        argv += ["--reserve", str(o.reserve)]
     return argv
 
 

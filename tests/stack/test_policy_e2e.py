@@ -25,6 +25,7 @@ async def test_record_a_run_then_compare_the_example_policy_on_it(tmp_path: Path
         [
             "up", "--duration", "8", "--nr-gfns", str(NR), "--run-dir", str(tmp_path / "run"),
             "--policy", "car", "--record-trace", str(rec), "--report", str(report), "--no-live",
+            "--reserve", "0",  # the lab replays at the target itself: no reserve below it
         ],
         bound=90,
     )  # fmt: skip
