@@ -20,6 +20,7 @@ import errno as _errno
 import fcntl
 import mmap
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
@@ -38,13 +39,43 @@ LOCK_NAME: Final = "lock"
 DIRECT_ALIGN: Final = mmap.PAGESIZE
 
 
-def _pread_direct(fd: int, size: int, offset: int) -> bytes:
+class _DirectBuffer:
+    """A page-aligned buffer (an anonymous mmap) for O_DIRECT reads, kept between reads:
+    a mapping made and unmapped per read cost two system calls and the page faults of a
+    fresh mapping, for every header page a disk phase reads back. One file reads back in
+    one worker thread at a time (the store's phases are serialised); the lock makes it so
+    for any caller."""
+
+    def __init__(self) -> None:
+        self._buf: mmap.mmap | None = None
+        self.lock = threading.Lock()
+
+    def get(self, size: int) -> mmap.mmap:
+        """A buffer of at least `size` bytes (a multiple of DIRECT_ALIGN); hold `lock`."""
+        if self._buf is None or len(self._buf) < size:
+            if self._buf is not None:
+                self._buf.close()
+            self._buf = mmap.mmap(-1, size)
+        return self._buf
+
+    def close(self) -> None:
+        """Unmap the buffer (the file is closing)."""
+        with self.lock:
+            if self._buf is not None:
+                self._buf.close()
+                self._buf = None
+
+
+def _pread_direct(fd: int, size: int, offset: int, direct: _DirectBuffer) -> bytes:
     """`size` bytes at `offset` through the O_DIRECT descriptor `fd`: from the device."""
     start = offset - offset % DIRECT_ALIGN
     end = -(-(offset + size) // DIRECT_ALIGN) * DIRECT_ALIGN
-    with mmap.mmap(-1, max(end - start, DIRECT_ALIGN)) as buf:
-        n = os.preadv(fd, [buf], start)
-        return bytes(buf[offset - start : max(offset - start, min(n, offset - start + size))])
+    length = max(end - start, DIRECT_ALIGN)
+    with direct.lock:
+        buf = direct.get(length)
+        with memoryview(buf)[:length] as view:
+            n = os.preadv(fd, [view], start)
+            return bytes(view[offset - start : max(offset - start, min(n, offset - start + size))])
 
 
 def _pread_dropped(fd: int, size: int, offset: int) -> bytes:
@@ -68,6 +99,7 @@ class RealDiskFile:
         self._fd = fd
         #: The O_DIRECT descriptor of `pread_media` (None: not opened yet; -1: refused).
         self._direct: int | None = None
+        self._direct_buf = _DirectBuffer()
 
     def _read_media(self, reads: Sequence[tuple[int, int]]) -> list[bytes | OSError]:
         """Each (size, offset) read from the device (module doc); in a worker thread."""
@@ -83,7 +115,7 @@ class RealDiskFile:
             try:
                 if self._direct >= 0:
                     try:
-                        out.append(_pread_direct(self._direct, size, offset))
+                        out.append(_pread_direct(self._direct, size, offset, self._direct_buf))
                         continue
                     except OSError as exc:
                         if exc.errno != _errno.EINVAL:
@@ -179,6 +211,7 @@ class RealDiskFile:
         if self._direct is not None and self._direct >= 0:
             direct, self._direct = self._direct, -1
             os.close(direct)
+        self._direct_buf.close()
         if self._fd >= 0:
             fd, self._fd = self._fd, -1
             os.close(fd)
