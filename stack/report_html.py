@@ -86,7 +86,7 @@ def _head(tl: Timeline) -> str:
     if r:
         verdict = "PASSED" if r.get("ok") else "FAILED"
         rows.append(f'<p class="verdict {verdict.lower()}" id="verdict">{verdict}</p>')
-        rows.append(f"<p>replay: <code id=\"replay\">{html.escape(replay_command(r))}</code></p>")
+        rows.append(f'<p>replay: <code id="replay">{html.escape(replay_command(r))}</code></p>')
     if tl.problems:
         shown = "; ".join(tl.problems[:5])
         rows.append(f"<p>unreadable lines: {len(tl.problems)} ({html.escape(shown)})</p>")
@@ -310,11 +310,15 @@ def _pause_table(tl: Timeline) -> str:
     totals = ""
     vcpus = (tl.report or {}).get("vcpus") or []
     if vcpus:
-        totals = "<p>hv's counts, every pause: " + ", ".join(
-            f"vCPU {v['vcpu']}: {v['pauses']} pauses, {v['paused_s']:.3f} s in all, "
-            f"longest {v['longest_s'] * 1e3:.1f} ms"
-            for v in vcpus
-        ) + "</p>"
+        totals = (
+            "<p>hv's counts, every pause: "
+            + ", ".join(
+                f"vCPU {v['vcpu']}: {v['pauses']} pauses, {v['paused_s']:.3f} s in all, "
+                f"longest {v['longest_s'] * 1e3:.1f} ms"
+                for v in vcpus
+            )
+            + "</p>"
+        )
     return (
         f"{totals}<p>{len(tl.pauses)} pauses of 1 ms or more; the {len(rows)} longest:</p>"
         '<table id="pauses"><tr><th>vCPU</th><th>from (s)</th><th>paused (ms)</th></tr>'

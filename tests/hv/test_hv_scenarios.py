@@ -155,7 +155,10 @@ async def test_pager_reattach_redelivers(harness: Harness) -> None:
             await trio.testing.wait_all_tasks_blocked()
             status = (await _control_status(harness))["domains"][0]
             assert status["pager"] == {
-                "attached": False, "epoch": 1, "orphaned": False, "uptime_s": 0.0,
+                "attached": False,
+                "epoch": 1,
+                "orphaned": False,
+                "uptime_s": 0.0,
             }
             assert status["ring"]["used"] == 3
             harness.check()
@@ -187,7 +190,10 @@ async def test_xen_mode_orphans_the_ring(harness: Harness) -> None:
             async with harness.client("control", None) as control:
                 st = (await control.call("status"))["domains"][0]
                 assert st["pager"] == {
-                    "attached": False, "epoch": 1, "orphaned": True, "uptime_s": 0.0,
+                    "attached": False,
+                    "epoch": 1,
+                    "orphaned": True,
+                    "uptime_s": 0.0,
                 }
                 for takeover in (False, True):
                     async with harness.client("pager", hello=False) as late:

@@ -45,12 +45,21 @@ def _run_dir(tmp_path: Path, *, with_report: bool) -> Path:
                 for i in range(1, 9)
             ),
             {"event": "stack.fault", "fault": "kill", "outcome": "killed", "timestamp": _ts(1.0)},
-            {"event": "stack.pager_exited", "n": 1, "cause": "sigkill:kill",
-             "timestamp": _ts(1.01)},
+            {
+                "event": "stack.pager_exited",
+                "n": 1,
+                "cause": "sigkill:kill",
+                "timestamp": _ts(1.01),
+            },
             {"event": "child.started", "child": "pager", "start": 2, "timestamp": _ts(1.1)},
             {"event": "stack.fault", "fault": "crash", "point": "after_write", "timestamp": _ts(2)},
-            {"event": "stack.fault", "fault": "store", "op": "commit", "action": "EIO",
-             "timestamp": _ts(3.0)},
+            {
+                "event": "stack.fault",
+                "fault": "store",
+                "op": "commit",
+                "action": "EIO",
+                "timestamp": _ts(3.0),
+            },
         ],
     )
     _write(
@@ -64,15 +73,22 @@ def _run_dir(tmp_path: Path, *, with_report: bool) -> Path:
     )
     (d / "guest.log").write_text(
         json.dumps(
-            {"event": "guest.progress", "ops": 10, "latency_ms": {"p50": 1, "p99": 9, "max": 20},
-             "timestamp": _ts(1.0)}
+            {
+                "event": "guest.progress",
+                "ops": 10,
+                "latency_ms": {"p50": 1, "p99": 9, "max": 20},
+                "timestamp": _ts(1.0),
+            }
         )
         + "\n"
         + '{"event": "guest.progress", "ops": 2'  # the last line cut by a kill
     )
     if with_report:
         report = {
-            "ok": True, "command": "stress", "seed": 5, "config": {"vcpus": 2},
+            "ok": True,
+            "command": "stress",
+            "seed": 5,
+            "config": {"vcpus": 2},
             "replay": "xpemu stress --seed 5 --duration 8",
             "faults_injected": {"kill": 1, "crash": 1, "store": 1},
             "vcpus": [{"vcpu": 0, "pauses": 3, "paused_s": 0.7, "longest_s": 0.5}],
@@ -152,8 +168,10 @@ def test_a_sim_trace_renders_on_simulated_time(tmp_path: Path) -> None:
     )
     tl = load(trace)
     assert tl.clock == "sim" and not tl.incomplete
-    assert [(f["t"], f["label"]) for f in tl.faults] == [(1.25, "crash after_write"),
-                                                         (3.0, "power harsh")]
+    assert [(f["t"], f["label"]) for f in tl.faults] == [
+        (1.25, "crash after_write"),
+        (3.0, "power harsh"),
+    ]
     assert [d["cause"] for d in tl.deaths] == ["crash_point"] and tl.starts[0]["n"] == 1
     assert tl.pauses == [{"vcpu": 0, "start": 1.5, "end": 2.0, "s": 0.5}]
     page = render(tl)
@@ -162,14 +180,28 @@ def test_a_sim_trace_renders_on_simulated_time(tmp_path: Path) -> None:
 
 
 def test_replay_command_without_the_runs_own() -> None:
-    report = {"command": "stress", "seed": 7, "config": {"vcpus": 2, "policy": None},
-              "schedule": [{}, {}]}
+    report = {
+        "command": "stress",
+        "seed": 7,
+        "config": {"vcpus": 2, "policy": None},
+        "schedule": [{}, {}],
+    }
     assert replay_command(report) == "xpemu stress --seed 7 --vcpus 2 --faults 2"
 
 
 def test_replay_argv_drops_where_the_run_wrote() -> None:
-    argv = ["stress", "--run-dir", "/tmp/x", "--duration", "5", "--report-html=r.html",
-            "--report", "r.json", "--kinds", "kill=1"]
+    argv = [
+        "stress",
+        "--run-dir",
+        "/tmp/x",
+        "--duration",
+        "5",
+        "--report-html=r.html",
+        "--report",
+        "r.json",
+        "--kinds",
+        "kill=1",
+    ]
     assert replay_argv(argv, 9) == "xpemu stress --duration 5 --kinds kill=1 --seed 9"
     assert replay_argv(["up", "--seed", "3"], 3) == "xpemu up --seed 3"
 
