@@ -33,6 +33,7 @@ from typing import Any, Final
 import trio
 
 from pager.disk import SECTOR
+from protocol import PAGE_SIZE as PAGE
 
 #: Power-loss modes: lose every unsynced change, or keep a seeded subset (one write torn).
 POWER_MODES: Final = ("drop", "subset")
@@ -391,11 +392,17 @@ class SimDisk:
         return data
 
     def _read_cached(self, node: _File, size: int, offset: int) -> bytes | None:
+        # Page by page, as reads of one page each would have (the store reads a run of
+        # slots in one call): each page must be in the cache, and the draws come in the
+        # same order, so a run read keeps every seed's schedule.
         end = offset + size
-        if end > len(node.data) or any(offset // SECTOR <= s < -(-end // SECTOR) for s in node.bad):
-            return None
-        if self.rng.random() >= CACHED_SHARE:
-            return None
+        for at in range(offset, max(end, offset + 1), PAGE):
+            stop = min(at + PAGE, end)
+            sectors = range(at // SECTOR, -(-stop // SECTOR))
+            if stop > len(node.data) or any(s in sectors for s in node.bad):
+                return None
+            if self.rng.random() >= CACHED_SHARE:
+                return None
         return bytes(node.data[offset:end])
 
     def _write(self, node: _File, name: str, offset: int, data: bytes) -> None:

@@ -57,3 +57,28 @@ async def test_read_faults_count_slot_reads_not_the_header_pages(tmp_path: Path)
         assert all(isinstance(x, StoreError) for x in await again.read_slots(rows))
     finally:
         await again.close()
+
+
+async def test_slots_next_to_each_other_are_read_in_one_call(tmp_path: Path) -> None:
+    """A run of slots adjacent in the file is one `pread_cached` (a system call per run,
+    not per slot), with each slot still verified on its own."""
+    store, rows = await _store_with_rows(RealDisk(tmp_path))
+    try:
+        file = store._file
+        assert file is not None
+        calls: list[tuple[int, int]] = []
+        read = file.pread_cached
+
+        def counted(size: int, offset: int) -> bytes | None:
+            calls.append((size, offset))
+            return read(size, offset)
+
+        file.pread_cached = counted  # type: ignore[method-assign]
+        bad = Row(rows[3].gfn, rows[3].gen, rows[3].slot, rows[3].crc ^ 1)
+        got = store.read_slots_cached([*rows[:3], bad, *rows[4:], rows[0]])
+        assert got is not None
+        assert got[:3] + got[4:8] == [bytes([g]) * 4096 for g in (0, 1, 2, 4, 5, 6, 7)]
+        assert isinstance(got[3], ChecksumError) and got[8] == bytes(4096)
+        assert [size for size, _ in calls] == [8 * 4096, 4096]  # the run, then slot 0 again
+    finally:
+        await store.close()
