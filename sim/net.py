@@ -19,6 +19,8 @@ from typing import Any, Final
 
 import trio
 
+from .clock import sleep_until
+
 #: The two directions of a link: from its first end (the client) and towards it.
 DIRECTIONS: Final = ("to_server", "to_client")
 
@@ -128,7 +130,7 @@ class SimStream(trio.abc.Stream):
                 break
             waited = True
             if next_at is not None:
-                await trio.sleep_until(next_at)
+                await sleep_until(next_at)
             else:
                 await pipe.readable.park()
             if self._closed:
