@@ -15,7 +15,7 @@ the server, which answers EINVAL for them too.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from .constants import (
     MAX_AUDIT_COUNT,
@@ -267,6 +267,9 @@ REPLIES: dict[str, Fields] = {
     ),
 }
 
+#: The fields of a failed reply, to any op (besides `id` and `ok`).
+ERROR_REPLY: Final = Fields({"err": ERRNO, "msg": Str()})
+
 #: ev -> fields of an event sent by hv.
 EVENTS: dict[str, Fields] = {
     "mem_event": Fields({"reqs": ListOf(REQ, MAX_LIST)}),
@@ -346,7 +349,7 @@ def parse_reply(op: str, msg: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(msg.get("ok"), bool):
         raise RemoteProtocolError("reply without a boolean 'ok'")
     try:
-        fields = REPLIES[op] if msg["ok"] else Fields({"err": ERRNO, "msg": Str()})
+        fields = REPLIES[op] if msg["ok"] else ERROR_REPLY
         return {**msg, **fields.check(msg)}
     except Invalid as exc:
         raise RemoteProtocolError(f"reply to {op}: {exc}") from None

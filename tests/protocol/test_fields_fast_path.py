@@ -9,10 +9,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from protocol.messages import EVENTS, REPLIES, REQUESTS
+from protocol.messages import ERROR_REPLY, EVENTS, REPLIES, REQUESTS
 from protocol.schema import Bin, Fields, Int, Invalid, Str
 
 _ALL: dict[str, Fields] = {f"reply {op}": f for op, f in REPLIES.items()}
+_ALL["error reply"] = ERROR_REPLY
 _ALL |= {f"event {ev}": f for ev, f in EVENTS.items()}
 for _op, _by_role in REQUESTS.items():
     _ALL |= {f"request {_op} ({role})": f for role, f in _by_role.items()}
@@ -60,3 +61,18 @@ def test_the_common_case_is_the_generated_one() -> None:
             f._fast(bad)
         with pytest.raises(Invalid):
             f.check(bad)
+
+
+def test_checking_a_message_builds_no_schema(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Fields compiles its check when built: building one per message (a failed reply's,
+    # say) would cost far more than the check saves.
+    from protocol import schema
+    from protocol.messages import error_reply, ok_reply, parse_reply, parse_request
+
+    def no_compile(*args: Any) -> Any:
+        raise AssertionError("a Fields was built while checking a message")
+
+    monkeypatch.setattr(schema, "_compile", no_compile)
+    parse_reply("read", error_reply(1, "EIO", "lost"))
+    parse_reply("read", ok_reply(1, data=b"x"))
+    parse_request({"op": "read", "id": 1, "vcpu": 0, "gfn": 1, "off": 0, "len": 1}, "guest")
