@@ -21,6 +21,8 @@ Deterministic as MockClock is: no wall clock, time moves only when the run is id
 the tasks woken in one pass (timers and deadlines alike) go through trio's seeded shuffle
 together. A run with no timer and no deadline left is a deadlock: trio then waits for
 I/O that never comes (`RunBound`'s own deadline is always there in a sim run).
+`trio.testing.wait_all_tasks_blocked` does not mix with it: the clock jumps before an idle
+waiter is woken (MockClock wakes the waiter first); nothing in the sim's world uses it.
 """
 
 from __future__ import annotations
