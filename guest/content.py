@@ -5,10 +5,14 @@ key (seed, gfn, v), 4096 bytes long. Every byte depends on every part of the key
 its position, so a page of another gfn, an older version, a shifted copy or a torn write
 all fail the comparison. Measured on the dev machine: ~12 us per page (`xpemu` accesses
 cost ~100-300 us each over the socket), so generating on every check is affordable.
+
+The last `CACHED_PAGES` pages asked for are kept (512 KiB): a write's page is read back
+soon after, while its gfn is hot, and the check of a read needs the same page again.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import struct
 from typing import Final
@@ -21,6 +25,11 @@ ZERO_PAGE: Final = bytes(PAGE_SIZE)
 _KEY = struct.Struct("<QQQ")
 
 
+#: Pages kept by `page_bytes` (most recently used): 512 KiB.
+CACHED_PAGES: Final = 128
+
+
+@functools.lru_cache(maxsize=CACHED_PAGES)
 def page_bytes(seed: int, gfn: int, version: int) -> bytes:
     """The 4096 bytes a gfn holds after its `version`-th write (version >= 1)."""
     key = _KEY.pack(seed & 0xFFFF_FFFF_FFFF_FFFF, gfn, version)

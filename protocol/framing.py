@@ -10,6 +10,7 @@ another exception: after one, the stream cannot be resynchronised and must be cl
 from __future__ import annotations
 
 import struct
+import threading
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -39,9 +40,20 @@ NEED_DATA: Final = _Sentinel("NEED_DATA")
 CLOSED: Final = _Sentinel("CLOSED")
 
 
+class _Packers(threading.local):
+    """One reusable `msgpack.Packer` per thread (`msgpack.packb` builds a new one, with its
+    buffer, for every message; a Packer is not safe to share between threads)."""
+
+    def __init__(self) -> None:
+        self.packer = msgpack.Packer(use_bin_type=True)
+
+
+_PACKERS = _Packers()
+
+
 def encode_frame(msg: Mapping[str, Any]) -> bytes:
     """Encode one message as a frame; LocalProtocolError if it does not fit in MAX_FRAME."""
-    body = msgpack.packb(msg, use_bin_type=True)
+    body = _PACKERS.packer.pack(msg)
     if len(body) > MAX_FRAME:
         raise LocalProtocolError(f"message of {len(body)} bytes exceeds MAX_FRAME ({MAX_FRAME})")
     return _LEN.pack(len(body)) + body
@@ -57,6 +69,8 @@ def decode_body(body: bytes | memoryview) -> dict[str, Any]:
         raise RemoteProtocolError(f"body is a {type(msg).__name__}, not a map")
     if not _STR.issuperset(map(type, msg)):  # one C-level pass over the keys
         raise RemoteProtocolError("top-level keys must be strings")
+    if _NESTED.isdisjoint(map(type, msg.values())):
+        return msg  # scalars only (most requests and replies): one C-level pass
     if _too_deep(msg, MAX_DEPTH):
         raise RemoteProtocolError(f"body nests deeper than {MAX_DEPTH} levels")
     return msg

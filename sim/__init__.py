@@ -4,7 +4,8 @@
 - `Link`: in-memory connections with latency in trio time, cut mid-frame;
 - `make_plan` / `plan_from_json` / `Plan`: the seeded BUGGIFY fault plan and its JSON
   (including `xpemu stress`'s schedules);
-- `run_seed`: one whole run of hv, pager and guest under `MockClock`, its checks and trace;
+- `run_seed`: one whole run of hv, pager and guest under `SimClock` (MockClock's autojump,
+  cheaper), its checks and trace;
 - `run_seeds`: many seeds, in worker processes; `shrink`: delta debugging of a plan.
 """
 

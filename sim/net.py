@@ -15,9 +15,11 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import trio
+
+from .clock import SimClock
 
 #: The two directions of a link: from its first end (the client) and towards it.
 DIRECTIONS: Final = ("to_server", "to_client")
@@ -29,14 +31,32 @@ def _noop(event: str, **fields: Any) -> None:
     """The default event sink: nothing."""
 
 
+class Clock(Protocol):
+    """What a pipe needs of a clock: the time now."""
+
+    def current_time(self) -> float: ...
+
+
+class _TrioTime:
+    """`trio.current_time()`, for a link built before its run started."""
+
+    @staticmethod
+    def current_time() -> float:
+        return trio.current_time()
+
+
+_TRIO_TIME: Final = _TrioTime()
+
+
 class _Pipe:
     """One direction: bytes in flight (each chunk readable from its arrival time), bytes
     arrived and not yet read, and whether more can come."""
 
-    __slots__ = ("buf", "cut_at", "eof", "flight", "latency", "readable", "sent")
+    __slots__ = ("buf", "clock", "cut_at", "eof", "flight", "latency", "readable", "sent")
 
-    def __init__(self, latency: float) -> None:
+    def __init__(self, latency: float, clock: Clock) -> None:
         self.latency = latency
+        self.clock = clock  # the run's: one call per reading of the time, not three
         self.flight: deque[tuple[float, bytes]] = deque()
         self.buf = bytearray()
         self.eof = False  # no byte will ever be added
@@ -50,7 +70,7 @@ class _Pipe:
 
     def put(self, data: bytes) -> None:
         if self.latency:
-            self.flight.append((trio.current_time() + self.latency, data))
+            self.flight.append((self.clock.current_time() + self.latency, data))
         else:
             self.buf += data
         self.sent += len(data)
@@ -58,12 +78,15 @@ class _Pipe:
 
     def arrived(self) -> float | None:
         """Move what has arrived into `buf`; the arrival time of the next chunk, if any."""
-        now = trio.current_time()
-        while self.flight:
-            at, data = self.flight[0]
+        flight = self.flight
+        if not flight:
+            return None
+        now = self.clock.current_time()
+        while flight:
+            at, data = flight[0]
             if at > now:
                 return at
-            self.flight.popleft()
+            flight.popleft()
             self.buf += data
         return None
 
@@ -128,16 +151,24 @@ class SimStream(trio.abc.Stream):
                 break
             waited = True
             if next_at is not None:
-                await trio.sleep_until(next_at)
+                clock = pipe.clock
+                if type(clock) is SimClock:
+                    await clock.wait_until(next_at)
+                else:
+                    await trio.sleep_until(next_at)
             else:
                 await pipe.readable.park()
             if self._closed:
                 raise trio.ClosedResourceError("this end is closed")
         if not waited:
             await trio.lowlevel.checkpoint()
-        n = len(pipe.buf) if max_bytes is None else max_bytes
-        data = bytes(pipe.buf[:n])
-        del pipe.buf[:n]
+        buf = pipe.buf
+        if max_bytes is None or max_bytes >= len(buf):
+            data = bytes(buf)
+            buf.clear()
+        else:
+            data = bytes(buf[:max_bytes])
+            del buf[:max_bytes]
         return data
 
     async def aclose(self) -> None:
@@ -154,7 +185,11 @@ class Link:
     def __init__(self, name: str, emit: Emit = _noop, *, latency: float = 0.0) -> None:
         self.name = name
         self.emit = emit
-        up, down = _Pipe(latency), _Pipe(latency)
+        try:
+            clock: Clock = trio.lowlevel.current_clock()
+        except RuntimeError:  # built outside a trio run (no latency needs no clock)
+            clock = _TRIO_TIME
+        up, down = _Pipe(latency, clock), _Pipe(latency, clock)
         self._pipes = {"to_server": up, "to_client": down}
         self.ends = (
             SimStream(self, up, down, "to_server"),

@@ -2,7 +2,8 @@
 
 `run_seed(seed)` builds the world of SIM.md: hv's real core (`Hypervisor`, served over
 `sim.net` links), the guest's real workload (`guest.run_workload`), the pager through a
-`sim.pager_node.PagerNode`, all under `MockClock(autojump_threshold=0)` with trio's
+`sim.pager_node.PagerNode`, all under `sim.clock.SimClock` (what
+`MockClock(autojump_threshold=0)` does, cheaper, with timers for the links) with trio's
 scheduler shuffle and every generator seeded from the seed. The plan's faults fire at
 their instants; then faults stop and the checks of SIM.md run (`sim.checks`). The result
 carries the verdict, what fired, and the hash of the trace.
@@ -22,7 +23,6 @@ from typing import Any, Final
 
 import structlog
 import trio
-import trio.testing
 
 from guest import GuestConfig, Shadow, run_workload
 from hv import HvConfig, Hypervisor
@@ -31,6 +31,7 @@ from transport import Client, ConnectionClosed, open_client
 
 from .bound import RunBound, step_budget
 from .checks import MEDIA_FAULTS, Checks, guest_problems, watch
+from .clock import SimClock
 from .disk import DiskFaults
 from .net import Link
 from .pager_node import PagerNode, make_pager_node
@@ -185,7 +186,7 @@ def run_seed(
         try:
             trio.run(
                 world.run,
-                clock=trio.testing.MockClock(autojump_threshold=0),
+                clock=SimClock(),
                 instruments=[world.bound, *instruments],
             )
         except Exception as exc:  # a component blew up: that is a finding too

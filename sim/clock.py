@@ -1,0 +1,96 @@
+"""The sim's clock: trio time that jumps to the next wake-up whenever nothing can run.
+
+`SimClock` does what `trio.testing.MockClock(autojump_threshold=0)` does for a run, more
+cheaply, and adds timers that are not cancel scopes:
+
+- **Time** is a number the clock holds (0.0 at the start, as MockClock's); reading it
+  reads no real clock (MockClock reads one on every `current_time()`, with rate 0).
+- **Autojump**: trio asks a clock how long to sleep only when no task can run
+  (`deadline_to_sleep_time`, given the earliest cancel-scope deadline). The clock then
+  moves its time to the earliest wake-up, its own timers' or trio's deadline, wakes the
+  timers due and says "sleep 0": trio expires its due deadlines in the same pass of its
+  run loop. MockClock takes two passes per jump (a poll to find the run idle, then one
+  to expire), this takes one.
+- **Timers** (`wait_until`): a task waits until a simulated instant on a heap here, parked
+  with `wait_task_rescheduled`, instead of `trio.sleep_until`'s cancel scope (enter,
+  deadline registered, `Cancelled` raised into the task and caught, exit): the links'
+  readers (`sim.net`) wait for each frame in flight this way, tens of thousands of times
+  per default seed. A cancelled timer's entry is dropped; it is a checkpoint as a sleep is.
+
+Deterministic as MockClock is: no wall clock, time moves only when the run is idle, and
+the tasks woken in one pass (timers and deadlines alike) go through trio's seeded shuffle
+together. A run with no timer and no deadline left is a deadlock: trio then waits for
+I/O that never comes (`RunBound`'s own deadline is always there in a sim run).
+`trio.testing.wait_all_tasks_blocked` does not mix with it: the clock jumps before an idle
+waiter is woken (MockClock wakes the waiter first); nothing in the sim's world uses it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from typing import Any
+
+import trio
+
+
+class SimClock(trio.abc.Clock):
+    """Simulated trio time with autojump and cheap timers (see the module)."""
+
+    def __init__(self) -> None:
+        self._now = 0.0
+        # Entries are [at, sequence, task or None once cancelled]; sequence keeps the
+        # order of equal instants (and never compares tasks).
+        self._timers: list[list[Any]] = []
+        self._seq = 0
+
+    def start_clock(self) -> None:
+        """Nothing to start: time starts at 0."""
+
+    def current_time(self) -> float:
+        """The simulated time now."""
+        return self._now
+
+    def deadline_to_sleep_time(self, deadline: float) -> float:
+        """Called by trio's run loop when no task can run: jump to the earliest wake-up
+        (a timer here or trio's `deadline`), wake the timers due, and sleep 0."""
+        timers = self._timers
+        while timers and timers[0][2] is None:
+            heapq.heappop(timers)
+        at = timers[0][0] if timers and timers[0][0] < deadline else deadline
+        if at == math.inf:
+            return math.inf
+        if at > self._now:
+            self._now = at
+        while timers and timers[0][0] <= at:
+            task = heapq.heappop(timers)[2]
+            if task is not None:
+                trio.lowlevel.reschedule(task)
+        return 0.0
+
+    async def wait_until(self, at: float) -> None:
+        """Sleep until simulated time `at` (a checkpoint; cancellable)."""
+        if at <= self._now:
+            await trio.lowlevel.checkpoint()
+            return
+        entry = [at, self._seq, trio.lowlevel.current_task()]
+        self._seq += 1
+        heapq.heappush(self._timers, entry)
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            entry[2] = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+
+async def sleep_until(at: float) -> None:
+    """`SimClock.wait_until` under a `SimClock`, `trio.sleep_until` under any other."""
+    clock = trio.lowlevel.current_clock()
+    if type(clock) is SimClock:
+        await clock.wait_until(at)
+    else:
+        await trio.sleep_until(at)
+
+
+__all__ = ["SimClock", "sleep_until"]

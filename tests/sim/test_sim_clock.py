@@ -1,0 +1,96 @@
+"""The sim's clock: time jumps to the next wake-up when nothing can run, and its timers
+wake at their instant, mixed with trio's own deadlines, and cancel like a sleep."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import pytest
+import trio
+
+from sim.clock import SimClock, sleep_until
+from sim.net import Link
+
+
+def run(fn: Callable[[], Awaitable[object]]) -> None:
+    trio.run(fn, clock=SimClock())  # pytest's timeout bounds the test
+
+
+def test_timers_and_deadlines_wake_in_time_order() -> None:
+    woke: list[tuple[str, float]] = []
+
+    async def timer(name: str, at: float) -> None:
+        await sleep_until(at)
+        woke.append((name, trio.current_time()))
+
+    async def sleeper(name: str, seconds: float) -> None:
+        await trio.sleep(seconds)
+        woke.append((name, trio.current_time()))
+
+    async def main() -> None:
+        assert trio.current_time() == 0.0
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(timer, "t3", 3.0)
+            nursery.start_soon(sleeper, "s2", 2.0)
+            nursery.start_soon(timer, "t1", 1.0)
+            nursery.start_soon(sleeper, "s4", 4.0)
+            nursery.start_soon(timer, "t2", 2.0)
+
+    run(main)
+    assert sorted(woke, key=lambda w: w[1]) == woke
+    assert dict(woke) == {"t1": 1.0, "s2": 2.0, "t2": 2.0, "t3": 3.0, "s4": 4.0}
+
+
+def test_a_timer_in_the_past_is_a_checkpoint() -> None:
+    async def main() -> None:
+        await trio.sleep(1.0)
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await sleep_until(0.5)  # cancelled at its checkpoint
+        assert scope.cancelled_caught
+        assert trio.current_time() == 1.0
+
+    run(main)
+
+
+def test_a_cancelled_timer_wakes_nobody_later() -> None:
+    async def main() -> None:
+        with trio.move_on_at(1.0) as scope:
+            await sleep_until(5.0)
+        assert scope.cancelled_caught
+        assert trio.current_time() == 1.0
+        await trio.sleep(10.0)  # the dropped timer at 5.0 must not reschedule this task
+        assert trio.current_time() == 11.0
+
+    run(main)
+
+
+def test_a_timer_keeps_running_work_from_jumping_time() -> None:
+    # Time moves only when nothing can run, as under MockClock(autojump_threshold=0).
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+
+            async def busy() -> None:
+                for _ in range(100):
+                    await trio.lowlevel.checkpoint()
+                    assert trio.current_time() == 0.0
+
+            nursery.start_soon(busy)
+            await sleep_until(1.0)
+            assert trio.current_time() == 1.0
+
+    run(main)
+
+
+def test_latency_delays_arrival_under_the_sim_clock() -> None:
+    async def main() -> None:
+        client, server = Link("l", latency=0.25).ends
+        await trio.sleep(1.0)
+        await client.send_all(b"a")
+        await client.send_all(b"b")
+        assert await server.receive_some(10) == b"ab"
+        assert trio.current_time() == pytest.approx(1.25)
+        await client.aclose()
+        assert await server.receive_some(10) == b""
+
+    run(main)
