@@ -20,14 +20,16 @@ run: $(STAMP)
 TYPED  := $(wildcard protocol transport hv pager guest sim stack)
 
 # The whole suite (the slow stress tests stay behind XPEMU_SLOW=1) with its 15 slowest
-# tests named, then the linter and the type checker.
+# tests named, then the linter, the formatter (check only) and the type checker.
 test: $(STAMP)
 	$(BIN)/python -m pytest --durations=15
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy $(TYPED)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy $(TYPED)
 
 bench: $(STAMP)

@@ -89,6 +89,7 @@ def test_planted_bug_is_found_and_shrunk(bug: str, monkeypatch: pytest.MonkeyPat
             pytest.xfail(FOUND_LATE[bug])
         raise
     for seed, result in itertools.chain([first], failing):
+
         def failures(plan: Plan, seed: int = seed) -> list[str]:
             return run_seed(seed, plan=plan).failures
 
