@@ -37,12 +37,12 @@ FULL_RETRY: Final = 10.0
 
 #: Seconds the freer holds rows to delete before committing their deletion itself: a
 #: page-out's disk phase that starts meanwhile writes their free records with its own, which
-#: saves the freer's write and its sync, and what is left goes in one commit for all the
-#: page-ins of that time. With the reserve (pager/balance.py) a refill comes only every
-#: half-reserve of faults, so at 2 ms the freer synced for every few page-ins (hundreds of
-#: syncs a second under load); at 50 ms it syncs at most 20 times a second. A delay here
-#: only delays a slot's reuse (and a crash meanwhile leaves stale rows, freed at reconcile).
-FREE_WAIT: Final = 0.05
+#: saves the freer's write and its sync. 50 ms (a commit for many page-ins) cut the syncs
+#: per page-in by 1.5-4x under load, but on a quiet machine it changed no page-in rate,
+#: and each late commit landed inside a later populate: p99 4.4-5.0x the echo against
+#: 3.55-3.75x at 2 ms (BENCHMARKS.md, "Eighth round"). A delay here only delays a slot's
+#: reuse (and a crash meanwhile leaves stale rows, freed at reconcile).
+FREE_WAIT: Final = 0.002
 
 
 async def open_store(disk: Disk, *, faults: Faults = NO_FAULTS, lock_timeout: float) -> PageStore:

@@ -19,6 +19,7 @@ from typing import Any, Final
 
 import trio
 
+from pager.balance import plan_step
 from protocol import PAGE_SIZE, P2MType, RingMode
 from transport import Client, open_unix_client
 
@@ -36,6 +37,12 @@ POP_BLOCKS: Final = 5
 
 #: The ring modes measured, each at hv's default settings (the first is hv's default).
 RING_MODES: Final = (RingMode.reattach.value, RingMode.xen.value)
+
+#: The pager's batch in this section (fast to page the samples out) and its reserve (the
+#: pager's default, two batches), given explicitly: the latency samples wait for its
+#: refills (`plan_step`).
+POP_BATCH: Final = 256
+POP_RESERVE: Final = 2 * POP_BATCH
 
 #: The processes whose CPU time a page-in costs (the guest is this bench process).
 CPU_PROCS: Final = ("hv", "pager", "guest")
@@ -99,11 +106,11 @@ async def bench_populate(
     """Populate latency with one vCPU and page-ins/s with each vCPU count, on real
     processes, for each ring mode; the first mode's figures also at the top level.
 
-    The pager holds the target: after each page-in it pages one other gfn out. The
-    one-vCPU latency samples wait for that to finish before the next read, so each sample
-    is one populate against an otherwise idle pager; the page-ins/s runs do not wait
-    (page-outs run alongside, as they would in a guest at its target, and their CPU time
-    is in the pager's CPU per page-in).
+    The pager holds the target with its reserve: once half of it is used by page-ins, it
+    pages a batch out. The one-vCPU latency samples wait for such a refill to finish
+    before the next read, so each sample is one populate against an otherwise idle pager;
+    the page-ins/s runs do not wait (page-outs run alongside, as they would in a guest at
+    its target, and their CPU time is in the pager's CPU per page-in).
     """
     modes: dict[str, Any] = {}
     for mode in RING_MODES:
@@ -128,7 +135,8 @@ async def _bench_mode(
     out: dict[str, Any] = {"paged": paged_n, "nr_gfns": nr, "read_len": PAGE_SIZE}
     name = "populate" if mode == RING_MODES[0] else f"populate-{mode}"
     async with open_stack(work, name, nr, vcpus, profile, ring_mode=mode) as stack:
-        pager = await stack.start_pager(stack.pager_argv(batch=256))
+        argv = [*stack.pager_argv(batch=POP_BATCH), "--reserve", str(POP_RESERVE)]
+        pager = await stack.start_pager(argv)
         await stack.wait_attached(pager)
         await stack.set_target(nr - paged_n)
         await stack.wait_counters(lambda c: c["paged_pages"] >= paged_n, "the first page-out")
@@ -148,8 +156,12 @@ async def _bench_mode(
             await guest.hello(1)
 
             async def settled() -> None:
+                # The pager has nothing left to do: any refill of its reserve is over.
                 await stack.wait_counters(
-                    lambda c: c["tot_pages"] <= target and c["paged_pages"] >= paged_n,
+                    lambda c: (
+                        plan_step(c["tot_pages"], c["paged_pages"], target, POP_RESERVE) == 0
+                        and c["paged_pages"] >= paged_n
+                    ),
                     "the pager to hold the target",
                 )
 
