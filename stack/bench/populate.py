@@ -135,8 +135,7 @@ async def _bench_mode(
     out: dict[str, Any] = {"paged": paged_n, "nr_gfns": nr, "read_len": PAGE_SIZE}
     name = "populate" if mode == RING_MODES[0] else f"populate-{mode}"
     async with open_stack(work, name, nr, vcpus, profile, ring_mode=mode) as stack:
-        argv = [*stack.pager_argv(batch=POP_BATCH), "--reserve", str(POP_RESERVE)]
-        pager = await stack.start_pager(argv)
+        pager = await stack.start_pager(stack.pager_argv(batch=POP_BATCH, reserve=POP_RESERVE))
         await stack.wait_attached(pager)
         await stack.set_target(nr - paged_n)
         await stack.wait_counters(lambda c: c["paged_pages"] >= paged_n, "the first page-out")

@@ -88,13 +88,18 @@ class BenchStack:
         policy: str = "xenpaging",
         target: int | None = None,
         log_level: str = "warning",
+        reserve: int | None = 0,
     ) -> list[str]:
-        """The command line of a pager process on this stack's store."""
+        """The command line of a pager process on this stack's store. No reserve unless
+        asked (`reserve`; None: the pager's default): a section that pages N gfns out
+        measures N, not N and a reserve's refill behind them."""
         argv = [sys.executable, "-m", "pager", "--run-dir", str(self.run_dir)]
         argv += ["--state-dir", str(self.state_dir), "--batch", str(batch)]
         argv += ["--policy", policy, "--log-level", log_level, "--on-exit", "keep"]
         if target is not None:
             argv += ["--target", str(target)]
+        if reserve is not None:
+            argv += ["--reserve", str(reserve)]
         return argv
 
     async def start_pager(self, argv: list[str], *, profile: bool = True) -> Child:
