@@ -1,10 +1,11 @@
 """Target balancing: page out above hv's target, page in below it, adopt leftovers.
 
-With a reserve (`PagerConfig.reserve`, two batches by default), the pager keeps that many
-frames free below the target, as Linux's reclaim keeps free pages between watermarks: a
-guest fault then takes a free frame at once, and the page-outs that make room again go in
-whole batches, once half of the reserve is used, instead of one gfn after every fault (a
-page-out at batch 1 costs ~20x more per page than at batch 64). tot_pages exceeds the
+With a reserve (`PagerConfig.reserve`; the command line's `--reserve` defaults to two
+batches), the pager keeps that many frames free below the target, as Linux's reclaim
+keeps free pages between watermarks: a guest fault then takes a free frame at once, and
+the page-outs that make room again go in whole batches, once half of the reserve is used,
+instead of one gfn after every fault (a page-out at batch 1 costs ~20x more per page than
+at batch 64). tot_pages exceeds the
 target only if more faults arrive during one refill than half the reserve; with a reserve
 of 0 the pager pages out only what exceeds the target, after the fact (`plan_step`).
 Between two audits of hv's counters the balancer counts its own page-ins, and audits again
@@ -88,7 +89,7 @@ class Balancer:
         if adopt and not no_room:
             await self.pageout.pageout(adopt, nominate=False)
             return True
-        state, reserve = self.state, self.config.reserve_pages
+        state, reserve = self.state, self.config.reserve
         if (
             not state.audit_due
             and self._last is not None

@@ -29,7 +29,7 @@ class PagerConfig:
     concurrency: int = 4  # page-in batches at once (workers, or started from the reader)
     pipeline: int = 8  # page-out batches on their way at once
     target: int | None = None  # override hv's target (tot_pages to keep at most)
-    reserve: int | None = None  # free frames kept below the target (None: 2 x batch)
+    reserve: int = 0  # free frames kept below the target (the command line's default: 2 batches)
     prefetch: int = 0  # paged neighbours paged in proactively after a guest fault
     mru_size: int | None = None  # xenpaging's MRU list length
     hello_timeout: float = 10.0  # how long EBUSY on hello is retried
@@ -52,14 +52,9 @@ class PagerConfig:
             raise ValueError("prefetch must be >= 0")
         if self.target is not None and self.target < 0:
             raise ValueError("target must be >= 0")
-        if self.reserve is not None and self.reserve < 0:
+        if self.reserve < 0:
             raise ValueError("reserve must be >= 0")
         check_policy(self.policy)  # a built-in, or a plug-in class that fits (else ValueError)
-
-    @property
-    def reserve_pages(self) -> int:
-        """The reserve in pages (`reserve`, or two batches when it is not set)."""
-        return 2 * self.batch if self.reserve is None else self.reserve
 
 
 @dataclass

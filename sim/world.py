@@ -253,6 +253,7 @@ class World:
             self.hv = Hypervisor(config)
         pager_config = PagerConfig(
             batch=sc.batch,
+            reserve=2 * sc.batch,  # the command line's default: the sim runs what users run
             concurrency=2,
             pipeline=4,
             hello_timeout=sc.liveness_s,
