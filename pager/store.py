@@ -78,6 +78,7 @@ from .store_format import (
     is_slot,
     join_runs,
     slot_offset,
+    slot_runs,
 )
 from .store_headers import HeaderPages
 from .store_open import (
@@ -415,25 +416,18 @@ class PageStore:
             return None
         out: list[bytes | StoreError] = []
         read = self._file.pread_cached
-        # Slots next to each other in the file (a page-out batch's usually are) in one read:
-        # a system call per run, not per slot.
-        i, n = 0, len(rows)
-        while i < n:
-            start = slot_offset(rows[i].slot)
-            j, end = i + 1, start + SLOT_SIZE
-            while j < n and slot_offset(rows[j].slot) == end:
-                j, end = j + 1, end + SLOT_SIZE
-            data = read(end - start, start)
+        i = 0  # slots next to each other in the file (a batch's usually are): one read
+        for start, count in slot_runs([r.slot for r in rows]):
+            data = read(count * SLOT_SIZE, start)
             if data is None:
                 return None
-            if j == i + 1:
+            if count == 1:
                 out.append(_verified(rows[i], data))
             else:
                 with memoryview(data) as view:
-                    for k in range(i, j):
-                        at = (k - i) * SLOT_SIZE
-                        out.append(_verified(rows[k], bytes(view[at : at + SLOT_SIZE])))
-            i = j
+                    for k, r in enumerate(rows[i : i + count]):
+                        out.append(_verified(r, bytes(view[k * SLOT_SIZE : (k + 1) * SLOT_SIZE])))
+            i += count
         return out
 
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 import struct
 import sys
 from array import array
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from itertools import compress
 from typing import Final, NamedTuple
 
@@ -254,6 +254,21 @@ def parse_pages(pages: list[bytes | None]) -> Parsed:
     return Parsed(cols, damaged, live, whole)
 
 
+def slot_runs(slots: Sequence[int]) -> list[tuple[int, int]]:
+    """(file offset, slot count) of each run of `slots` next to each other in the file, in
+    the given order (one read per run; `join_runs` is the same for writes, sorted)."""
+    out: list[tuple[int, int]] = []
+    end = -1
+    for slot in slots:
+        at = slot_offset(slot)
+        if at == end:
+            out[-1] = (out[-1][0], out[-1][1] + 1)
+        else:
+            out.append((at, 1))
+        end = at + SLOT_SIZE
+    return out
+
+
 def join_runs(writes: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
     """`writes` sorted by offset, with adjacent ones joined (fewer system calls)."""
     writes.sort(key=lambda w: w[0])
@@ -297,5 +312,6 @@ __all__ = [
     "seal",
     "sealed_crc",
     "slot_offset",
+    "slot_runs",
     "slots_in",
 ]
