@@ -38,6 +38,11 @@ class PagerConfig:
     drain_timeout: float = 60.0  # exit: time allowed to page everything in and detach
     read_attempts: int = 4  # slot reads failing with EIO before the page is declared lost
     balance: bool = True  # follow the target; False: only serve requests (tests, benchmarks)
+    #: Seconds the drop worker waits before serving DROP_PAGE requests (0: at once). A
+    #: simulation knob (SIM.md's BUGGIFY): it widens the window in which a drop goes stale
+    #: (the gfn ballooned in and paged out again before the drop is served), which the
+    #: audit in `Drops.serve` must then catch; no command-line option sets it.
+    drop_delay: float = 0.0
 
     def __post_init__(self) -> None:
         if self.on_exit not in ("pagein", "keep"):
@@ -54,6 +59,8 @@ class PagerConfig:
             raise ValueError("target must be >= 0")
         if self.reserve < 0:
             raise ValueError("reserve must be >= 0")
+        if self.drop_delay < 0:
+            raise ValueError("drop_delay must be >= 0")
         check_policy(self.policy)  # a built-in, or a plug-in class that fits (else ValueError)
 
 

@@ -69,7 +69,9 @@ class Pager:
         )
         self.state = PagerState(self.stats)
         self.commit = Committer(store, self.state, self.stats, faults)
-        self.drops = Drops(self.hv, self.state, self.commit, self.policy, self.stats)
+        self.drops = Drops(
+            self.hv, self.state, self.commit, self.policy, self.stats, delay=config.drop_delay
+        )
         hv, state, commit, policy, stats = self.hv, self.state, self.commit, self.policy, self.stats
         self.pagein = PageIn(
             hv=hv,

@@ -37,8 +37,11 @@ class Drops:
         commit: Committer,
         policy: Policy,
         stats: PagerStats,
+        *,
+        delay: float = 0.0,
     ) -> None:
         self.hv = hv
+        self.delay = delay  # PagerConfig.drop_delay
         self.state = state
         self.commit = commit
         self.policy = policy
@@ -63,6 +66,8 @@ class Drops:
         """Serve the DROP_PAGE requests `PagerState.submit` queued, many at a time."""
         recv = self.state.drops_recv
         async for req in recv:
+            if self.delay:  # a simulation knob (PagerConfig.drop_delay)
+                await trio.sleep(self.delay)
             reqs = [req]
             while len(reqs) < MAX_LIST:
                 try:

@@ -23,7 +23,9 @@ Scheduled kinds (each an instant of simulated time, seconds from the workload's 
 - `enomem`: a second domain takes every free host frame for `for_s` seconds.
 
 Settings switched per seed (`TOGGLES`): `balloon` (the guest balloons out and in),
-`race` (the vCPUs crowd onto a few hot gfns), `ring_full` (a ring of 2 slots).
+`race` (the vCPUs crowd onto a few hot gfns), `ring_full` (a ring of 2 slots),
+`slow_drops` (the pager waits before serving DROP_PAGE requests: `PagerConfig.drop_delay`,
+a BUGGIFY knob that lets a drop go stale before it is served).
 """
 
 from __future__ import annotations
@@ -50,7 +52,11 @@ KINDS: Final = (
 )
 
 #: World settings switched on per seed.
-TOGGLES: Final = ("balloon", "race", "ring_full")
+TOGGLES: Final = ("balloon", "race", "ring_full", "slow_drops")
+
+#: Toggles drawn from the plan's own stream, before its faults; a toggle added later draws
+#: from a stream of its own, so that adding it leaves every seed's faults as they were.
+_FIRST_TOGGLES: Final = ("balloon", "race", "ring_full")
 
 #: Probability that a seed switches a kind (or a toggle) on.
 KIND_ON: Final = 0.5
@@ -151,7 +157,9 @@ def make_plan(
     floor, e.g. its pager crashes and power losses).
     """
     rng = random.Random(f"xpemu-sim-plan/{seed}")
-    toggles = frozenset(t for t in TOGGLES if rng.random() < KIND_ON)
+    toggles = {t for t in _FIRST_TOGGLES if rng.random() < KIND_ON}
+    later = random.Random(f"xpemu-sim-plan/{seed}/toggles")
+    toggles.update(t for t in TOGGLES if t not in _FIRST_TOGGLES and later.random() < KIND_ON)
     faults: list[SimFault] = []
     for kind in KINDS:
         n = 0
@@ -162,7 +170,7 @@ def make_plan(
             at = round(rng.uniform(0.0, window), 6)
             faults.append(SimFault(at, kind, _params(kind, rng, window, nr_gfns)))
     faults.sort(key=lambda f: (f.at, f.kind))
-    return Plan(toggles, tuple(faults))
+    return Plan(frozenset(toggles), tuple(faults))
 
 
 def _poisson(rng: random.Random, mean: float) -> int:

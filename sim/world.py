@@ -258,6 +258,9 @@ class World:
             pipeline=4,
             hello_timeout=sc.liveness_s,
             lock_timeout=1.0,
+            # BUGGIFY (SIM.md): drops wait, so the guest can balloon a gfn in and the pager
+            # page it out again before its old DROP_PAGE is served (the audit's case).
+            drop_delay=sc.window / 12 if "slow_drops" in plan.toggles else 0.0,
         )
         self.node: PagerNode = make_pager_node(pager_config, self.rng, self.emit)
         self.armed = ""  # the fault spec the next pager life starts with
