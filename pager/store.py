@@ -56,7 +56,6 @@ and the pager check a record's generation against it at recovery, a protocol cha
 from __future__ import annotations
 
 import errno as _errno
-from array import array
 from collections.abc import Callable, Iterable, Sequence
 from typing import Final
 
@@ -88,6 +87,7 @@ from .store_open import (
     read_meta,
     write_meta,
 )
+from .store_slots import SlotTable
 
 log = structlog.get_logger("pager.store")
 
@@ -106,16 +106,12 @@ class PageStore:
         self._phase = trio.Lock()  # one write+sync phase at a time
         #: gfn -> its durable row (changed only after a phase's sync returned).
         self.rows = RowIndex()
-        self._used = bytearray()  # slot -> 1 if a row names it, else 0
         self.instance: str | None = None
         self._meta_ok = False  # meta.json holds `instance` and a sane next_gen
         self._tag = 0
         self._tags: set[int] = set()  # instance tags of the records found at open
         self._next_gen = 1
-        self._free = array("I")  # slots no row names, none reserved (popped from the end)
-        self._high = 0  # slots below this exist (or existed) in the file
-        self._pins: dict[int, int] = {}  # slot -> readers in flight
-        self._unpin_free: set[int] = set()  # freed while pinned: free once unpinned
+        self.slots = SlotTable()  # which slots rows name, which are free or pinned
         self._headers = HeaderPages()  # the header pages a phase writes
         self.lost_records = 0  # records found damaged at open (their gfns are lost)
         self.closed = False
@@ -156,9 +152,9 @@ class PageStore:
             got = await load_pages(self._file)
         except OSError as exc:
             raise oserror("opening the pages file", exc) from exc
-        self.rows, self._used = got.rows, got.used
+        self.rows, self._tags = got.rows, got.tags
+        self.slots = SlotTable(got.used, got.free, got.high)
         self._headers = HeaderPages(got.sealed)
-        self._free, self._high, self._tags = got.free, got.high, got.tags
         self.lost_records = got.lost_records
         self._next_gen = max(int(meta.get("next_gen", 1)), got.max_gen + 1)
         self._meta_ok = meta.get("format") == FORMAT and "instance" in meta
@@ -207,7 +203,7 @@ class PageStore:
                     rows=len(self.rows),
                     aside=aside,
                 )
-            elif self.instance is not None or self._high:
+            elif self.instance is not None or self.slots.high:
                 # An empty store of another instance holds no page: nothing to keep.
                 await self._replace_files(None)
                 log.info("store.reset_empty", old_instance=self.instance, new_instance=instance)
@@ -238,25 +234,17 @@ class PageStore:
     # -- slots ------------------------------------------------------------------------
 
     def reserve(self, n: int, *, grow: bool = True) -> list[int]:
-        """Take `n` slots for a page-out batch (fewer if `grow` is false and few are free)."""
-        out: list[int] = []
-        while self._free and len(out) < n:
-            out.append(self._free.pop())
-        if grow:
-            while len(out) < n:
-                if is_slot(self._high):
-                    out.append(self._high)
-                self._high += 1
-        return out
+        """Take `n` slots for a page-out batch (`SlotTable.reserve`)."""
+        return self.slots.reserve(n, grow=grow)
 
     def release(self, slots: Iterable[int]) -> None:
         """Give back reserved slots that no persisted record names (a failed batch)."""
-        self._free.extend(slots)
+        self.slots.release(slots)
 
     @property
     def free_slots(self) -> int:
         """Slots ready for reuse without growing the pages file."""
-        return len(self._free)
+        return self.slots.free_count
 
     def next_gen(self) -> int:
         """A new generation number (rows are identified by (gfn, gen))."""
@@ -266,20 +254,11 @@ class PageStore:
 
     def pin(self, rows: Iterable[Row]) -> None:
         """Keep these rows' slots from reuse while they are being read."""
-        for r in rows:
-            self._pins[r.slot] = self._pins.get(r.slot, 0) + 1
+        self.slots.pin(rows)
 
     def unpin(self, rows: Iterable[Row]) -> None:
         """Release pins taken by `pin`."""
-        for r in rows:
-            left = self._pins[r.slot] - 1
-            if left:
-                self._pins[r.slot] = left
-                continue
-            del self._pins[r.slot]
-            if r.slot in self._unpin_free:
-                self._unpin_free.discard(r.slot)
-                self._free.append(r.slot)
+        self.slots.unpin(rows)
 
     def to_delete(self, keys: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
         """The (gfn, gen) keys that still name a row (a newer generation is kept)."""
@@ -289,14 +268,6 @@ class PageStore:
             if r is not None and r.gen == gen:
                 out.append((gfn, gen))
         return out
-
-    def _named(self, slot: int) -> bool:
-        return slot < len(self._used) and self._used[slot] != 0
-
-    def _set_used(self, slot: int, used: int) -> None:
-        if slot >= len(self._used):
-            self._used.extend(bytes(slot + 1 - len(self._used) + 1024))
-        self._used[slot] = used
 
     # -- disk phases ------------------------------------------------------------------
 
@@ -316,7 +287,7 @@ class PageStore:
         change) if the phase failed, a header page read back other bytes than written
         included, or if a row's slot is named by a row already (a bookkeeping bug:
         writing would lose that row's page)."""
-        if twice := [r.slot for r in rows if self._named(r.slot) or not is_slot(r.slot)]:
+        if twice := [r.slot for r in rows if self.slots.named(r.slot) or not is_slot(r.slot)]:
             raise StoreError(f"slots {twice[:8]} are named already, or no slots", _errno.EIO)
         async with self._phase:
             if self._file is None or self.closed:
@@ -337,7 +308,7 @@ class PageStore:
                 changes.setdefault(slot // EXTENT_SLOTS, []).append((slot, rec))
             try:
                 headers = await self._headers.pages(
-                    self._file, changes, self.rows, self._used, self._tag
+                    self._file, changes, self.rows, self.slots.used, self._tag
                 )
             except OSError as exc:
                 raise oserror("header page read", exc) from exc
@@ -374,25 +345,17 @@ class PageStore:
         await self.persist((), (), keys)
 
     def _applied(self, rows: Sequence[Row], deletes: Sequence[tuple[int, int]]) -> None:
-        index = self.rows
+        index, slots = self.rows, self.slots
         for gfn, _ in deletes:
             slot = index[gfn].slot
             del index[gfn]
-            self._used[slot] = 0
-            self._slot_freed(slot)
+            slots.freed(slot)
         for r in rows:
             old = index.get(r.gfn)
             index[r.gfn] = r
             if old is not None and old.slot != r.slot:
-                self._used[old.slot] = 0
-                self._slot_freed(old.slot)
-            self._set_used(r.slot, 1)
-
-    def _slot_freed(self, slot: int) -> None:
-        if slot in self._pins:
-            self._unpin_free.add(slot)
-        else:
-            self._free.append(slot)
+                slots.freed(old.slot)
+            slots.name(r.slot)
 
     # -- reads ------------------------------------------------------------------------
 

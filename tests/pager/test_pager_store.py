@@ -129,7 +129,7 @@ async def test_a_stale_record_of_a_gfn_loses_to_the_newer_generation() -> None:
     again = await open_store(disk)
     assert again.rows[3] == new
     assert await again.read_slots([new]) == [page(4)]
-    assert old.slot in again._free
+    assert old.slot in again.slots._free
     await again.close()
 
 

@@ -144,7 +144,7 @@ async def test_two_astray_header_writes_never_serve_the_older_generation(mode: s
         free_failed = await failed(store.delete_rows([(G, old.gen), (1, one.gen)]))
         free_kept = dict(store.rows) == before and store.free_slots == free_list
         out_failed = await failed(d.page_out(store, [G]))  # G's new record, same page
-        out_kept = dict(store.rows) == before and not {old.slot, one.slot} & set(store._free)
+        out_kept = dict(store.rows) == before and not {old.slot, one.slot} & set(store.slots._free)
         await store.close()
         disk.land = None
         again = await d.check_restart()  # never wrong bytes: the property itself

@@ -93,7 +93,7 @@ class StoreModel(RuleBasedStateMachine):
         assert {g: r.gen for g, r in store.rows.items()} == self.model
         slots = [r.slot for r in store.rows.values()]
         assert len(slots) == len(set(slots))
-        assert not set(slots) & set(store._free)
+        assert not set(slots) & set(store.slots._free)
         rows = list(store.rows.values())
         assert run(store.read_slots, rows) == [data_for(r.gfn, r.gen) for r in rows]
 
