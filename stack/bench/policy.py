@@ -15,7 +15,7 @@ from ..benchlib import (
     zipf_ranking,
     zipf_trace,
 )
-from ..policylab.reference import arc_faults
+from ..policylab.reference import arc_faults, lfu_faults
 from ..policylab.replay import ReplayError, TraceMemory
 from ..policylab.traces import loop_trace
 from .options import BenchError, Sizes
@@ -27,8 +27,9 @@ async def bench_policy(
     sizes: Sizes, policies: Sequence[str], say: Callable[[str], None]
 ) -> dict[str, Any]:
     """Faults per 1,000 accesses on three traces: each policy next to Belady's optimal,
-    exact LRU, ARC, and (Zipf only: its probabilities are known) the best online policy,
-    A0. The third trace loops over 5/4 of the memory: exact LRU misses every access."""
+    exact LRU, ARC, perfect LFU, and (Zipf only: its probabilities are known) the best
+    online policy, A0. The third trace loops over 5/4 of the memory: exact LRU misses
+    every access."""
     n, cap, length = sizes.policy_gfns, sizes.policy_capacity, sizes.policy_len
     traces = {
         "zipf": zipf_trace(n, length, 0.99, seed=11),
@@ -46,7 +47,11 @@ async def bench_policy(
     for name, trace in traces.items():
         opt = belady_faults(trace, cap) * 1000 / length
         row: dict[str, Any] = {"belady": opt}
-        bounds = {"lru": lru_faults(trace, cap), "arc": arc_faults(trace, cap)}
+        bounds = {
+            "lru": lru_faults(trace, cap),
+            "arc": arc_faults(trace, cap),
+            "lfu": lfu_faults(trace, cap),
+        }
         if name == "zipf":
             bounds["a0"] = a0_faults(trace, cap, zipf_ranking(n, seed=11))
         runs = {}

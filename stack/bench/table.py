@@ -18,8 +18,13 @@ def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x"
 
 
-_POLICY_LABELS: Final = {"a0": "online bound (A0)", "lru": "LRU (exact)", "arc": "ARC (exact)"}
-_KNOWN_ROWS: Final = {"belady", "a0", "lru", "arc", *POLICIES}
+_POLICY_LABELS: Final = {
+    "a0": "online bound (A0)",
+    "lru": "LRU (exact)",
+    "arc": "ARC (exact)",
+    "lfu": "LFU (perfect)",
+}
+_KNOWN_ROWS: Final = {"belady", "a0", "lru", "arc", "lfu", *POLICIES}
 
 
 def table_rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
@@ -144,7 +149,7 @@ def table_rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 (f"{trace}: Belady's optimal", f"{row['belady']:.1f} faults/1k", "(the floor)", "")
             )
             extra = [k for k in row if not k.endswith("_ratio") and k not in _KNOWN_ROWS]
-            for p in ("a0", "lru", "arc", *POLICIES, *extra):
+            for p in ("a0", "lfu", "lru", "arc", *POLICIES, *extra):
                 if p in row:
                     rows.append(
                         (

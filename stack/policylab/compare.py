@@ -10,7 +10,7 @@ from pathlib import Path
 from pager.policy import policy_label
 
 from ..benchlib import a0_faults, belady_faults
-from .reference import arc_faults, lru_curve
+from .reference import arc_faults, lfu_faults, lru_curve
 from .replay import replay_faults
 from .traces import Trace
 
@@ -20,6 +20,7 @@ REFERENCES = {
     "a0": "A0 (online bound)",
     "lru": "exact LRU",
     "arc": "ARC (exact)",
+    "lfu": "perfect LFU",
 }
 
 
@@ -68,6 +69,7 @@ def compare(
         cmp.faults["a0"] = [a0_faults(g, c, trace.ranking) for c in sizes]
     cmp.faults["lru"] = [cmp.lru_all[c] for c in sizes]
     cmp.faults["arc"] = [arc_faults(g, c) for c in sizes]
+    cmp.faults["lfu"] = [lfu_faults(g, c) for c in sizes]
     say(f"  references done ({', '.join(r for r in REFERENCES if r in cmp.faults)})")
     for p in policies:
         cmp.faults[p] = [replay_faults(p, g, trace.nr_gfns, c, start) for c in sizes]

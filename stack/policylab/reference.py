@@ -1,5 +1,7 @@
 """Offline references a policy is measured against: exact LRU's whole miss-ratio curve in one
-pass (Mattson's stack algorithm) and ARC; Belady's optimum and A0 are in stack.benchlib.
+pass (Mattson's stack algorithm), ARC, and perfect LFU (the best a policy that must learn
+the probabilities A0 is given can do: count them); Belady's optimum and A0 are in
+stack.benchlib.
 
 Every reference starts with an empty memory, as `TraceMemory` does by default: a first
 touch is a fault.
@@ -7,6 +9,7 @@ touch is a fault.
 
 from __future__ import annotations
 
+import heapq
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -109,4 +112,34 @@ def arc_faults(trace: Sequence[int], capacity: int) -> int:
                     b2.popitem(last=False)
                 replace(False)
             t1[x] = None
+    return faults
+
+
+def lfu_faults(trace: Sequence[int], capacity: int) -> int:
+    """Faults of perfect LFU: every access counted, counts kept for evicted gfns and never
+    decayed; a fault with memory full evicts the resident gfn with the lowest count (of
+    those tied, the least recently used). A heap of (count, last access, gfn) with stale
+    entries skipped when popped: O(n log n)."""
+    counts: dict[int, int] = {}
+    resident: dict[int, tuple[int, int]] = {}  # gfn -> its live heap key (count, last)
+    heap: list[tuple[int, int, int]] = []
+    faults = 0
+    for i, g in enumerate(trace):
+        c = counts.get(g, 0) + 1
+        counts[g] = c
+        if g not in resident:
+            faults += 1
+            if capacity <= 0:
+                continue
+            if len(resident) >= capacity:
+                while True:
+                    c0, i0, g0 = heapq.heappop(heap)
+                    if resident.get(g0) == (c0, i0):
+                        del resident[g0]
+                        break
+        resident[g] = (c, i)
+        heapq.heappush(heap, (c, i, g))
+        if len(heap) > 4 * len(resident) + 1024:  # drop the stale keys now and then
+            heap = [(k[0], k[1], h) for h, k in resident.items()]
+            heapq.heapify(heap)
     return faults
