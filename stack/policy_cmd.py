@@ -1,7 +1,7 @@
 """`xpemu policy`: the policy lab. Replays a trace (recorded with `xpemu up --record-trace`,
 or synthetic: zipf, hotset, scan) through every policy, plug-ins included, at several
-memory sizes, beside Belady's optimum, A0 (Zipf), exact LRU, ARC and perfect LFU; prints the table and
-draws the miss-ratio curves. Exit status: 0 done, 1 a policy misbehaved, 2 bad input.
+memory sizes, beside Belady's optimum, A0 (Zipf), exact LRU, ARC and perfect LFU; prints
+the table and draws the miss-ratio curves. Exit status: 0 done, 1 a policy misbehaved, 2 bad input.
 """
 
 from __future__ import annotations
