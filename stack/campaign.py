@@ -246,16 +246,18 @@ def _remote_client(address: str, timeout: float) -> Any:
     from distributed import Client
     from distributed.versions import VersionMismatchWarning
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", VersionMismatchWarning)
-        try:
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", VersionMismatchWarning)
             return Client(address, timeout=timeout)
-        finally:
-            for w in caught:
-                if issubclass(w.category, VersionMismatchWarning):
-                    print(version_note(str(w.message)), file=sys.stderr, flush=True)
-                else:  # someone else's: as if not caught here
-                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    finally:
+        # Out of catch_warnings: a warning issued again inside it would be caught again.
+        for w in caught:
+            if issubclass(w.category, VersionMismatchWarning):
+                print(version_note(str(w.message)), file=sys.stderr, flush=True)
+            else:  # someone else's: as if not caught here
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 def version_note(warning: str) -> str:

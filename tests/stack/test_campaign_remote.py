@@ -102,3 +102,25 @@ def test_version_note_keeps_dask_table_without_its_title() -> None:
     note = campaign.version_note(warning)
     assert note.splitlines()[1:] == ["+-----+", "| python | a | b |", "+-----+"]
     assert note.startswith("xpemu campaign: note: ")
+
+
+@pytest.mark.timeout(30)
+def test_other_warnings_while_connecting_are_left_as_they_were(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import warnings
+
+    import distributed
+    from distributed.versions import VersionMismatchWarning
+
+    def client(address: str, timeout: float) -> str:
+        mismatch = VersionMismatchWarning("Mismatched versions found\n\n| python |")
+        warnings.warn(mismatch, stacklevel=1)
+        warnings.warn("someone else's", UserWarning, stacklevel=1)
+        return f"client of {address}"
+
+    monkeypatch.setattr(distributed, "Client", client)
+    with pytest.warns(UserWarning, match="someone else's") as seen:
+        assert campaign._remote_client("tcp://here:1", 1.0) == "client of tcp://here:1"
+    assert [w.category for w in seen] == [UserWarning]  # once, and not Dask's
+    assert capsys.readouterr().err.endswith("):\n| python |\n")
