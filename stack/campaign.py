@@ -23,6 +23,7 @@ import secrets
 import subprocess
 import sys
 import time
+import warnings
 import zlib
 from pathlib import Path
 from typing import Any
@@ -222,7 +223,6 @@ def main(args: argparse.Namespace) -> int:
 def _connect(args: argparse.Namespace) -> tuple[Any, Any]:
     """A Dask client on `--scheduler` or a new local cluster; (None, None) after a message."""
     import dask
-    from distributed import Client
 
     for name in ("distributed", "tornado", "asyncio"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
@@ -232,11 +232,41 @@ def _connect(args: argparse.Namespace) -> tuple[Any, Any]:
             _fail("--workers sizes a local cluster: not with --scheduler")
             return None, None
         try:
-            return Client(args.scheduler, timeout=args.connect_timeout), None
+            return _remote_client(args.scheduler, args.connect_timeout), None
         except (OSError, TimeoutError, ValueError) as exc:
             _fail(f"cannot reach the scheduler {args.scheduler}: {exc or type(exc).__name__}")
             return None, None
     return local_client(args.workers or os.cpu_count() or 1)
+
+
+def _remote_client(address: str, timeout: float) -> Any:
+    """A client on the scheduler at `address`. Dask compares the client's Python and
+    packages with the scheduler's and the workers' as it connects, and warns of each
+    difference: that warning is turned into `version_note` on stderr."""
+    from distributed import Client
+    from distributed.versions import VersionMismatchWarning
+
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", VersionMismatchWarning)
+            return Client(address, timeout=timeout)
+    finally:
+        # Out of catch_warnings: a warning issued again inside it would be caught again.
+        for w in caught:
+            if issubclass(w.category, VersionMismatchWarning):
+                print(version_note(str(w.message)), file=sys.stderr, flush=True)
+            else:  # someone else's: as if not caught here
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+def version_note(warning: str) -> str:
+    """Dask's version-mismatch warning (a title, then a table) as the campaign's note."""
+    table = warning.removeprefix("Mismatched versions found").strip()
+    return (
+        "xpemu campaign: note: the scheduler or its workers run other versions than this "
+        "client (Dask's check; the seeds run the workers' own Python and xpemu):\n" + table
+    )
 
 
 def local_client(n: int) -> tuple[Any, Any]:
@@ -353,6 +383,8 @@ def _run(
                 if kind != "sim" or r["verdict"] != "passed":
                     continue  # stress is not deterministic: nothing to re-check
                 if _rechecked(r["seed"], args.recheck):
+                    if len(workers) < 2:  # at the start, the workers may not all have joined
+                        workers = list(client.scheduler_info()["workers"])
                     others = [w for w in workers if w != r["worker"]] or workers
                     again = client.submit(
                         run_block,
@@ -362,7 +394,7 @@ def _run(
                         timeout,
                         key=_key("recheck", [r["seed"]]),
                         workers=others or None,
-                        allow_other_workers=True,
+                        allow_other_workers=bool(others),  # Dask: only with workers=
                     )
                     kinds[again.key] = ("recheck", [r["seed"]])
                     pending.add(again)
