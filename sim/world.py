@@ -380,8 +380,8 @@ class World:
         res.hv_counters = dict(self.hv.domains[1].counters)
         status = self.hv.domains[1].status()
         if sc.ring_mode == "xen" and status["pager"]["orphaned"]:
-            res.stalled = True
-            res.failures.append("stall: a lost pager orphaned the ring (xen ring mode)")
+            res.stalled = True  # the cause of what else failed: named first
+            res.failures.insert(0, "stall: a lost pager orphaned the ring (xen ring mode)")
         self.emit("sim.end", failures=len(res.failures))
 
     # ------------------------------------------------------------------ the pager
