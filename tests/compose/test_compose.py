@@ -67,7 +67,16 @@ def kill_pager_and_recover(
     attaches = dom["counters"]["pager_attaches"]
     # SIGKILL to the pager's python (pid 1 is the init, which exits with it): the engine
     # sees the container die on its own, so the restart policy applies.
-    stack.compose("exec", "-T", "pager", "sh", "-c", "kill -KILL -1", cap=30)
+    killed = run(
+        [*stack.argv, "exec", "-T", "pager", "sh", "-c", "kill -KILL -1"],
+        stack.dl.left(30),
+        env=stack.env,
+        check=False,
+    )
+    # 137: the container died under the exec'd shell before it could answer (the init
+    # exits with the pager, and the engine kills what runs in the container): the kill
+    # landed all the same (a CI run at load 5-6 saw it). The restart below is the check.
+    assert killed.returncode in (0, 137), killed.stderr or killed.stdout
     stack.wait_for(
         f"pager restart {n}",
         lambda: stack.inspect(pager)["RestartCount"] > before["RestartCount"],
