@@ -20,9 +20,16 @@ def main(argv: list[str]) -> int:
     if len(argv) == 2 and argv[0] == "probe-pager-index":
         print(json.dumps(probe_pager_index(argv[1])))
         return 0
-    if len(argv) >= 2 and argv[0] == "profile-summary":
+    if len(argv) >= 2 and argv[0] == "profile-summary" and not argv[1].startswith("-"):
         for path in argv[1:]:
-            print(profile_summary(path))
+            try:
+                print(profile_summary(path))
+            except (OSError, ValueError, ZeroDivisionError) as exc:
+                print(
+                    f"python -m stack.bench: error: {path}: not a py-spy raw profile ({exc})",
+                    file=sys.stderr,
+                )
+                return 1
         return 0
     print(
         "usage: python -m stack.bench probe-hv-memory N | probe-pager-index DIR"

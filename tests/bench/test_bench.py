@@ -321,3 +321,19 @@ def test_profile_summary_counts_self_and_inclusive_samples(tmp_path: Path) -> No
     assert "4 samples" in text
     assert " 75.0% send (trio/_socket.py)" in text  # self
     assert "100.0% serve (hv/server.py)" in text  # inclusive
+
+
+def test_profile_summary_command_bad_input_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from stack.bench.__main__ import main as probe_main
+
+    assert probe_main(["profile-summary", str(tmp_path / "missing.txt")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "missing.txt" in err and "Traceback" not in err
+    garbage = tmp_path / "garbage.txt"
+    garbage.write_text("frame (a.py:1) many\n")
+    assert probe_main(["profile-summary", str(garbage)]) == 1
+    assert "not a py-spy raw profile" in capsys.readouterr().err
+    assert probe_main(["profile-summary", "--help"]) == 2
+    assert capsys.readouterr().err.startswith("usage:")
