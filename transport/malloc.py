@@ -14,9 +14,17 @@ one faulted them in again.
 
 So both are fixed here: blocks above 512 KiB (rare: a multi-batch frame) get their own
 mapping and never move the threshold; the heap keeps up to 32 MiB of free top instead of
-trimming it after every batch. A user's own `MALLOC_MMAP_THRESHOLD_` or
-`MALLOC_TRIM_THRESHOLD_` wins (then this sets nothing); elsewhere than glibc this does
-nothing.
+trimming it after every batch.
+
+And one arena: glibc gives each new thread that allocates its own arena (up to 8 per
+core), and trio's worker threads come and go (idle ones exit after 10 s), so the number
+of arenas rose whenever the pager's disk threads reached a new peak of concurrency, each
+new arena keeping its own free blocks and top: the soak's steps of 0.1-0.7 MB, minutes or
+an hour apart (BENCHMARKS.md, Soak). Every allocation of these processes but a blocking
+call's result happens under the GIL anyway, so one arena costs no contention.
+
+A user's own `MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_` or `MALLOC_ARENA_MAX`
+wins (then this sets nothing); elsewhere than glibc this does nothing.
 """
 
 from __future__ import annotations
@@ -29,21 +37,27 @@ from typing import Final
 #: mallopt's parameter numbers (glibc's malloc.h).
 M_TRIM_THRESHOLD: Final = -1
 M_MMAP_THRESHOLD: Final = -3
+M_ARENA_MAX: Final = -8
 #: Blocks above this get their own mapping: above a 64-page batch's buffers (256 KiB) and
 #: a 64 KiB read, so those stay in the heap and cost no mmap/munmap each.
 MMAP_THRESHOLD: Final = 512 * 1024
 #: Free space the heap keeps at its top before giving it back (glibc's default is 128 KiB
 #: once a threshold is set, which would trim and re-fault after every batch).
 TRIM_THRESHOLD: Final = 32 * 1024 * 1024
+#: Arenas: the main one only (see the module docstring).
+ARENA_MAX: Final = 1
 #: The environment variables glibc reads at start for the same settings.
-ENV_VARS: Final = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+ENV_VARS: Final = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_ARENA_MAX")
 
 
 def pin_malloc_thresholds(
-    mmap_threshold: int = MMAP_THRESHOLD, trim_threshold: int = TRIM_THRESHOLD
+    mmap_threshold: int = MMAP_THRESHOLD,
+    trim_threshold: int = TRIM_THRESHOLD,
+    arena_max: int = ARENA_MAX,
 ) -> bool:
-    """Fix glibc's mmap and trim thresholds (no dynamic rise); True if they were set here.
-    False when the environment already sets either, or the C library has no `mallopt`."""
+    """Fix glibc's mmap and trim thresholds (no dynamic rise) and its number of arenas;
+    True if they were set here. False when the environment already sets any of them, or
+    the C library has no `mallopt`. Call it before any thread but the main one starts."""
     if any(v in os.environ for v in ENV_VARS):
         return False
     try:
@@ -53,14 +67,21 @@ def pin_malloc_thresholds(
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
-    return bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(
-        mallopt(M_TRIM_THRESHOLD, trim_threshold)
+    return all(
+        mallopt(param, value)
+        for param, value in (
+            (M_MMAP_THRESHOLD, mmap_threshold),
+            (M_TRIM_THRESHOLD, trim_threshold),
+            (M_ARENA_MAX, arena_max),
+        )
     )
 
 
 __all__ = [
+    "ARENA_MAX",
     "ENV_VARS",
     "MMAP_THRESHOLD",
+    "M_ARENA_MAX",
     "M_MMAP_THRESHOLD",
     "M_TRIM_THRESHOLD",
     "TRIM_THRESHOLD",

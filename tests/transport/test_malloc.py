@@ -65,3 +65,46 @@ def test_the_users_own_setting_wins(monkeypatch: pytest.MonkeyPatch, var: str) -
         monkeypatch.delenv(v, raising=False)
     monkeypatch.setenv(var, "65536")
     assert pin_malloc_thresholds() is False
+
+
+ARENAS = r"""
+import ctypes, sys, threading
+from transport.malloc import pin_malloc_thresholds
+if sys.argv[1] == "pin":
+    assert pin_malloc_thresholds()
+libc = ctypes.CDLL(None)
+held, go = [], threading.Barrier(5)
+def worker():
+    held.append(bytearray(100_000))  # malloc'd in this thread: its arena, if it has one
+    go.wait()
+threads = [threading.Thread(target=worker) for _ in range(4)]
+for t in threads:
+    t.start()
+go.wait()  # all four alive at once: each would get an arena of its own
+for t in threads:
+    t.join()
+libc.malloc_stats()  # one "Arena N:" block per arena, on stderr
+"""
+
+
+@pytest.mark.skipif(
+    not hasattr(ctypes.CDLL(None), "malloc_stats"), reason="not glibc (no malloc_stats)"
+)
+def test_one_arena_however_many_threads_allocate() -> None:
+    """Worker threads that allocate at the same time would each get an arena (the soak's
+    steps); pinned, they share the main one."""
+
+    def arenas(mode: str) -> int:
+        env = {k: v for k, v in os.environ.items() if k not in ENV_VARS}
+        out = subprocess.run(
+            [sys.executable, "-c", ARENAS, mode],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        return sum(line.startswith("Arena ") for line in out.stderr.splitlines())
+
+    assert arenas("dynamic") >= 3  # glibc's default: new arenas for the threads
+    assert arenas("pin") == 1
