@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -29,6 +28,8 @@ import trio
 
 from protocol import PAGE_SIZE
 from transport import open_unix_client
+
+from ..procs import open_children
 
 #: Seconds between two RSS samples.
 SAMPLE_EVERY_S: Final = 10.0
@@ -131,43 +132,43 @@ async def run_soak(
     argv += ["--duration", f"{seconds + 16:g}", "--report", str(report_path), *load]
     series: dict[str, list[tuple[float, int]]] = {}
     pids: dict[str, set[int]] = {}
-    with open(work / "xpemu.out", "wb") as out:  # noqa: ASYNC230 - a local file, instant
-        proc = await trio.lowlevel.open_process(argv, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            with trio.fail_after(120):
-                while not {"hv", "pager", "guest"} <= set(named_children(proc.pid)):
-                    if proc.returncode is not None:
-                        raise RuntimeError(f"xpemu up ended at start-up (see {work})")
-                    await trio.sleep(0.2)
-            t0 = trio.current_time()
-            say(f"soak: {minutes:g} min, RSS every {every:g} s ({' '.join(load)}), in {work}")
-            next_say = t0 + 60
-            async with open_unix_client(str(run_dir / "privcmd.sock"), "control") as ctl:
-                await ctl.hello()
-                while (now := trio.current_time()) - t0 <= seconds and proc.returncode is None:
-                    host = (await ctl.call("status"))["host"]
-                    procs = {"xpemu": proc.pid, **named_children(proc.pid)}
-                    for name, pid in procs.items():
-                        rss = rss_bytes(pid)
-                        if rss is None:
-                            continue
-                        series.setdefault(name, []).append((now - t0, rss))
-                        pids.setdefault(name, set()).add(pid)
-                        if name == "hv":
-                            frames = (host["frames"] - host["free"]) * PAGE_SIZE
-                            series.setdefault("hv-frames", []).append((now - t0, rss - frames))
-                            pids.setdefault("hv-frames", set()).add(pid)
-                    if now >= next_say:
-                        next_say += 60
-                        line = "  ".join(f"{n} {s[-1][1] / 1e6:.1f}" for n, s in series.items())
-                        say(f"  {(now - t0) / 60:4.0f} min  RSS MB: {line}")
-                    await trio.sleep_until(now + every)
-            with trio.fail_after(300):
-                rc = await proc.wait()
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+    # Started under a guardian (stack/guardian.py): killed, even by SIGKILL, this bench
+    # takes its `xpemu up` with it, which stops its own children.
+    async with open_children(work) as children:
+        xpemu = children.add("xpemu", argv)  # its output in xpemu.out and xpemu.log
+        await xpemu.start()
+        assert xpemu.proc is not None
+        proc = xpemu.proc
+        with trio.fail_after(120):
+            while not {"hv", "pager", "guest"} <= set(named_children(proc.pid)):
+                if proc.returncode is not None:
+                    raise RuntimeError(f"xpemu up ended at start-up (see {work})")
+                await trio.sleep(0.2)
+        t0 = trio.current_time()
+        say(f"soak: {minutes:g} min, RSS every {every:g} s ({' '.join(load)}), in {work}")
+        next_say = t0 + 60
+        async with open_unix_client(str(run_dir / "privcmd.sock"), "control") as ctl:
+            await ctl.hello()
+            while (now := trio.current_time()) - t0 <= seconds and proc.returncode is None:
+                host = (await ctl.call("status"))["host"]
+                procs = {"xpemu": proc.pid, **named_children(proc.pid)}
+                for name, pid in procs.items():
+                    rss = rss_bytes(pid)
+                    if rss is None:
+                        continue
+                    series.setdefault(name, []).append((now - t0, rss))
+                    pids.setdefault(name, set()).add(pid)
+                    if name == "hv":
+                        frames = (host["frames"] - host["free"]) * PAGE_SIZE
+                        series.setdefault("hv-frames", []).append((now - t0, rss - frames))
+                        pids.setdefault("hv-frames", set()).add(pid)
+                if now >= next_say:
+                    next_say += 60
+                    line = "  ".join(f"{n} {s[-1][1] / 1e6:.1f}" for n, s in series.items())
+                    say(f"  {(now - t0) / 60:4.0f} min  RSS MB: {line}")
+                await trio.sleep_until(now + every)
+        with trio.fail_after(300):
+            rc = await proc.wait()
     report: dict[str, Any] = {}
     with contextlib.suppress(OSError, ValueError):
         report = json.loads(report_path.read_text())

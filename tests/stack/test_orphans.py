@@ -109,3 +109,37 @@ def _cleanup(proc: trio.Process, pidfds: dict[str, int]) -> None:
         with contextlib.suppress(ProcessLookupError):
             signal.pidfd_send_signal(fd, signal.SIGKILL)
         os.close(fd)
+
+
+async def test_sigkilled_soak_bench_takes_its_xpemu_up_along(tmp_path: Path) -> None:
+    """`xpemu bench --soak` runs `xpemu up` under a guardian of its own: killed, it leaves
+    nothing running (it used to leave the stack running out its duration)."""
+    work = tmp_path / "work"
+    work.mkdir()
+    pidfds: dict[str, int] = {}
+    with trio.fail_after(120):
+        proc = await trio.lowlevel.open_process(
+            [*XPEMU, "bench", "--soak", "5", "--work-dir", str(work)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            assert proc.stdout is not None
+            buf = bytearray()
+            while b"soak: 5 min" not in buf:  # every process of the stack is up
+                data = await proc.stdout.receive_some(4096)
+                assert data, f"the soak ended at start-up: {bytes(buf)!r}"
+                buf.extend(data)
+            (run_dir,) = work.glob("soak-*/run")
+            pids = _children(run_dir)
+            up = [pid for pid, cmd in processes_mentioning(str(run_dir)) if " -m stack up " in cmd]
+            assert len(up) == 1, up
+            pidfds = {name: os.pidfd_open(pid) for name, pid in {**pids, "up": up[0]}.items()}
+            proc.kill()
+            assert await proc.wait() == -signal.SIGKILL
+            with trio.fail_after(2 * STOP_BOUND_S):  # two guardians, one after the other
+                for fd in pidfds.values():
+                    await _exited(fd)
+            assert processes_mentioning(str(run_dir)) == []
+        finally:
+            _cleanup(proc, pidfds)
