@@ -88,11 +88,11 @@ def main(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    configure_logging("xpemu-bench", level="warning")
     if args.soak is not None:
         from . import soak  # soak.py: its own run and table
 
         return soak.main(args.soak, args.work_dir, args.json_path)
-    configure_logging("xpemu-bench", level="warning")
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
     opts = BenchOptions(
