@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from transport.malloc import pin_malloc_thresholds
+    from transport.malloc import tune_malloc
 
-    pin_malloc_thresholds()  # a heap that does not creep over days (transport/malloc.py)
+    tune_malloc()  # a heap that does not creep over days (transport/malloc.py)
     sys.exit(main())

@@ -108,3 +108,64 @@ def test_one_arena_however_many_threads_allocate() -> None:
 
     assert arenas("dynamic") >= 3  # glibc's default: new arenas for the threads
     assert arenas("pin") == 1
+
+
+TRIM = r"""
+import sys
+from transport.malloc import pin_malloc_thresholds, trim_heap
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+assert pin_malloc_thresholds()  # the top of the heap is kept (32 MiB): only a trim helps
+blocks = [bytearray(8192) for _ in range(4000)]  # 32 MB of heap, touched
+keep = blocks[-1::-50]  # a few live blocks spread over it: nothing at the top is free
+del blocks
+before = rss()
+released = trim_heap() if sys.argv[1] == "trim" else False
+print(int(released), before - rss())
+"""
+
+
+def _trim_probe(mode: str) -> tuple[int, int]:
+    env = {k: v for k, v in os.environ.items() if k not in ENV_VARS}
+    out = subprocess.run(
+        [sys.executable, "-c", TRIM, mode], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    released, dropped = out.stdout.split()
+    return int(released), int(dropped)
+
+
+@pytest.mark.skipif(
+    not hasattr(ctypes.CDLL(None), "malloc_trim"), reason="not glibc (no malloc_trim)"
+)
+def test_a_trim_gives_back_the_free_pages_between_live_blocks() -> None:
+    """The soak's hv: a heap whose free memory lies between live blocks keeps it resident
+    (its high-water mark); a trim gives it back."""
+    assert _trim_probe("no trim")[1] < 1_000_000  # freed, yet still resident
+    released, dropped = _trim_probe("trim")
+    assert released == 1
+    assert dropped > 20_000_000  # most of the 32 MB
+
+
+@pytest.mark.skipif(
+    not hasattr(ctypes.CDLL(None), "malloc_trim"), reason="not glibc (no malloc_trim)"
+)
+def test_the_trimmer_thread_trims_again_and_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from transport import malloc
+
+    trims = threading.Semaphore(0)
+    monkeypatch.setattr(malloc, "trim_heap", lambda: trims.release() or True)
+    stop = threading.Event()
+    thread = malloc.start_heap_trimmer(every=0.001, stop=stop)
+    assert thread is not None and thread.daemon
+    try:
+        for _ in range(3):
+            assert trims.acquire(timeout=30)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
