@@ -40,13 +40,19 @@ print(mapped, int(kept))
 """
 
 
-def _probe(mode: str) -> tuple[int, int]:
+def _run(script: str, mode: str) -> subprocess.CompletedProcess[str]:
+    """`script` in a fresh interpreter (glibc's settings are per process), without the
+    environment's malloc settings; it must succeed."""
     env = {k: v for k, v in os.environ.items() if k not in ENV_VARS}
     out = subprocess.run(
-        [sys.executable, "-c", PROBE, mode], capture_output=True, text=True, env=env, timeout=60
+        [sys.executable, "-c", script, mode], capture_output=True, text=True, env=env, timeout=60
     )
     assert out.returncode == 0, out.stderr
-    mapped, kept = out.stdout.split()
+    return out
+
+
+def _probe(mode: str) -> tuple[int, int]:
+    mapped, kept = _run(PROBE, mode).stdout.split()
     return int(mapped), int(kept)
 
 
@@ -95,16 +101,7 @@ def test_one_arena_however_many_threads_allocate() -> None:
     steps); pinned, they share the main one."""
 
     def arenas(mode: str) -> int:
-        env = {k: v for k, v in os.environ.items() if k not in ENV_VARS}
-        out = subprocess.run(
-            [sys.executable, "-c", ARENAS, mode],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=60,
-        )
-        assert out.returncode == 0, out.stderr
-        return sum(line.startswith("Arena ") for line in out.stderr.splitlines())
+        return sum(line.startswith("Arena ") for line in _run(ARENAS, mode).stderr.splitlines())
 
     assert arenas("dynamic") >= 3  # glibc's default: new arenas for the threads
     assert arenas("pin") == 1
@@ -128,12 +125,7 @@ print(int(released), before - rss())
 
 
 def _trim_probe(mode: str) -> tuple[int, int]:
-    env = {k: v for k, v in os.environ.items() if k not in ENV_VARS}
-    out = subprocess.run(
-        [sys.executable, "-c", TRIM, mode], capture_output=True, text=True, env=env, timeout=60
-    )
-    assert out.returncode == 0, out.stderr
-    released, dropped = out.stdout.split()
+    released, dropped = _run(TRIM, mode).stdout.split()
     return int(released), int(dropped)
 
 
