@@ -20,9 +20,11 @@ import trio
 from protocol import OpError, ProtocolError
 from transport import ConnectionClosed, configure_logging, open_client
 
+from .config import GuestConfig
 from .patterns import PATTERNS
+from .report import GuestReport
 from .shadow import Shadow
-from .workload import GuestConfig, GuestReport, run_workload, verify_all
+from .workload import run_workload, verify_all
 
 log = structlog.get_logger("guest")
 

@@ -9,14 +9,8 @@ Life of a run:
 2. *balloon-in*: every gfn still ballooned out comes back, so the end state is complete;
 3. *verify*: the vCPUs read every gfn back in full and compare it with the shadow.
 
-Concurrency on one gfn is allowed and checked: several vCPUs may read one gfn at once (and
-pause on the same page-in), and a read may overlap one write. Two writes to one gfn never
-overlap (the second vCPU reads instead), so the version per gfn stays a total order, and a
-read accepts exactly the versions that existed while it was pending.
-
-"Slow" accesses: an access whose latency exceeds `fault_ms` is counted as a fault seen by
-the guest (the guest's socket does not say whether hv paused the vCPU; an access served
-from resident memory takes well under a millisecond, a page-in goes through the pager).
+Each access is checked against the shadow by `CheckedRun` (guest/access.py), which also
+holds the run's state; this module adds the tasks that drive the phases.
 
 "Stuck" vCPUs: a vCPU whose access stays pending longer than `stuck_after` seconds. The
 guest cannot see whether a pager is attached (it has only `guest.sock`); the caller sets
@@ -27,355 +21,29 @@ stuck vCPUs are left pending after the workload, the run ends instead of hanging
 
 from __future__ import annotations
 
-import dataclasses
 import random
-from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
 
 import structlog
 import trio
 
-from protocol import PAGE_SIZE, Errno
+from protocol import Errno
 from transport import Client, ConnectionClosed
 
-from .content import ZERO_PAGE, page_bytes
-from .patterns import PATTERNS, ZipfTable, make_pattern
+from .access import CheckedRun
+from .config import GuestConfig
+from .patterns import make_pattern
+from .report import GuestReport
 from .shadow import GfnState, Shadow
-from .stats import Latencies
 
 log = structlog.get_logger("guest")
-
-#: How many integrity errors are described one by one in the report (all are counted).
-MAX_ERROR_DETAILS: Final = 20
-
-#: Versions back from the expected one that `diagnose` tries when bytes do not match.
-DIAGNOSE_DEPTH: Final = 16
 
 #: Seconds between progress log lines (`guest.progress`, read by `xpemu`'s live view).
 PROGRESS_EVERY: Final = 1.0
 
 
-@dataclass
-class GuestConfig:
-    """What the workload does; defaults suit a short demo run."""
-
-    seed: int = 0
-    pattern: str = "zipf"
-    vcpus: int | None = None  # None: every vCPU the domain has
-    duration: float | None = 10.0  # seconds of workload (None: until `ops` or a stop)
-    ops: int | None = None  # total accesses across vCPUs (None: no limit)
-    write_ratio: float = 0.3
-    partial_reads: float = 0.2  # share of reads that read a sub-range of the page
-    zipf_s: float = 1.1
-    hot_fraction: float = 0.1
-    hot_shift_s: float = 2.0
-    balloon_every: float = 1.0  # seconds between balloon rounds; 0 disables ballooning
-    balloon_count: int = 2  # gfns ballooned out per round
-    fault_ms: float = 2.0  # an access slower than this counts as a fault seen
-    stuck_after: float = 10.0  # an access pending longer than this marks its vCPU stuck
-    verify: bool = True  # read every gfn back at the end
-
-    def check(self) -> None:
-        """ValueError naming the first bad setting."""
-        if self.pattern not in PATTERNS:
-            raise ValueError(
-                f"unknown pattern {self.pattern!r} (choose from {', '.join(PATTERNS)})"
-            )
-        if not 0.0 <= self.write_ratio <= 1.0:
-            raise ValueError("write ratio must be within [0, 1]")
-        if not 0.0 <= self.partial_reads <= 1.0:
-            raise ValueError("partial read share must be within [0, 1]")
-        if self.vcpus is not None and self.vcpus < 1:
-            raise ValueError("vcpus must be >= 1")
-        if self.duration is not None and self.duration < 0:
-            raise ValueError("duration must be >= 0")
-        if self.ops is not None and self.ops < 0:
-            raise ValueError("ops must be >= 0")
-        if self.duration is None and self.ops is None:
-            raise ValueError("give a duration or an op count")
-        if self.zipf_s <= 0:
-            raise ValueError("zipf skew must be > 0")
-        if not 0.0 < self.hot_fraction <= 1.0:
-            raise ValueError("hot fraction must be within (0, 1]")
-        if self.hot_shift_s <= 0:
-            raise ValueError("hot-set shift period must be > 0")
-        if self.balloon_every < 0 or self.balloon_count < 0:
-            raise ValueError("balloon settings must be >= 0")
-        if self.fault_ms < 0:
-            raise ValueError("fault threshold must be >= 0")
-        if self.stuck_after <= 0:
-            raise ValueError("stuck-after must be > 0")
-
-
-@dataclass
-class GuestReport:
-    """What a run saw. `ok` is false on any integrity error, stuck vCPU or unexpected error."""
-
-    seed: int
-    pattern: str
-    vcpus: int
-    nr_gfns: int
-    elapsed_s: float = 0.0
-    reads: int = 0
-    writes: int = 0
-    efault_checks: int = 0  # accesses to ballooned-out gfns that correctly got EFAULT
-    balloon_out: int = 0
-    balloon_in: int = 0
-    balloon_refused: dict[str, int] = field(default_factory=dict)
-    faults_seen: int = 0
-    fault_threshold_ms: float = 0.0
-    latency_ms: dict[str, float] = field(default_factory=dict)
-    latency_hist_ms: list[list[float]] = field(default_factory=list)  # [low, high, count]
-    integrity_errors: int = 0
-    lost_gfns: list[int] = field(default_factory=list)
-    unexpected_errors: dict[str, int] = field(default_factory=dict)
-    error_details: list[dict[str, Any]] = field(default_factory=list)
-    stuck_vcpus: list[int] = field(default_factory=list)
-    stuck_after_s: float = 0.0
-    max_pending_s: float = 0.0
-    verified: int = 0
-    unverified: int = 0
-    verify_latency_ms: dict[str, float] = field(default_factory=dict)
-    aborted: str | None = None
-    shadow_bytes: int = 0
-
-    @property
-    def ops(self) -> int:
-        """Accesses made in the workload phase."""
-        return self.reads + self.writes
-
-    @property
-    def ok(self) -> bool:
-        """True when every byte checked out and no vCPU got stuck."""
-        return (
-            self.integrity_errors == 0
-            and not self.stuck_vcpus
-            and not self.unexpected_errors
-            and self.unverified == 0
-            and self.aborted is None
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """The report as plain JSON-able data."""
-        out = dataclasses.asdict(self)
-        out["ops"] = self.ops
-        out["ok"] = self.ok
-        return out
-
-    def summary(self) -> str:
-        """A few readable lines."""
-        lat = self.latency_ms
-        lines = [
-            f"guest: {'OK' if self.ok else 'FAILED'}  seed={self.seed} pattern={self.pattern} "
-            f"vcpus={self.vcpus} gfns={self.nr_gfns} elapsed={self.elapsed_s:.1f}s",
-            f"  ops {self.ops} (reads {self.reads}, writes {self.writes}), "
-            f"faults seen {self.faults_seen} (> {self.fault_threshold_ms:g} ms), "
-            f"EFAULT checks {self.efault_checks}, balloon out/in {self.balloon_out}/"
-            f"{self.balloon_in}",
-            f"  latency ms p50 {lat.get('p50', 0):.3f}  p99 {lat.get('p99', 0):.3f}  "
-            f"max {lat.get('max', 0):.3f}",
-            f"  verified {self.verified}/{self.nr_gfns} gfns, integrity errors "
-            f"{self.integrity_errors}, lost gfns {len(self.lost_gfns)}, stuck vCPUs "
-            f"{self.stuck_vcpus or 0} (pending > {self.stuck_after_s:g} s)",
-        ]
-        if self.unexpected_errors:
-            lines.append(f"  unexpected errors: {self.unexpected_errors}")
-        if self.aborted:
-            lines.append(f"  aborted: {self.aborted}")
-        lines.extend(f"  error: {d}" for d in self.error_details[:5])
-        return "\n".join(lines)
-
-
-def diagnose(seed: int, gfn: int, version: int, data: bytes, off: int) -> str:
-    """Name what wrong bytes are, when recognisable: zeros, or another version of the gfn."""
-    if data == ZERO_PAGE[: len(data)]:
-        return "zeros"
-    end = off + len(data)
-    for v in range(max(1, version - DIAGNOSE_DEPTH), version + 3):
-        if page_bytes(seed, gfn, v)[off:end] == data:
-            return f"version {v} of this gfn"
-    return "unrecognised bytes"
-
-
-class _Run:
-    """The state of one run; `run_workload` is its public face."""
-
-    def __init__(
-        self, client: Client, config: GuestConfig, shadow: Shadow, vcpus: int, stop: trio.Event
-    ) -> None:
-        self.client = client
-        self.cfg = config
-        self.shadow = shadow
-        self.nr_gfns = shadow.nr_gfns
-        self.nvcpus = vcpus
-        self.stop = stop
-        self.report = GuestReport(
-            seed=config.seed,
-            pattern=config.pattern,
-            vcpus=vcpus,
-            nr_gfns=shadow.nr_gfns,
-            fault_threshold_ms=config.fault_ms,
-            stuck_after_s=config.stuck_after,
-            shadow_bytes=shadow.nbytes(),
-        )
-        self.lat = Latencies()
-        self.verify_lat = Latencies()
-        # The accesses since the last progress line (its p50/p99/max, then emptied).
-        self.window_lat = Latencies(highest_s=600.0, digits=2)
-        self.fault_s = config.fault_ms / 1e3
-        # Per-gfn concurrency bookkeeping; small dicts (at most one entry per vCPU).
-        self.inflight: dict[int, int] = {}
-        self.writing: dict[int, int] = {}  # gfn -> version being written
-        self.busy: set[int] = set()  # gfns inside a balloon call: vCPUs keep off
-        self.ballooned: list[int] = []  # gfns we ballooned out and will take back
-        # Per-vCPU: when its pending access started (None: idle) and its phase.
-        self.pending_since: list[float | None] = [None] * vcpus
-        self.phase: list[str] = ["work"] * vcpus
-        self.stuck: set[int] = set()
-        self.draining = False  # the workload barrier has passed
-        self.verify_go = trio.Event()
-        self.balloon_done = trio.Event()
-        self.drain = trio.Event()  # set with `draining`: wakes the balloon task at once
-        self.finished = trio.Event()
-        self.progress = trio.Event()
-        self.verify_iter = iter(range(self.nr_gfns))
-        self.scope = trio.CancelScope()
-        self.t0 = trio.current_time()
-        self.deadline = None if config.duration is None else self.t0 + config.duration
-        self.zipf = (
-            ZipfTable(self.nr_gfns, config.zipf_s, config.seed)
-            if config.pattern == "zipf"
-            else None
-        )
-
-    # ---- helpers -------------------------------------------------------------------
-
-    def _poke(self) -> None:
-        """Wake whoever waits for a phase change."""
-        self.progress.set()
-        self.progress = trio.Event()
-
-    def stopping(self) -> bool:
-        """True once the workload phase should end."""
-        if self.draining or self.stop.is_set():
-            return True
-        if self.deadline is not None and trio.current_time() >= self.deadline:
-            return True
-        return self.cfg.ops is not None and self.report.ops >= self.cfg.ops
-
-    def _integrity(self, gfn: int, op: str, phase: str, what: str) -> None:
-        self.report.integrity_errors += 1
-        detail = {"gfn": gfn, "op": op, "phase": phase, "what": what}
-        if len(self.report.error_details) < MAX_ERROR_DETAILS:
-            self.report.error_details.append(detail)
-        log.error("guest.integrity_error", **detail)
-
-    def _unexpected(self, gfn: int, op: str, err: str, msg: str) -> None:
-        self.report.unexpected_errors[err] = self.report.unexpected_errors.get(err, 0) + 1
-        if len(self.report.error_details) < MAX_ERROR_DETAILS:
-            self.report.error_details.append({"gfn": gfn, "op": op, "err": err, "msg": msg})
-        log.error("guest.unexpected_error", gfn=gfn, op=op, err=err, msg=msg)
-
-    async def _timed(self, vcpu: int, lat: Latencies, op: str, **fields: Any) -> dict[str, Any]:
-        """One access on `vcpu`, its pending time watched and its latency recorded."""
-        t0 = trio.current_time()
-        self.pending_since[vcpu] = t0
-        try:
-            reply = await self.client.request(op, vcpu=vcpu, **fields)
-        finally:
-            self.pending_since[vcpu] = None
-        dt = trio.current_time() - t0
-        lat.add(dt)
-        self.window_lat.add(dt)
-        if dt > self.fault_s:
-            self.report.faults_seen += 1
-        self.report.max_pending_s = max(self.report.max_pending_s, dt)
-        return reply
-
-    def _failed_access(self, gfn: int, state: int, op: str, phase: str, reply: dict) -> None:
-        """Judge an access that answered an error, given the gfn's state when it began."""
-        err = reply["err"]
-        if err == Errno.EFAULT and state == GfnState.INVALID:
-            self.report.efault_checks += 1
-        elif err == Errno.EIO and state == GfnState.LOST:
-            pass  # already counted when first seen
-        elif err == Errno.EIO:
-            # hv says `broken`: the pager lost the page. An honest error, but a lost page.
-            self.shadow.lost(gfn)
-            self.report.lost_gfns.append(gfn)
-            self._integrity(gfn, op, phase, "EIO: page lost (broken)")
-        elif err == Errno.EFAULT:
-            self._integrity(gfn, op, phase, f"EFAULT on a gfn the guest holds ({state!r})")
-        else:
-            self._unexpected(gfn, op, err, reply.get("msg", ""))
-
-    # ---- one access ----------------------------------------------------------------
-
-    async def access(self, vcpu: int, gfn: int, write: bool, rng: random.Random) -> None:
-        """One read or write of the workload phase, checked against the shadow."""
-        shadow = self.shadow
-        state, v0 = shadow.states[gfn], shadow.versions[gfn]
-        if write and (gfn in self.writing or state == GfnState.LOST):
-            write = False  # one writer per gfn keeps the version order total
-        self.inflight[gfn] = self.inflight.get(gfn, 0) + 1
-        try:
-            if write:
-                await self._write(vcpu, gfn, state, v0)
-            else:
-                await self._read(vcpu, gfn, state, v0, rng)
-        finally:
-            left = self.inflight[gfn] - 1
-            if left:
-                self.inflight[gfn] = left
-            else:
-                del self.inflight[gfn]
-
-    async def _write(self, vcpu: int, gfn: int, state: int, v0: int) -> None:
-        version = v0 + 1
-        data = page_bytes(self.cfg.seed, gfn, version)
-        self.writing[gfn] = version
-        try:
-            reply = await self._timed(vcpu, self.lat, "write", gfn=gfn, off=0, data=data)
-        finally:
-            del self.writing[gfn]
-        self.report.writes += 1
-        if not reply["ok"]:
-            self._failed_access(gfn, state, "write", "workload", reply)
-            return
-        if state == GfnState.INVALID:
-            self._integrity(gfn, "write", "workload", "write to a ballooned-out gfn succeeded")
-        self.shadow.wrote(gfn, version)
-
-    async def _read(self, vcpu: int, gfn: int, state: int, v0: int, rng: random.Random) -> None:
-        if rng.random() < self.cfg.partial_reads:
-            off = rng.randrange(PAGE_SIZE)
-            length = rng.randint(1, PAGE_SIZE - off)
-        else:
-            off, length = 0, PAGE_SIZE
-        reply = await self._timed(vcpu, self.lat, "read", gfn=gfn, off=off, len=length)
-        self.report.reads += 1
-        if not reply["ok"]:
-            self._failed_access(gfn, state, "read", "workload", reply)
-            return
-        data = reply["data"]
-        if state in (GfnState.INVALID, GfnState.LOST):
-            self._integrity(gfn, "read", "workload", f"{GfnState(state).name} gfn returned data")
-            return
-        end = off + length
-        first = ZERO_PAGE if state == GfnState.ZERO else page_bytes(self.cfg.seed, gfn, v0)
-        if first[off:end] == data:
-            return
-        # Writes that overlapped this read (at most one at a time, but a long pause may span
-        # several) make their versions acceptable too.
-        hi = max(self.shadow.versions[gfn], self.writing.get(gfn, 0))
-        for v in range(v0 + 1, hi + 1):
-            if page_bytes(self.cfg.seed, gfn, v)[off:end] == data:
-                return
-        got = diagnose(self.cfg.seed, gfn, max(v0, hi), data, off)
-        want = (
-            "zeros" if state == GfnState.ZERO else f"version {v0}" + (f"..{hi}" if hi > v0 else "")
-        )
-        self._integrity(gfn, "read", "workload", f"expected {want} [{off}:{end}], got {got}")
+class _Run(CheckedRun):
+    """One run: its tasks over `CheckedRun`'s state; `run_workload` is its public face."""
 
     # ---- tasks ---------------------------------------------------------------------
 
@@ -408,22 +76,6 @@ class _Run:
                 await self.verify_gfn(vcpu, todo)
         self.phase[vcpu] = "done"
         self._poke()
-
-    async def verify_gfn(self, vcpu: int, gfn: int) -> None:
-        """Read `gfn` in full and compare it with the shadow (the workload is over)."""
-        state = self.shadow.states[gfn]
-        reply = await self._timed(vcpu, self.verify_lat, "read", gfn=gfn, off=0, len=PAGE_SIZE)
-        self.report.verified += 1
-        if not reply["ok"]:
-            self._failed_access(gfn, state, "read", "verify", reply)
-            return
-        expected = self.shadow.expected(gfn)
-        if expected is None:
-            self._integrity(gfn, "read", "verify", f"{GfnState(state).name} gfn returned data")
-        elif reply["data"] != expected:
-            got = diagnose(self.cfg.seed, gfn, self.shadow.versions[gfn], reply["data"], 0)
-            want = "zeros" if state == GfnState.ZERO else f"version {self.shadow.versions[gfn]}"
-            self._integrity(gfn, "read", "verify", f"expected {want}, got {got}")
 
     async def balloon(self) -> None:
         """Now and then give a few gfns back to the host, and take earlier ones back."""

@@ -13,9 +13,10 @@ from .disk import NO_DISK_FAULTS, POWER_MODES, DiskFaults, SimDisk, SimFile, Sim
 from .net import Link, SimStream
 from .plan import KINDS, TOGGLES, Plan, PlanError, SimFault, make_plan, plan_from_json
 from .runs import Summary, run_seeds
+from .scenario import SCENARIOS, Scenario, SimResult
 from .shrink import ShrinkResult, ddmin, shrink
 from .trace import Trace
-from .world import SCENARIOS, Scenario, SimResult, run_seed
+from .world import run_seed
 
 __all__ = [
     "KINDS",

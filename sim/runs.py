@@ -17,7 +17,8 @@ from typing import Any
 
 from pager.faults import CRASH_POINTS
 
-from .world import SimResult, run_seed
+from .scenario import SimResult
+from .world import run_seed
 
 
 @dataclass
