@@ -13,6 +13,7 @@ import pytest
 import trio
 
 from protocol import PAGE_SIZE, VERSION, ok_reply
+from stack.bench import table_rows
 from stack.bench.populate import _parallel_echo
 from stack.bench.procs import children_of
 from stack.benchlib import round_trips
@@ -121,3 +122,65 @@ async def test_the_relay_ends_when_its_backend_is_gone() -> None:
                 backend.terminate()
                 assert await relay.wait() == 0  # by itself, not by the block's SIGTERM
     assert not _children()
+
+
+def _mode_with_relay() -> dict[str, Any]:
+    return {
+        "latency": {
+            "p50_us": 600.0,
+            "p99_us": 900.0,
+            "floor_p50_us": 200.0,
+            "floor_p99_us": 300.0,
+            "relay_p50_us": 400.0,
+            "relay_p99_us": 450.0,
+        },
+        "vcpus": {
+            16: {
+                "pageins_per_s": 5000.0,
+                "echo_per_s": 20000.0,
+                "relay_per_s": 8000.0,
+                "cpu_us_hv": 100.0,
+                "cpu_us_pager": 150.0,
+                "cpu_us_guest": 50.0,
+                "echo_cpu_us_echo": 20.0,
+                "echo_cpu_us_guest": 30.0,
+                "relay_cpu_us_relay": 40.0,
+                "relay_cpu_us_backend": 20.0,
+                "relay_cpu_us_guest": 40.0,
+            }
+        },
+    }
+
+
+def test_table_puts_the_relay_beside_the_echo() -> None:
+    res = {
+        "populate": {"modes": {"reattach": _mode_with_relay()}},
+        "machine": {},
+    }
+    rows = table_rows(res)
+    names = [r[0] for r in rows]
+    by_name = {r[0]: r[1:] for r in rows}
+    # The echo's rows as before, the relay's under each.
+    assert by_name["populate p50, 1 vCPU, reattach"] == ("600 µs", "200 µs (beside)", "3.00x")
+    at = names.index("populate p50, 1 vCPU, reattach")
+    assert rows[at + 1] == (
+        "  vs relay p50 (4 messages)",
+        "600 µs",
+        "400 µs relay = 2.00x echo",
+        "1.50x",
+    )
+    at = names.index("page-ins/s, 16 vCPUs, reattach")
+    assert rows[at][1:] == ("5000/s", "20000 echo/s, 16 callers", "0.25x")
+    assert rows[at + 1] == (
+        "  vs relay (4 messages)",
+        "5000/s",
+        "8000 relay/s = 0.40x echo",
+        "0.62x",
+    )
+    assert rows[at + 2][1:] == ("300 µs (100+150+50)", "50 µs/rt (20+30)", "6.00x")
+    assert rows[at + 3] == (
+        "  vs relay CPU/rt (relay+backend+caller)",
+        "300 µs",
+        "100 µs/rt (40+20+40)",
+        "3.00x",
+    )
