@@ -1,11 +1,12 @@
 """The relay floor of `xpemu bench`: a populate's four one-way messages, no paging work.
 
 A caller's `read` goes caller -> relay -> backend -> relay -> caller over Unix sockets, with
-the project's codec and transport, as a page-in goes guest -> hv -> pager -> hv -> guest
-(the pager's `prep` and `resume` sent as one write, hv's reply to the guest going out with
-them). The relay looks nothing up and the backend reads no store: what is left is the
-physical floor of a populate with separate processes, where the echo (caller -> echo ->
-caller) is the floor of two messages.
+the project's codec and transport, as a page-in goes guest -> hv (`read`) -> pager
+(`mem_event`) -> hv (`prep` and `resume`, one write) -> guest (the reply); hv's replies to
+the `prep` and `resume` are a populate's fifth and sixth messages, off the guest's path.
+The relay looks nothing up and the backend reads no store: what is left is the physical
+floor of a populate with separate processes, where the echo (caller -> echo -> caller) is
+the floor of two messages.
 
 Both servers are written as hv serves a connection: every request already read is handled
 before the next read, and the replies to one burst go out as one write (`cork`). The relay
