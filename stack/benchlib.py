@@ -1,7 +1,8 @@
 """Building blocks of `xpemu bench` that need no hypervisor: the floors and the traces.
 
 - the request/reply floor: a second process echoes `read` replies over a Unix socket with
-  the project's own codec and transport, so populate latency can be set against it;
+  the project's own codec and transport, so populate latency can be set against it (the
+  relay floor, four one-way messages through two processes, is in `benchrelay`);
 - the disk floor: `pwrite` of a batch of 4 KiB pages plus one `fdatasync`, on the same disk
   as the pager's store;
 - access traces (Zipf, shifting hot set) and Belady's optimal replacement on them, the
@@ -30,6 +31,8 @@ import trio
 
 from protocol import PAGE_SIZE, ok_reply, parse_request
 from transport import Client, ConnectionClosed, open_connection, open_unix_client, serve_unix
+
+from .benchrelay import floor_process, floor_server_main
 
 
 def percentile(samples: Sequence[float], q: float) -> float:
@@ -85,22 +88,10 @@ async def open_echo() -> AsyncIterator[Client]:
     """A client of the echo process (the floor's server), ready and said hello."""
     with tempfile.TemporaryDirectory(prefix="xpemu-floor-") as tmp:
         path = os.path.join(tmp, "echo.sock")
-        proc = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "stack.benchlib", path], stdout=subprocess.PIPE
-        )
-        try:
+        async with floor_process([path]), open_unix_client(path, "guest") as client:
             with trio.fail_after(30):
-                assert proc.stdout is not None
-                assert (await proc.stdout.receive_some(16)).startswith(b"ready")
-            async with open_unix_client(path, "guest") as client:
-                with trio.fail_after(30):
-                    await client.hello(1)
-                yield client
-        finally:
-            proc.terminate()
-            with trio.move_on_after(10):
-                await proc.wait()
-            proc.kill()
+                await client.hello(1)
+            yield client
 
 
 async def round_trips(client: Client, n: int, read_len: int) -> list[float]:
@@ -272,4 +263,7 @@ def disk_of(path: str) -> str:
 
 
 if __name__ == "__main__":
-    echo_server_main(sys.argv[1])
+    if sys.argv[1].startswith("--"):
+        floor_server_main(sys.argv[1:])  # the relay floor's backend or relay
+    else:
+        echo_server_main(sys.argv[1])

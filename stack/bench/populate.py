@@ -5,6 +5,11 @@ the sizes, in one table: page-ins/s next to an echo with as many callers, measur
 same connection pattern in the same run, and the CPU time each process spends per page-in
 next to the echo's CPU time per round trip (CPU time hardly moves with the other load of a
 shared machine; wall time does).
+
+Beside the echo (two one-way messages, caller -> echo -> caller) the relay floor
+(`benchrelay`: caller -> relay -> backend -> relay -> caller, four messages through two
+processes, no paging work): the physical floor of a populate with separate processes, with
+the same callers, its latency with one caller and its CPU time per round trip.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from ..benchlib import (
     percentile,
     round_trips,
 )
+from ..benchrelay import open_relay
 from .floor import med_runs
 from .options import BenchError, Sizes
 from .procs import BenchStack, children_of, open_stack
@@ -46,6 +52,9 @@ POP_RESERVE: Final = 2 * POP_BATCH
 
 #: The processes whose CPU time a page-in costs (the guest is this bench process).
 CPU_PROCS: Final = ("hv", "pager", "guest")
+
+#: The processes whose CPU time a relay round trip costs (the caller is this process).
+RELAY_PROCS: Final = ("relay", "backend", "guest")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -92,10 +101,12 @@ def _python_pid(stack: BenchStack, pid: int) -> int:
 
 
 def _echo_pid() -> int:
-    """The echo process `open_echo` started (a child of this process)."""
+    """The echo process `open_echo` started (a child of this process; the relay floor's
+    processes run the same module with an option first)."""
     for pid in children_of(os.getpid()):
         with contextlib.suppress(OSError), open(f"/proc/{pid}/cmdline", "rb") as f:
-            if b"stack.benchlib" in f.read():
+            argv = f.read().split(b"\0")
+            if b"stack.benchlib" in argv and not any(a.startswith(b"--") for a in argv):
                 return pid
     raise BenchError("the echo process is not a child of the bench")
 
@@ -168,16 +179,21 @@ async def _bench_mode(
             # The floor beside it: echo round trips in blocks between the blocks of
             # populates, so that both see the machine in the same state (this VM's speed
             # moves by 20% and more within minutes; the floor section runs minutes away).
-            async with open_echo() as echo:
+            async with open_echo() as echo, open_relay() as relay:
                 echo_cpu = CpuMeter({"echo": _echo_pid(), "guest": os.getpid()})
+                relay_cpu = CpuMeter({**relay.pids, "guest": os.getpid()})
                 await round_trips(echo, sizes.floor_n // 10, PAGE_SIZE)  # warm-up
+                await round_trips(relay.client, sizes.floor_n // 10, PAGE_SIZE)
                 block = -(-per_run // POP_BLOCKS)  # populates per block, rounded up
                 for r in range(sizes.repeats):
                     samples: list[float] = []
                     floor: list[float] = []
+                    relayed: list[float] = []
                     for i in range(per_run):
                         if i % block == 0:
-                            floor += await round_trips(echo, sizes.floor_n // POP_BLOCKS, PAGE_SIZE)
+                            n_block = sizes.floor_n // POP_BLOCKS
+                            floor += await round_trips(echo, n_block, PAGE_SIZE)
+                            relayed += await round_trips(relay.client, n_block, PAGE_SIZE)
                         dt = await _timed_read(guest, paged.pop())
                         if i >= sizes.pop_warm:
                             samples.append(dt)
@@ -187,23 +203,30 @@ async def _bench_mode(
                         "p99_us": percentile(samples, 99) * 1e6,
                         "floor_p50_us": percentile(floor, 50) * 1e6,
                         "floor_p99_us": percentile(floor, 99) * 1e6,
+                        "relay_p50_us": percentile(relayed, 50) * 1e6,
+                        "relay_p99_us": percentile(relayed, 99) * 1e6,
                     }
                     lat_runs.append(run)
                     say(
                         f"  populate run {r + 1}: p50 {run['p50_us']:.0f} µs,"
                         f" p99 {run['p99_us']:.0f} µs; echo beside it p50"
-                        f" {run['floor_p50_us']:.0f} µs, p99 {run['floor_p99_us']:.0f} µs"
+                        f" {run['floor_p50_us']:.0f} µs, p99 {run['floor_p99_us']:.0f} µs;"
+                        f" relay p50 {run['relay_p50_us']:.0f} µs,"
+                        f" p99 {run['relay_p99_us']:.0f} µs"
                     )
                 out["latency"] = med_runs(lat_runs, list(lat_runs[0]))  # the echo's too
                 out["vcpus"] = {}
                 for v in sizes.vcpu_counts:
                     runs = []
                     for _ in range(sizes.repeats):
-                        # The echo with as many callers first, then the page-ins: each
-                        # measured with its processes' CPU time.
+                        # The echo with as many callers first, then the relay, then the
+                        # page-ins: each measured with its processes' CPU time.
                         echo_cpu.start()
                         echo_rate, n_echo = await _parallel_echo(echo, sizes.floor_n, v)
                         e_cpu = echo_cpu.stop()
+                        relay_cpu.start()
+                        relay_rate, n_relay = await _parallel_echo(relay.client, sizes.floor_n, v)
+                        r_cpu = relay_cpu.stop()
                         gfns = [paged.pop() for _ in range(sizes.par_reads)]
                         meter = CpuMeter(pids)
                         meter.start()
@@ -216,17 +239,25 @@ async def _bench_mode(
                                 **{f"cpu_us_{p}": cpu[p] / len(gfns) * 1e6 for p in CPU_PROCS},
                                 "echo_cpu_us_echo": e_cpu["echo"] / n_echo * 1e6,
                                 "echo_cpu_us_guest": e_cpu["guest"] / n_echo * 1e6,
+                                "relay_per_s": relay_rate,
+                                **{
+                                    f"relay_cpu_us_{p}": r_cpu[p] / n_relay * 1e6
+                                    for p in RELAY_PROCS
+                                },
                             }
                         )
                         await settled()
                     row = med_runs(runs, list(runs[0]))
                     out["vcpus"][v] = row
                     cpu_s = "+".join(f"{row[f'cpu_us_{p}']:.0f}" for p in CPU_PROCS)
+                    relay_s = "+".join(f"{row[f'relay_cpu_us_{p}']:.0f}" for p in RELAY_PROCS)
                     say(
                         f"  {v} vCPUs: {row['pageins_per_s']:.0f} page-ins/s"
                         f" ({row['echo_per_s']:.0f} echo/s, {v} callers);"
                         f" CPU/page-in {cpu_s} µs (hv+pager+guest), echo CPU/rt"
-                        f" {row['echo_cpu_us_echo']:.0f}+{row['echo_cpu_us_guest']:.0f} µs"
+                        f" {row['echo_cpu_us_echo']:.0f}+{row['echo_cpu_us_guest']:.0f} µs;"
+                        f" {row['relay_per_s']:.0f} relay/s, relay CPU/rt {relay_s} µs"
+                        " (relay+backend+caller)"
                     )
         out["pager_log"] = str(pager.log_path)
     return out
@@ -258,8 +289,8 @@ async def _parallel_reads(guest: Client, gfns: Sequence[int], vcpus: int) -> flo
 
 
 async def _parallel_echo(echo: Client, n: int, callers: int) -> tuple[float, int]:
-    """`callers` tasks make `n` echo round trips between them on one connection, as
-    `_parallel_reads` does its page-ins: (round trips per second, n)."""
+    """`callers` tasks make `n` round trips between them on one connection to the echo (or
+    the relay), as `_parallel_reads` does its page-ins: (round trips per second, n)."""
     left = iter(range(n))
 
     async def caller(v: int) -> None:

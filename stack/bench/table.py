@@ -164,7 +164,8 @@ def table_rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
 
 def _populate_rows(modes: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """Each ring mode's populate latency, page-ins/s and CPU per page-in, each next to the
-    echo measured beside it (same run, same number of callers)."""
+    echo measured beside it (same run, same number of callers), and, under each, the same
+    figure next to the relay floor's (four one-way messages) when the result has it."""
     rows: list[tuple[str, str, str, str]] = []
     for mode, m in modes.items():
         lat = m["latency"]
@@ -178,6 +179,16 @@ def _populate_rows(modes: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                     _ratio(lat[f"{q}_us"], f),
                 )
             )
+            if f"relay_{q}_us" in lat:
+                relay = lat[f"relay_{q}_us"]
+                rows.append(
+                    (
+                        f"  vs relay {q} (4 messages)",
+                        f"{lat[f'{q}_us']:.0f} µs",
+                        f"{relay:.0f} µs relay = {_ratio(relay, f)} echo",
+                        _ratio(lat[f"{q}_us"], relay),
+                    )
+                )
         for v, row in sorted(m["vcpus"].items(), key=lambda kv: int(kv[0])):
             callers = f"{v} caller{'s' if int(v) > 1 else ''}"
             rows.append(
@@ -188,6 +199,16 @@ def _populate_rows(modes: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                     _ratio(row["pageins_per_s"], row["echo_per_s"]),
                 )
             )
+            if "relay_per_s" in row:
+                relay = row["relay_per_s"]
+                rows.append(
+                    (
+                        "  vs relay (4 messages)",
+                        f"{row['pageins_per_s']:.0f}/s",
+                        f"{relay:.0f} relay/s = {_ratio(relay, row['echo_per_s'])} echo",
+                        _ratio(row["pageins_per_s"], relay),
+                    )
+                )
             hv, pager, guest = (row[f"cpu_us_{p}"] for p in ("hv", "pager", "guest"))
             echo, caller = row["echo_cpu_us_echo"], row["echo_cpu_us_guest"]
             rows.append(
@@ -198,6 +219,16 @@ def _populate_rows(modes: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                     _ratio(hv + pager + guest, echo + caller),
                 )
             )
+            if "relay_per_s" in row:
+                r, b, c = (row[f"relay_cpu_us_{p}"] for p in ("relay", "backend", "guest"))
+                rows.append(
+                    (
+                        "  vs relay CPU/rt (relay+backend+caller)",
+                        f"{hv + pager + guest:.0f} µs",
+                        f"{r + b + c:.0f} µs/rt ({r:.0f}+{b:.0f}+{c:.0f})",
+                        _ratio(hv + pager + guest, r + b + c),
+                    )
+                )
     return rows
 
 

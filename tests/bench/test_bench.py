@@ -276,6 +276,11 @@ async def test_process_sections_run_and_leave_no_child(tmp_path: Path) -> None:
         assert row["pageins_per_s"] > 0 and row["echo_per_s"] > 0
         assert min(row["cpu_us_hv"], row["cpu_us_pager"], row["cpu_us_guest"]) > 0
         assert row["echo_cpu_us_echo"] > 0 and row["echo_cpu_us_guest"] > 0
+        # The relay floor beside the echo: four one-way messages, three processes' CPU.
+        assert row["relay_per_s"] > 0
+        assert min(row[f"relay_cpu_us_{p}"] for p in ("relay", "backend", "guest")) > 0
+        lat = res["populate"]["modes"][mode]["latency"]
+        assert 0 < lat["relay_p50_us"] <= lat["relay_p99_us"]
     rec = res["recovery"][300]
     assert len(rec["runs_s"]) == 1 and rec["start_to_first_served_s"] > 0
     assert rec["pager_recover_s"] > 0  # parsed from the new pager's own log
@@ -284,7 +289,7 @@ async def test_process_sections_run_and_leave_no_child(tmp_path: Path) -> None:
     assert res["memory"]["hv"]["rss_per_gfn"] > 0
     json.dumps(res, default=str)  # what --json writes
     assert "populate..." in lines
-    assert not _running_children()  # every hv, pager and echo process is gone
+    assert not _running_children()  # every hv, pager, echo, relay and backend process is gone
 
 
 async def test_a_work_dir_serves_a_second_run(tmp_path: Path) -> None:
