@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 import trio
 
-from sim.clock import SimClock, sleep_until
+from sim.clock import POLL_EVERY, SimClock, sleep_until
 from sim.net import Link
 
 
@@ -94,3 +94,35 @@ def test_latency_delays_arrival_under_the_sim_clock() -> None:
         assert await server.receive_some(10) == b""
 
     run(main)
+
+
+def test_a_thread_s_result_arrives_though_the_run_polls_less() -> None:
+    """The clock polls trio's I/O on one pass in POLL_EVERY while tasks can run: a thread
+    that hands its result back (through trio's wake-up socket) is still heard, within
+    POLL_EVERY passes of a task that never lets the run go idle, and at once when the
+    run is idle. Only one pass in POLL_EVERY polls while tasks spin."""
+    polls: list[float] = []
+    passes = 0
+
+    async def main() -> None:
+        nonlocal passes
+        io = trio._core._run.GLOBAL_RUN_CONTEXT.runner.io_manager
+        poll = io._poll
+        io._poll = lambda timeout: polls.append(timeout) or poll(timeout)
+        assert await trio.to_thread.run_sync(lambda: 7) == 7  # idle: polls and waits
+        got: list[int] = []
+
+        async def in_thread() -> None:
+            got.append(await trio.to_thread.run_sync(lambda: 8))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(in_thread)
+            while not got:  # never idle: only the thinned polls can hear the thread
+                passes += 1
+                assert passes < 100 * POLL_EVERY, "the thread's result never came"
+                await trio.lowlevel.checkpoint()
+        assert got == [8]
+
+    run(main)
+    spinning = [t for t in polls if t == 0]
+    assert passes >= len(spinning) * POLL_EVERY - POLL_EVERY  # one pass in POLL_EVERY
