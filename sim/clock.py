@@ -65,19 +65,27 @@ class SimClock(trio.abc.Clock):
         if at > self._now:
             self._now = at
         while timers and timers[0][0] <= at:
-            task = heapq.heappop(timers)[2]
+            entry = heapq.heappop(timers)
+            task, entry[2] = entry[2], None  # fired (or cancelled): None either way
             if task is not None:
                 trio.lowlevel.reschedule(task)
         return 0.0
+
+    def wake_at(self, task: trio.lowlevel.Task, at: float) -> list[Any]:
+        """Reschedule `task`, which waits in `wait_task_rescheduled`, at simulated time
+        `at` (after now); its entry, whose third item is None once it has fired. Whoever
+        parked the task cancels it on abort by setting that item to None."""
+        entry = [at, self._seq, task]
+        self._seq += 1
+        heapq.heappush(self._timers, entry)
+        return entry
 
     async def wait_until(self, at: float) -> None:
         """Sleep until simulated time `at` (a checkpoint; cancellable)."""
         if at <= self._now:
             await trio.lowlevel.checkpoint()
             return
-        entry = [at, self._seq, trio.lowlevel.current_task()]
-        self._seq += 1
-        heapq.heappush(self._timers, entry)
+        entry = self.wake_at(trio.lowlevel.current_task(), at)
 
         def abort(_: Any) -> trio.lowlevel.Abort:
             entry[2] = None
