@@ -45,7 +45,9 @@ class SimClock(trio.abc.Clock):
         self._seq = 0
 
     def start_clock(self) -> None:
-        """Nothing to start: time starts at 0."""
+        """Time starts at 0; trio's I/O polls are thinned (`_FewerPolls`)."""
+        runner = trio._core._run.GLOBAL_RUN_CONTEXT.runner  # the run starting (trio calls this)
+        runner.io_manager = _FewerPolls(runner.io_manager)  # type: ignore[assignment]
 
     def current_time(self) -> float:
         """The simulated time now."""
@@ -63,25 +65,62 @@ class SimClock(trio.abc.Clock):
         if at > self._now:
             self._now = at
         while timers and timers[0][0] <= at:
-            task = heapq.heappop(timers)[2]
+            entry = heapq.heappop(timers)
+            task, entry[2] = entry[2], None  # fired (or cancelled): None either way
             if task is not None:
                 trio.lowlevel.reschedule(task)
         return 0.0
+
+    def wake_at(self, task: trio.lowlevel.Task, at: float) -> list[Any]:
+        """Reschedule `task`, which waits in `wait_task_rescheduled`, at simulated time
+        `at` (after now); its entry, whose third item is None once it has fired. Whoever
+        parked the task cancels it on abort by setting that item to None."""
+        entry = [at, self._seq, task]
+        self._seq += 1
+        heapq.heappush(self._timers, entry)
+        return entry
 
     async def wait_until(self, at: float) -> None:
         """Sleep until simulated time `at` (a checkpoint; cancellable)."""
         if at <= self._now:
             await trio.lowlevel.checkpoint()
             return
-        entry = [at, self._seq, trio.lowlevel.current_task()]
-        self._seq += 1
-        heapq.heappush(self._timers, entry)
+        entry = self.wake_at(trio.lowlevel.current_task(), at)
 
         def abort(_: Any) -> trio.lowlevel.Abort:
             entry[2] = None
             return trio.lowlevel.Abort.SUCCEEDED
 
         await trio.lowlevel.wait_task_rescheduled(abort)
+
+
+class _FewerPolls:
+    """trio's I/O manager, polled for ready file descriptors on one "no wait" pass of the
+    run loop in `POLL_EVERY` (every pass polls: epoll with timeout 0, a system call and
+    its wrapper, a few percent of a sim seed's CPU). Nothing in a sim run does I/O: the
+    only file descriptor is trio's own wake-up socket (signals, `run_sync_soon` from
+    another thread), which is then read a few passes later. A pass that may wait (nothing
+    can run, no timer: a deadlock) polls as trio does. Anything else goes to the manager."""
+
+    def __init__(self, io: Any) -> None:
+        self._io = io
+        self._poll = io.get_events
+        self.process_events = io.process_events
+        self._passes = 0
+
+    def get_events(self, timeout: float) -> Any:
+        if timeout == 0:
+            self._passes += 1
+            if self._passes % POLL_EVERY:
+                return ()
+        return self._poll(timeout)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._io, name)
+
+
+#: One "no wait" pass of trio's run loop in this many polls for I/O in a sim run.
+POLL_EVERY = 64
 
 
 async def sleep_until(at: float) -> None:

@@ -52,7 +52,9 @@ class _Pipe:
     """One direction: bytes in flight (each chunk readable from its arrival time), bytes
     arrived and not yet read, and whether more can come."""
 
-    __slots__ = ("buf", "clock", "cut_at", "eof", "flight", "latency", "readable", "sent")
+    __slots__ = (
+        "buf", "clock", "cut_at", "eof", "flight", "latency", "readable", "sent", "waiter",
+    )  # fmt: skip
 
     def __init__(self, latency: float, clock: Clock) -> None:
         self.latency = latency
@@ -63,18 +65,47 @@ class _Pipe:
         self.readable = trio.lowlevel.ParkingLot()
         self.cut_at: float | None = None  # fraction of the next send_all to let through
         self.sent = 0  # bytes that went through, in total
+        # The reader waiting for a put under a SimClock (`wait_put`): [task, its timer
+        # entry once a put has told the clock when to wake it, else None].
+        self.waiter: list[Any] | None = None
 
     def close(self) -> None:
         self.eof = True
         self.readable.unpark_all()
+        w = self.waiter
+        if w is not None and w[1] is None:  # (with a timer set it wakes then, as before)
+            self.waiter = None
+            trio.lowlevel.reschedule(w[0])
 
     def put(self, data: bytes) -> None:
         if self.latency:
-            self.flight.append((self.clock.current_time() + self.latency, data))
+            at = self.clock.current_time() + self.latency
+            self.flight.append((at, data))
+            w = self.waiter
+            if w is not None and w[1] is None:  # wake the reader when this chunk arrives
+                w[1] = self.clock.wake_at(w[0], at)  # type: ignore[attr-defined]
         else:
             self.buf += data
         self.sent += len(data)
         self.readable.unpark_all()
+
+    async def wait_put(self) -> None:
+        """Wait, under a SimClock with latency, until the first chunk put from now on
+        arrives (or the pipe closes): one wake-up per chunk, at its arrival, where parking
+        on `readable` woke the reader at the put only to wait on a timer for the arrival."""
+        w: list[Any] = [trio.lowlevel.current_task(), None]
+        self.waiter = w
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            if w[1] is not None:
+                w[1][2] = None  # drop its timer
+            if self.waiter is w:
+                self.waiter = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+        if self.waiter is w:
+            self.waiter = None
 
     def arrived(self) -> float | None:
         """Move what has arrived into `buf`; the arrival time of the next chunk, if any."""
@@ -156,6 +187,8 @@ class SimStream(trio.abc.Stream):
                     await clock.wait_until(next_at)
                 else:
                     await trio.sleep_until(next_at)
+            elif pipe.latency and type(pipe.clock) is SimClock and pipe.waiter is None:
+                await pipe.wait_put()
             else:
                 await pipe.readable.park()
             if self._closed:

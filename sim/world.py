@@ -16,7 +16,7 @@ import inspect
 import random
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, MutableSequence, Sequence
 from typing import Any
 
 import structlog
@@ -57,18 +57,34 @@ def seeded_identities(seed: int) -> Iterator[None]:
         uuid.uuid4 = original
 
 
+class SchedulerRandom(random.Random):
+    """The random source of trio's run-queue shuffle (`trio._core._run._r`) in a sim run,
+    and its step counter: each pass of the run loop shuffles its batch of runnable tasks
+    here and then runs every one, so the batch sizes add up to the run's scheduler steps
+    (`on_batch`, `RunBound.count_batch`), counted without an instrument call per step.
+    Its shuffles are `random.Random`'s (a batch of one draws nothing either way)."""
+
+    on_batch: Callable[[int], None] | None = None
+
+    def shuffle(self, x: MutableSequence[Any]) -> None:
+        if self.on_batch is not None:
+            self.on_batch(len(x))
+        if len(x) > 1:
+            super().shuffle(x)
+
+
 @contextlib.contextmanager
-def seeded_scheduler(seed: int) -> Iterator[None]:
+def seeded_scheduler(seed: int) -> Iterator[SchedulerRandom]:
     """trio's run-queue shuffle, seeded (as Hypothesis seeds it), for the block."""
     core = trio._core._run
-    flag, state = core._ALLOW_DETERMINISTIC_SCHEDULING, core._r.getstate()
+    flag, old = core._ALLOW_DETERMINISTIC_SCHEDULING, core._r
     core._ALLOW_DETERMINISTIC_SCHEDULING = True  # type: ignore[misc]
-    core._r.seed(f"xpemu-sim-scheduler/{seed}")
+    core._r = sched = SchedulerRandom(f"xpemu-sim-scheduler/{seed}")
     try:
-        yield
+        yield sched
     finally:
         core._ALLOW_DETERMINISTIC_SCHEDULING = flag  # type: ignore[misc]
-        core._r.setstate(state)
+        core._r = old
 
 
 def run_seed(
@@ -91,15 +107,12 @@ def run_seed(
     trace = Trace(keep=keep_trace)
     result = SimResult(seed, sc.name, plan, trace=trace if keep_trace else None)
     t0 = time.perf_counter()
-    with seeded_scheduler(seed), seeded_identities(seed), capture_logs(trace):
+    with seeded_scheduler(seed) as sched, seeded_identities(seed), capture_logs(trace):
         # Built inside the capture: hv's domain binds its logger at construction.
         world = World(seed, sc, plan, trace, result)
+        sched.on_batch = world.bound.count_batch  # the bound's steps, a pass at a time
         try:
-            trio.run(
-                world.run,
-                clock=SimClock(),
-                instruments=[world.bound, *instruments],
-            )
+            trio.run(world.run, clock=SimClock(), instruments=list(instruments))
         except Exception as exc:  # a component blew up: that is a finding too
             result.failures.append(f"the world crashed: {_leaf(exc)!r}")
             trace.add("sim", "crashed", error=repr(_leaf(exc)))

@@ -26,6 +26,7 @@ from guest import (
     run_workload,
 )
 from transport import open_client
+from transport.histogram import LatencyHistogram
 
 
 def test_page_bytes_depend_on_every_part_of_the_key() -> None:
@@ -94,6 +95,35 @@ def test_latency_percentiles() -> None:
     assert s["p50"] == pytest.approx(50, rel=1e-3) and s["p99"] == pytest.approx(99, rel=1e-3)
     assert s["max"] == 100 and s["mean"] == 50.5
     assert Latencies().summary_ms()["max"] == 0
+
+
+@pytest.mark.parametrize(("highest_s", "digits"), [(3600.0, 3), (600.0, 2), (1.0, 1)])
+def test_latencies_add_records_what_hdrh_records(highest_s: float, digits: int) -> None:
+    """The guest's `add` writes hdrh's bucket arithmetic out inline: every bucket count,
+    hdrh's total, minimum and maximum, and the exact figures are `LatencyHistogram.add`'s,
+    over every power-of-two edge of the range, above it, below zero, and random values."""
+    top = highest_s * 1e6
+    edges = [0, 1, 2, 3, top - 1, top, top + 1, 2 * top]
+    edges += [(1 << k) + d for k in range(1, int(top).bit_length() + 1) for d in (-1, 0, 1)]
+    rng = random.Random(5)
+    samples = [us / 1e6 for us in edges] + [-1e-3, -0.0]
+    samples += [rng.lognormvariate(-7, 2.5) for _ in range(20_000)]
+    fast, ref = Latencies(highest_s, digits), LatencyHistogram(highest_s, digits)
+    for i, s in enumerate(samples):
+        fast.add(s)
+        ref.add(s)
+        if i < len(edges):  # each edge on its own, so a wrong bucket shows which
+            assert list(fast._hist.counts) == list(ref._hist.counts), s
+    for attr in ("total_count", "min_value", "max_value"):
+        assert getattr(fast._hist, attr) == getattr(ref._hist, attr), attr
+    assert list(fast._hist.counts) == list(ref._hist.counts)
+    assert (fast.count, fast.sum_s, fast.min_s, fast.max_s) == (
+        ref.count,
+        ref.sum_s,
+        ref.min_s,
+        ref.max_s,
+    )
+    assert fast.summary_ms() == ref.summary_ms()
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,8 @@ import trio.testing
 from pager.balance import Balancer
 from sim import run_seed
 from sim.bound import RunBound, step_budget
+from sim.clock import SimClock
+from sim.world import seeded_scheduler
 from stack.cli import main
 
 
@@ -91,3 +93,41 @@ def test_the_step_budget_counts_steps_not_time() -> None:
     assert bound.stuck is not None and "5,000 scheduler steps" in bound.stuck
     assert "spin (" in bound.stuck  # the busiest tasks, by share
     assert 5_000 < bound.steps < 5_100  # and the unwinding took a few more
+
+
+def _spin_run(bound: RunBound, *, per_pass: bool) -> None:
+    """Three tasks spinning (batches of several steps a pass) under the sim's seeded
+    scheduler, the bound fed a pass at a time or as an instrument."""
+
+    async def spin(n: int) -> None:
+        while True:
+            for _ in range(n):
+                await trio.lowlevel.checkpoint()
+            await trio.sleep(0.001)  # passes of one, two and three steps
+
+    async def world() -> None:
+        with bound.scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(bound.watch_time)
+                for n in (1, 2, 3):
+                    nursery.start_soon(spin, n)
+
+    with seeded_scheduler(7) as sched:
+        if per_pass:
+            sched.on_batch = bound.count_batch
+        trio.run(world, clock=SimClock(), instruments=[] if per_pass else [bound])
+
+
+@pytest.mark.parametrize("max_steps", [5_000, 5_001, 7_777])
+def test_steps_counted_a_pass_at_a_time_are_the_instruments_count(max_steps: int) -> None:
+    """The sim counts steps from the sizes of the batches trio shuffles (no instrument
+    call per step) and per step only near the budget: the same verdict, at the same step,
+    with the same busiest tasks, as a bound counting every step."""
+    per_step = RunBound(max_steps=max_steps, time_limit=1e9)
+    _spin_run(per_step, per_pass=False)
+    per_pass = RunBound(max_steps=max_steps, time_limit=1e9)
+    _spin_run(per_pass, per_pass=True)
+    assert per_step.stuck is not None and f"{max_steps:,} scheduler steps" in per_step.stuck
+    assert per_pass.stuck == per_step.stuck
+    assert per_pass.steps == per_step.steps
+    assert per_pass.busiest == per_step.busiest
