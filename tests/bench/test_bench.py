@@ -328,17 +328,27 @@ def test_profile_summary_counts_self_and_inclusive_samples(tmp_path: Path) -> No
     assert "100.0% serve (hv/server.py)" in text  # inclusive
 
 
-def test_profile_summary_command_bad_input_one_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    from stack.bench.__main__ import main as probe_main
+def test_profile_summary_command_bad_input_one_line(tmp_path: Path) -> None:
+    """`python -m stack.bench profile-summary` with a missing or damaged file, or --help:
+    one line, no traceback (run as a process: its main configures logging globally)."""
+    import subprocess
+    import sys
 
-    assert probe_main(["profile-summary", str(tmp_path / "missing.txt")]) == 1
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "missing.txt" in err and "Traceback" not in err
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "stack.bench", "profile-summary", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    missing = run(str(tmp_path / "missing.txt"))
+    assert missing.returncode == 1
+    assert missing.stderr.count("\n") == 1 and "missing.txt" in missing.stderr
     garbage = tmp_path / "garbage.txt"
     garbage.write_text("frame (a.py:1) many\n")
-    assert probe_main(["profile-summary", str(garbage)]) == 1
-    assert "not a py-spy raw profile" in capsys.readouterr().err
-    assert probe_main(["profile-summary", "--help"]) == 2
-    assert capsys.readouterr().err.startswith("usage:")
+    damaged = run(str(garbage))
+    assert damaged.returncode == 1 and "not a py-spy raw profile" in damaged.stderr
+    assert "Traceback" not in missing.stderr + damaged.stderr
+    usage = run("--help")
+    assert usage.returncode == 2 and usage.stderr.startswith("usage:")
