@@ -70,3 +70,27 @@ async def test_five_minutes_at_full_load_show_no_upward_memory_trend(tmp_path: P
         fig = res["processes"][name]
         assert fig["samples"] >= 25, table  # every 10 s for 5 minutes
         assert _within_bounds(fig), f"{name}: {fig}\n{table}"
+
+
+def test_the_frame_pool_is_found_by_its_size_and_its_resident_pages_counted() -> None:
+    """hv-frames subtracts the pool's resident pages read from smaps (exact), not a count
+    of frames in use read a moment apart from the RSS."""
+    import mmap
+    import os
+
+    from stack.bench.soak import pool_rss_bytes
+
+    size = 777 * 4096  # a size no other mapping of this process has
+    pool = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        pool.madvise(mmap.MADV_NOHUGEPAGE)
+        assert pool_rss_bytes(os.getpid(), size) == 0
+        for page in range(0, 100 * 4096, 4096):
+            pool[page] = 1
+        assert pool_rss_bytes(os.getpid(), size) == 100 * 4096
+        twin = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        assert pool_rss_bytes(os.getpid(), size) is None  # two candidates: no guess
+        twin.close()
+    finally:
+        pool.close()
+    assert pool_rss_bytes(2**22 + 1, size) is None  # no such process
