@@ -20,6 +20,7 @@ Entry points: `python -m stack.benchlib --backend PATH` and
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import subprocess
@@ -135,16 +136,12 @@ class _Relay:
                 if conn not in corked:
                     conn.cork()
                     corked.append(conn)
-                try:
+                with contextlib.suppress(ConnectionClosed):  # that caller is gone; others go on
                     conn.send_nowait({**reply, "id": caller_id})
-                except ConnectionClosed:
-                    pass  # that caller is gone; the others go on
                 msg = self.backend.receive_buffered()
             for conn in corked:
-                try:
+                with contextlib.suppress(ConnectionClosed):
                     conn.uncork()
-                except ConnectionClosed:
-                    pass
 
 
 async def _serve_relay(path: str, backend_path: str) -> None:

@@ -42,10 +42,10 @@ wins (then this sets nothing); elsewhere than glibc this does nothing.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import os
 import threading
-from typing import Final
+from typing import Any, Final
 
 #: mallopt's parameter numbers (glibc's malloc.h).
 M_TRIM_THRESHOLD: Final = -1
@@ -65,11 +65,18 @@ TRIM_EVERY_S: Final = 10.0
 ENV_VARS: Final = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_ARENA_MAX")
 
 
-def _libc() -> ctypes.CDLL | None:
+@functools.cache
+def _libc_function(name: str, *argtypes: type) -> Any | None:
+    """The C library's function `name` (an int result), looked up once; None if the C
+    library has none. The process's own symbols hold the C library's: no search for
+    it (`find_library` runs `ldconfig`, 1-2 ms, once per call: every trim did it)."""
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or None)
-    except OSError:
+        func = getattr(ctypes.CDLL(None), name)
+    except (OSError, AttributeError):
         return None
+    func.argtypes = argtypes
+    func.restype = ctypes.c_int
+    return func
 
 
 def pin_malloc_thresholds(
@@ -82,12 +89,9 @@ def pin_malloc_thresholds(
     the C library has no `mallopt`. Call it before any thread but the main one starts."""
     if any(v in os.environ for v in ENV_VARS):
         return False
-    libc = _libc()
-    mallopt = getattr(libc, "mallopt", None)
+    mallopt = _libc_function("mallopt", ctypes.c_int, ctypes.c_int)
     if mallopt is None:
         return False
-    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    mallopt.restype = ctypes.c_int
     return all(
         mallopt(param, value)
         for param, value in (
@@ -101,12 +105,8 @@ def pin_malloc_thresholds(
 def trim_heap() -> bool:
     """Give every free page of the heap back to the kernel (`malloc_trim(0)`); True if
     some memory was released. False, doing nothing, without glibc."""
-    trim = getattr(_libc(), "malloc_trim", None)
-    if trim is None:
-        return False
-    trim.argtypes = (ctypes.c_size_t,)
-    trim.restype = ctypes.c_int
-    return bool(trim(0))
+    trim = _libc_function("malloc_trim", ctypes.c_size_t)
+    return trim is not None and bool(trim(0))
 
 
 def start_heap_trimmer(
@@ -115,7 +115,7 @@ def start_heap_trimmer(
     """Trim the heap every `every` seconds in a daemon thread, until `stop` is set (never,
     if None: the life of the process; see the module docstring); None (no thread) without
     glibc's `malloc_trim`."""
-    if getattr(_libc(), "malloc_trim", None) is None:
+    if _libc_function("malloc_trim", ctypes.c_size_t) is None:
         return None
     stopped = stop if stop is not None else threading.Event()
 

@@ -51,18 +51,22 @@ def _run(script: str, mode: str) -> subprocess.CompletedProcess[str]:
     return out
 
 
-def _probe(mode: str) -> tuple[int, int]:
-    mapped, kept = _run(PROBE, mode).stdout.split()
-    return int(mapped), int(kept)
+def _two_ints(script: str, mode: str) -> tuple[int, int]:
+    """The two integers `script` prints."""
+    a, b = _run(script, mode).stdout.split()
+    return int(a), int(b)
 
 
-@pytest.mark.skipif(
-    not hasattr(ctypes.CDLL(None), "mallinfo2"), reason="not glibc 2.33+ (no mallinfo2)"
-)
+def _no_glibc(name: str) -> pytest.MarkDecorator:
+    """Skip where the C library has no `name` (not glibc, or an older one)."""
+    return pytest.mark.skipif(not hasattr(ctypes.CDLL(None), name), reason=f"no {name} (glibc)")
+
+
+@_no_glibc("mallinfo2")
 def test_pinned_thresholds_map_large_blocks_and_keep_the_heaps_top() -> None:
-    mapped, _ = _probe("dynamic")
+    mapped, _ = _two_ints(PROBE, "dynamic")
     assert mapped == 0  # glibc's default: the freed block moved the threshold up
-    assert _probe("pin") == (1, 1)
+    assert _two_ints(PROBE, "pin") == (1, 1)
 
 
 @pytest.mark.parametrize("var", ENV_VARS)
@@ -93,9 +97,7 @@ libc.malloc_stats()  # one "Arena N:" block per arena, on stderr
 """
 
 
-@pytest.mark.skipif(
-    not hasattr(ctypes.CDLL(None), "malloc_stats"), reason="not glibc (no malloc_stats)"
-)
+@_no_glibc("malloc_stats")
 def test_one_arena_however_many_threads_allocate() -> None:
     """Worker threads that allocate at the same time would each get an arena (the soak's
     steps); pinned, they share the main one."""
@@ -124,26 +126,17 @@ print(int(released), before - rss())
 """
 
 
-def _trim_probe(mode: str) -> tuple[int, int]:
-    released, dropped = _run(TRIM, mode).stdout.split()
-    return int(released), int(dropped)
-
-
-@pytest.mark.skipif(
-    not hasattr(ctypes.CDLL(None), "malloc_trim"), reason="not glibc (no malloc_trim)"
-)
+@_no_glibc("malloc_trim")
 def test_a_trim_gives_back_the_free_pages_between_live_blocks() -> None:
     """The soak's hv: a heap whose free memory lies between live blocks keeps it resident
     (its high-water mark); a trim gives it back."""
-    assert _trim_probe("no trim")[1] < 1_000_000  # freed, yet still resident
-    released, dropped = _trim_probe("trim")
+    assert _two_ints(TRIM, "no trim")[1] < 1_000_000  # freed, yet still resident
+    released, dropped = _two_ints(TRIM, "trim")
     assert released == 1
     assert dropped > 20_000_000  # most of the 32 MB
 
 
-@pytest.mark.skipif(
-    not hasattr(ctypes.CDLL(None), "malloc_trim"), reason="not glibc (no malloc_trim)"
-)
+@_no_glibc("malloc_trim")
 def test_the_trimmer_thread_trims_again_and_again(monkeypatch: pytest.MonkeyPatch) -> None:
     import threading
 
