@@ -129,25 +129,30 @@ class PageOut:
             else:
                 nominated = gfns
             results = await self.hv.map(nominated)
-        pages: list[bytes] = []
-        mapped: list[int] = []
-        for g, page in zip(nominated, results, strict=True):
-            if isinstance(page, bytes):
-                mapped.append(g)
-                pages.append(page)
-            else:
-                # No frame any more (ballooned out meanwhile): nothing to copy.
-                self.state.adopt.pop(g, None)
+        if all(type(page) is bytes for page in results):  # the rule: every gfn mapped
+            mapped, pages = nominated, results
+        else:
+            pages = []
+            mapped = []
+            for g, page in zip(nominated, results, strict=True):
+                if isinstance(page, bytes):
+                    mapped.append(g)
+                    pages.append(page)
+                else:
+                    # No frame any more (ballooned out meanwhile): nothing to copy.
+                    self.state.adopt.pop(g, None)
         if nominated:
             self.faults.hit(CrashPoint.after_map)
         store.release(slots[len(mapped) :])
         slots = slots[: len(mapped)]
         if not mapped:
             return None
-        rows = []
-        for g, slot, page in zip(mapped, slots, pages, strict=True):
-            gen = store.next_gen()
-            rows.append(Row(g, gen, slot, checksum(g, gen, page)))
+        rows = [
+            Row(g, gen, slot, checksum(g, gen, page))
+            for g, gen, slot, page in zip(
+                mapped, store.next_gens(len(mapped)), slots, pages, strict=True
+            )
+        ]
         return Batch(mapped, slots, pages, rows, nominate)
 
     async def _finish(self, batch: Batch) -> int:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from array import array
-from collections.abc import ItemsView, Iterable, Iterator, Mapping, MutableMapping
+from collections.abc import ItemsView, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from itertools import compress
 from typing import Any, Final, NamedTuple
 
@@ -128,6 +128,58 @@ class RowIndex(MutableMapping[int, Row]):
         self._other[gfn] = row
         if len(self._other) > max(1024, self._dense // 8) and _storable(row, row.gen - 1):
             self._load(list(self.values()))  # generations outgrew the base: a new one
+
+    def put_many(self, rows: Sequence[Row]) -> list[Row]:
+        """`self[row.gfn] = row` for each row, in order (a disk phase's rows: one call, the
+        checks of `__setitem__` inline); the rows they replaced that named another slot."""
+        moved: list[Row] = []
+        if self._other:  # rare (module doc): the general path
+            for row in rows:
+                old = self.get(row.gfn)
+                self[row.gfn] = row
+                if old is not None and old.slot != row.slot:
+                    moved.append(old)
+            return moved
+        gens, slots, crcs, base = self._gen, self._slot, self._crc, self._base
+        for i, row in enumerate(rows):
+            gfn, gen, slot, crc = row
+            rel = gen - base
+            if not (
+                0 <= gfn < len(gens)
+                and 0 < rel < _U32
+                and gen < _U64
+                and 0 <= slot < _U32
+                and 0 <= crc < _U32
+            ):
+                old = self.get(gfn)  # a new gfn past the arrays, or a field they cannot hold
+                self[gfn] = row
+                if old is not None and old.slot != slot:
+                    moved.append(old)
+                if self._other or self._gen is not gens:  # rebuilt or set aside: the general path
+                    return moved + self.put_many(rows[i + 1 :])
+                continue
+            had = gens[gfn]
+            if had:
+                if slots[gfn] != slot:
+                    moved.append(Row(gfn, had + base, slots[gfn], crcs[gfn]))
+            else:
+                self._dense += 1
+            gens[gfn] = rel
+            slots[gfn] = slot
+            crcs[gfn] = crc
+        return moved
+
+    def slots_of(self, gfns: Iterable[int]) -> list[int]:
+        """Each gfn's row's slot, -1 where it has no row."""
+        gens, slots, n = self._gen, self._slot, len(self._gen)
+        out = []
+        for gfn in gfns:
+            if 0 <= gfn < n and gens[gfn]:
+                out.append(slots[gfn])
+            else:
+                row = self._other.get(gfn) if self._other else None
+                out.append(-1 if row is None else row.slot)
+        return out
 
     def __delitem__(self, gfn: int) -> None:
         if not self._drop_dense(gfn):

@@ -62,20 +62,19 @@ from typing import Final
 import structlog
 import trio
 
-from .disk import Disk, DiskFile, DiskLock, write_and_sync
+from .disk import Disk, DiskFile, DiskLock, join_runs, write_and_sync
 from .migrate import migrate_if_needed
 from .rowindex import Row, RowIndex
 from .store_errors import ChecksumError, StoreError, StoreLocked, oserror
 from .store_format import (
     EXTENT_SLOTS,
     FREE_RECORD,
+    SECTOR_RECORDS,
     SLOT_SIZE,
     checksum,
     encode,
     header_offset,
     instance_tag,
-    is_slot,
-    join_runs,
     slot_offset,
     slot_runs,
 )
@@ -252,6 +251,12 @@ class PageStore:
         self._next_gen += 1
         return gen
 
+    def next_gens(self, n: int) -> range:
+        """`n` new generation numbers (`next_gen` `n` times)."""
+        gens = range(self._next_gen, self._next_gen + n)
+        self._next_gen += n
+        return gens
+
     def pin(self, rows: Iterable[Row]) -> None:
         """Keep these rows' slots from reuse while they are being read."""
         self.slots.pin(rows)
@@ -287,7 +292,13 @@ class PageStore:
         change) if the phase failed, a header page read back other bytes than written
         included, or if a row's slot is named by a row already (a bookkeeping bug:
         writing would lose that row's page)."""
-        if twice := [r.slot for r in rows if self.slots.named(r.slot) or not is_slot(r.slot)]:
+        used = self.slots.used
+        named = len(used)
+        if twice := [
+            s
+            for s in [r.slot for r in rows]
+            if s < 0 or (s < named and used[s]) or s % _SLOT_PERIOD == SECTOR_RECORDS
+        ]:
             raise StoreError(f"slots {twice[:8]} are named already, or no slots", _errno.EIO)
         async with self._phase:
             if self._file is None or self.closed:
@@ -296,11 +307,11 @@ class PageStore:
             overlay: dict[int, bytes] = {}
             for gfn, _ in deletes:
                 overlay[self.rows[gfn].slot] = FREE_RECORD
-            for r in rows:
-                old = self.rows.get(r.gfn)
-                if old is not None and old.slot != r.slot:
-                    overlay[old.slot] = FREE_RECORD  # the newer generation replaces it
-                overlay[r.slot] = encode(r.slot, self._tag, r.gfn, r.gen, r.crc)
+            tag = self._tag
+            for r, old in zip(rows, self.rows.slots_of([r.gfn for r in rows]), strict=True):
+                if old >= 0 and old != r.slot:
+                    overlay[old] = FREE_RECORD  # the newer generation replaces it
+                overlay[r.slot] = encode(r.slot, tag, r.gfn, r.gen, r.crc)
             if not overlay:
                 return
             changes: dict[int, list[tuple[int, bytes]]] = {}
@@ -312,10 +323,10 @@ class PageStore:
                 )
             except OSError as exc:
                 raise oserror("header page read", exc) from exc
-            writes = join_runs(
-                [(slot_offset(r.slot), p) for r, p in zip(rows, pages, strict=True)]
-                + [(header_offset(e), bytes(h)) for e, h in headers.items()]
-            )
+            # Sorted by offset, adjacent writes not joined: the disk gathers them (no copy).
+            writes = [(slot_offset(r.slot), p) for r, p in zip(rows, pages, strict=True)]
+            writes += [(header_offset(e), bytes(h)) for e, h in headers.items()]
+            writes.sort(key=_offset)
             back = [(SLOT_SIZE, header_offset(e)) for e in headers]
             if written is None:  # write, sync, read-back in one call (one thread trip)
                 try:
@@ -324,7 +335,7 @@ class PageStore:
                     raise oserror("slot write and sync", exc) from exc
             else:
                 try:
-                    await self._file.pwritev(writes)
+                    await self._file.pwritev(join_runs(writes))
                 except OSError as exc:
                     raise oserror("slot write", exc) from exc
                 written()
@@ -350,12 +361,9 @@ class PageStore:
             slot = index[gfn].slot
             del index[gfn]
             slots.freed(slot)
-        for r in rows:
-            old = index.get(r.gfn)
-            index[r.gfn] = r
-            if old is not None and old.slot != r.slot:
-                slots.freed(old.slot)
-            slots.name(r.slot)
+        for old in index.put_many(rows):  # an older generation in another slot
+            slots.freed(old.slot)
+        slots.name_many([r.slot for r in rows])
 
     # -- reads ------------------------------------------------------------------------
 
@@ -392,6 +400,14 @@ class PageStore:
                         out.append(_verified(r, bytes(view[k * SLOT_SIZE : (k + 1) * SLOT_SIZE])))
             i += count
         return out
+
+
+#: A slot number whose remainder by this is SECTOR_RECORDS names a sector trailer.
+_SLOT_PERIOD: Final = SECTOR_RECORDS + 1
+
+
+def _offset(write: tuple[int, bytes]) -> int:
+    return write[0]
 
 
 def _check_landed(headers: dict[int, bytearray], landed: Sequence[bytes | OSError]) -> None:

@@ -256,7 +256,7 @@ def parse_pages(pages: list[bytes | None]) -> Parsed:
 
 def slot_runs(slots: Sequence[int]) -> list[tuple[int, int]]:
     """(file offset, slot count) of each run of `slots` next to each other in the file, in
-    the given order (one read per run; `join_runs` is the same for writes, sorted)."""
+    the given order (one read per run; `pager.disk.join_runs` is the same for writes)."""
     out: list[tuple[int, int]] = []
     end = -1
     for slot in slots:
@@ -266,24 +266,6 @@ def slot_runs(slots: Sequence[int]) -> list[tuple[int, int]]:
         else:
             out.append((at, 1))
         end = at + SLOT_SIZE
-    return out
-
-
-def join_runs(writes: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
-    """`writes` sorted by offset, with adjacent ones joined (fewer system calls)."""
-    writes.sort(key=lambda w: w[0])
-    out: list[tuple[int, bytes]] = []
-    run: list[bytes] = []
-    start = end = -1
-    for offset, data in writes:
-        if offset != end:
-            if run:
-                out.append((start, b"".join(run)))
-            run, start = [], offset
-        run.append(data)
-        end = offset + len(data)
-    if run:
-        out.append((start, b"".join(run)))
     return out
 
 
@@ -305,7 +287,6 @@ __all__ = [
     "header_page",
     "instance_tag",
     "is_slot",
-    "join_runs",
     "parse_headers",
     "parse_pages",
     "record_offset",

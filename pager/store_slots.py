@@ -7,7 +7,7 @@ returns to the free list only when `PageStore` says the record that freed it is 
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from .rowindex import Row
 from .store_format import is_slot
@@ -72,6 +72,17 @@ class SlotTable:
         if slot >= len(self.used):
             self.used.extend(bytes(slot + 1 - len(self.used) + 1024))
         self.used[slot] = 1
+
+    def name_many(self, slots: Sequence[int]) -> None:
+        """Durable rows name `slots` now (`name` for each)."""
+        if not slots:
+            return
+        top = max(slots)
+        if top >= len(self.used):
+            self.used.extend(bytes(top + 1 - len(self.used) + 1024))
+        used = self.used
+        for slot in slots:
+            used[slot] = 1
 
     def freed(self, slot: int) -> None:
         """The record that freed `slot` is durable: reusable once no reader pins it."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import tracemalloc
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from pager.rowindex import Row, RowIndex
@@ -19,6 +19,14 @@ ROWS = st.builds(
     gen=st.one_of(st.integers(1, 5), st.sampled_from([0, (1 << 64) - 1, 1 << 64])),
     slot=st.one_of(st.integers(0, 9), st.sampled_from([(1 << 32) - 1, 1 << 32])),
     crc=st.one_of(st.integers(0, 9), st.sampled_from([(1 << 32) - 1, -1])),
+)
+# Rows the arrays hold: `put_many`'s fast path runs only while no row is kept aside.
+PLAIN_ROWS = st.builds(
+    Row,
+    gfn=st.integers(0, 64),
+    gen=st.integers(1, 5),
+    slot=st.integers(0, 9),
+    crc=st.integers(0, 9),
 )
 OPS = st.lists(st.one_of(st.tuples(st.just("set"), ROWS), st.tuples(st.just("del"), GFNS)))
 
@@ -65,6 +73,32 @@ def test_row_index_is_a_dict_of_rows(start: list[Row], ops: list[tuple[str, obje
                 with pytest.raises(KeyError):
                     del index[arg]
         _same(index, model)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    start=st.one_of(st.lists(PLAIN_ROWS), st.lists(ROWS)),
+    batches=st.lists(st.lists(st.one_of(PLAIN_ROWS, PLAIN_ROWS, ROWS), max_size=8), max_size=6),
+)
+@example(start=[Row(0, 1, 0, 0), Row(5, 1, 1, 0)], batches=[[Row(3, 2, 2, 0)]])  # a hole filled
+def test_put_many_is_a_setitem_per_row(start: list[Row], batches: list[list[Row]]) -> None:
+    """A disk phase's rows stored at once (`put_many`) leave the index as one store per
+    row would, and name exactly the replaced rows that had another slot; `slots_of` is a
+    lookup per gfn."""
+    index = RowIndex(start)
+    model = {r.gfn: r for r in start}
+    for rows in batches:
+        moved = []
+        for r in rows:
+            old = model.get(r.gfn)
+            if old is not None and old.slot != r.slot:
+                moved.append(old)
+            model[r.gfn] = r
+        assert index.put_many(rows) == moved
+        _same(index, model)
+        probe = [r.gfn for r in rows] + [-1, 0, 65, 1 << 40]
+        want = [model[g].slot if g in model else -1 for g in probe]
+        assert index.slots_of(probe) == want
 
 
 def test_a_row_stored_under_another_gfn_is_refused() -> None:
