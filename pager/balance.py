@@ -15,7 +15,7 @@ least every `recheck_interval` (a balloon changes tot_pages silently).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 import trio
 
@@ -115,7 +115,13 @@ class Balancer:
             return await self.pageout.pipelined(step)
         if step < 0:
             state.audit_due = True
-            return await self.proactive.some(min(self.config.batch, -step)) > 0
+            # Pipelined as page-out is, up to `_IN_ROUNDS` full pipelines before the next
+            # audit: demand page-ins meanwhile use frames too, and an overshoot would be
+            # paged out again.
+            config = self.config
+            n = min(-step, _IN_ROUNDS * config.pipeline * config.batch)
+            done = await self.proactive.pipelined(n, pipeline=config.pipeline, batch=config.batch)
+            return done > 0
         return False
 
     async def run(self) -> None:
@@ -126,6 +132,10 @@ class Balancer:
                 continue
             self.state.notify()  # idle: what waits for a step sees the pager has settled
             await self.state.wait_wake(self.config.recheck_interval)
+
+
+#: Full pipelines of proactive page-in between two audits (see `Balancer.once`).
+_IN_ROUNDS: Final = 4
 
 
 __all__ = ["Balancer", "plan_step"]

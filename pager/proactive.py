@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import structlog
+import trio
 
 from protocol import Errno, P2MType
 
@@ -45,6 +46,44 @@ class Proactive:
 
     async def some(self, n: int) -> int:
         """Proactively page in up to `n` gfns, prefetch candidates first; the number in."""
+        picked = self._pick(n)
+        try:
+            return await self.pagein(picked)
+        finally:
+            self.state.release_in(picked)
+
+    async def pipelined(self, deficit: int, *, pipeline: int, batch: int) -> int:
+        """Proactively page in up to `deficit` gfns in batches of `batch`, up to `pipeline`
+        batches on their way at once, each in its own task (read, prep, queue the free):
+        one batch's read overlaps another's prep, as page-out's batches overlap. Each
+        batch's gfns are held (`claim_in`) from its pick on, so no other batch, page-out
+        or pick takes them. The number in."""
+        slots = trio.Semaphore(pipeline)
+        done = 0
+
+        async def one(picked: list[int]) -> None:
+            nonlocal done
+            try:
+                n = await self.pagein(picked)  # not `done += await`: it reads `done` first
+                done += n
+            finally:
+                self.state.release_in(picked)
+                slots.release()
+
+        async with trio.open_nursery() as nursery:
+            while deficit > 0 and not self.state.stopping:
+                await slots.acquire()
+                picked = self._pick(min(batch, deficit))
+                if not picked:
+                    slots.release()
+                    break
+                deficit -= len(picked)
+                nursery.start_soon(one, picked)
+        return done
+
+    def _pick(self, n: int) -> list[int]:
+        """Up to `n` paged gfns no job holds, prefetch candidates first, now held by this
+        proactive page-in (release them with `state.release_in`)."""
         state, rows = self.state, self.commit.store.rows
         picked: list[int] = []
         while state.prefetch and len(picked) < n:
@@ -55,18 +94,14 @@ class Proactive:
         if len(picked) < n:
             # From where the last pass stopped: the rows before it are in flight or freed,
             # and walking past them again on every pass was most of a page-in's CPU.
-            pending = self.commit.pending_free
+            pending, first = self.commit.pending_free, set(picked)
             for g, row in rows.items_from(self._hand):
                 if len(picked) >= n:
                     self._hand = g
                     break
-                if not state.busy(g) and g not in picked and (g, row.gen) not in pending:
+                if not state.busy(g) and g not in first and (g, row.gen) not in pending:
                     picked.append(g)
-        picked = state.claim_in(picked)
-        try:
-            return await self.pagein(picked)
-        finally:
-            state.release_in(picked)
+        return state.claim_in(picked)
 
     async def pagein(self, gfns: Sequence[int]) -> int:
         """prep `paged` gfns with no request; the number in."""

@@ -181,6 +181,32 @@ class RowIndex(MutableMapping[int, Row]):
                 out.append(-1 if row is None else row.slot)
         return out
 
+    def gens_of(self, gfns: Iterable[int]) -> list[int]:
+        """Each gfn's row's generation, -1 where it has no row."""
+        gens, base, n = self._gen, self._base, len(self._gen)
+        out = []
+        for gfn in gfns:
+            if 0 <= gfn < n and (rel := gens[gfn]):
+                out.append(rel + base)
+            else:
+                row = self._other.get(gfn) if self._other else None
+                out.append(-1 if row is None else row.gen)
+        return out
+
+    def pop_slots(self, gfns: Iterable[int]) -> list[int]:
+        """Delete each gfn's row (KeyError if one has none, the rows before it deleted);
+        the slots they named, in order."""
+        gens, slots, n = self._gen, self._slot, len(self._gen)
+        out = []
+        for gfn in gfns:
+            if 0 <= gfn < n and gens[gfn]:
+                out.append(slots[gfn])
+                gens[gfn] = 0
+                self._dense -= 1
+            else:
+                out.append(self._other.pop(gfn).slot)
+        return out
+
     def __delitem__(self, gfn: int) -> None:
         if not self._drop_dense(gfn):
             del self._other[gfn]

@@ -267,12 +267,9 @@ class PageStore:
 
     def to_delete(self, keys: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
         """The (gfn, gen) keys that still name a row (a newer generation is kept)."""
-        out = []
-        for gfn, gen in keys:
-            r = self.rows.get(gfn)
-            if r is not None and r.gen == gen:
-                out.append((gfn, gen))
-        return out
+        keys = list(keys)
+        have = self.rows.gens_of([gfn for gfn, _ in keys])
+        return [key for key, gen in zip(keys, have, strict=True) if gen == key[1]]
 
     # -- disk phases ------------------------------------------------------------------
 
@@ -305,8 +302,12 @@ class PageStore:
                 raise StoreError("the store is closed", _errno.EIO)
             deletes = self.to_delete(dict.fromkeys(deletes))  # a key named twice: once
             overlay: dict[int, bytes] = {}
-            for gfn, _ in deletes:
-                overlay[self.rows[gfn].slot] = FREE_RECORD
+            if deletes:
+                gone = [gfn for gfn, _ in deletes]
+                for gfn, slot in zip(gone, self.rows.slots_of(gone), strict=True):
+                    if slot < 0:
+                        raise KeyError(gfn)  # as the lookup of a row it would free
+                    overlay[slot] = FREE_RECORD
             tag = self._tag
             for r, old in zip(rows, self.rows.slots_of([r.gfn for r in rows]), strict=True):
                 if old >= 0 and old != r.slot:
@@ -357,9 +358,7 @@ class PageStore:
 
     def _applied(self, rows: Sequence[Row], deletes: Sequence[tuple[int, int]]) -> None:
         index, slots = self.rows, self.slots
-        for gfn, _ in deletes:
-            slot = index[gfn].slot
-            del index[gfn]
+        for slot in index.pop_slots([gfn for gfn, _ in deletes]):
             slots.freed(slot)
         for old in index.put_many(rows):  # an older generation in another slot
             slots.freed(old.slot)

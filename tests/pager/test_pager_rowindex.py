@@ -83,8 +83,8 @@ def test_row_index_is_a_dict_of_rows(start: list[Row], ops: list[tuple[str, obje
 @example(start=[Row(0, 1, 0, 0), Row(5, 1, 1, 0)], batches=[[Row(3, 2, 2, 0)]])  # a hole filled
 def test_put_many_is_a_setitem_per_row(start: list[Row], batches: list[list[Row]]) -> None:
     """A disk phase's rows stored at once (`put_many`) leave the index as one store per
-    row would, and name exactly the replaced rows that had another slot; `slots_of` is a
-    lookup per gfn."""
+    row would, and name exactly the replaced rows that had another slot; `slots_of` and
+    `gens_of` are a lookup per gfn, `pop_slots` a `del` per gfn."""
     index = RowIndex(start)
     model = {r.gfn: r for r in start}
     for rows in batches:
@@ -99,6 +99,15 @@ def test_put_many_is_a_setitem_per_row(start: list[Row], batches: list[list[Row]
         probe = [r.gfn for r in rows] + [-1, 0, 65, 1 << 40]
         want = [model[g].slot if g in model else -1 for g in probe]
         assert index.slots_of(probe) == want
+        assert index.gens_of(probe) == [model[g].gen if g in model else -1 for g in probe]
+    # pop_slots: a del per gfn, each row's slot in order; a gfn with no row raises KeyError
+    gone = sorted(model)[::2]
+    assert index.pop_slots(gone) == [model[g].slot for g in gone]
+    for g in gone:
+        del model[g]
+    _same(index, model)
+    with pytest.raises(KeyError):
+        index.pop_slots([1 << 50])
 
 
 def test_a_row_stored_under_another_gfn_is_refused() -> None:
