@@ -84,7 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="page-in batches at once (as many worker tasks)",
     )
     p.add_argument(
-        "--pipeline", type=_positive_int, default=8, help="page-out batches in flight at once"
+        "--pipeline",
+        type=_positive_int,
+        default=8,
+        help="page-out (and proactive page-in) batches in flight at once",
     )
     p.add_argument("--target", type=_nonneg_int, default=None, help="override hv's target")
     p.add_argument(
