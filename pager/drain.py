@@ -48,7 +48,10 @@ class Drain:
         try:
             with trio.fail_after(timeout):
                 while True:
-                    if await self.proactive.some(self.config.batch):
+                    config = self.config
+                    if await self.proactive.pipelined(
+                        config.pipeline * config.batch, pipeline=config.pipeline, batch=config.batch
+                    ):
                         continue
                     if self.state.adopt and not self.commit.full():
                         # Leftover nominations: no un-nominate exists, so copy, evict, and

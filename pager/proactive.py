@@ -44,14 +44,6 @@ class Proactive:
         self.stats = stats
         self._hand = 0  # proactive page-in looks for rows from this gfn on
 
-    async def some(self, n: int) -> int:
-        """Proactively page in up to `n` gfns, prefetch candidates first; the number in."""
-        picked = self._pick(n)
-        try:
-            return await self.pagein(picked)
-        finally:
-            self.state.release_in(picked)
-
     async def pipelined(self, deficit: int, *, pipeline: int, batch: int) -> int:
         """Proactively page in up to `deficit` gfns in batches of `batch`, up to `pipeline`
         batches on their way at once, each in its own task (read, prep, queue the free):
@@ -71,7 +63,7 @@ class Proactive:
                 slots.release()
 
         async with trio.open_nursery() as nursery:
-            while deficit > 0 and not self.state.stopping:
+            while deficit > 0:  # (also while stopping: the drain pages in with it)
                 await slots.acquire()
                 picked = self._pick(min(batch, deficit))
                 if not picked:
