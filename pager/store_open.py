@@ -46,6 +46,7 @@ class Loaded:
     tags: set[int] = field(default_factory=set)
     max_gen: int = 0
     lost_records: int = 0  # damaged records (their gfns are reported lost by the reconcile)
+    unreadable: list[int] = field(default_factory=list)  # extents whose header read failed
 
 
 async def load_pages(pages: DiskFile) -> Loaded:
@@ -57,9 +58,9 @@ async def load_pages(pages: DiskFile) -> Loaded:
         top = min(n_ext, start + HEADER_READS)
         headers += await pages.preadv([(SLOT_SIZE, header_offset(e)) for e in range(start, top)])
     out = Loaded(high=slots_in(size))
-    unreadable = sum(isinstance(p, OSError) for p in headers)
-    if unreadable:  # their slots' gfns are reported lost by the reconcile
-        log.error("store.headers_unreadable", extents=unreadable)
+    out.unreadable = [e for e, p in enumerate(headers) if isinstance(p, OSError)]
+    if out.unreadable:  # their slots' gfns are reported lost by the reconcile
+        log.error("store.headers_unreadable", extents=len(out.unreadable), first=out.unreadable[:8])
     got = parse_pages([None if isinstance(p, OSError) else p for p in headers])
     headers.clear()
     cols, out.lost_records = got.cols, got.damaged
