@@ -140,6 +140,14 @@ class RowIndex(MutableMapping[int, Row]):
                 if old is not None and old.slot != row.slot:
                     moved.append(old)
             return moved
+        if rows:
+            top = max(row.gfn for row in rows)
+            have = len(self._gen)
+            if have <= top < 2 * self._dense + _DENSE_SLACK:  # as `_fits` allows
+                grow = bytes(4 * (top + 1 - have))  # new gfns past the arrays: grown once
+                self._gen.frombytes(grow)
+                self._slot.frombytes(grow)
+                self._crc.frombytes(grow)
         gens, slots, crcs, base = self._gen, self._slot, self._crc, self._base
         for i, row in enumerate(rows):
             gfn, gen, slot, crc = row
