@@ -78,7 +78,7 @@ from .store_format import (
     slot_offset,
     slot_runs,
 )
-from .store_headers import HeaderPages
+from .store_headers import HeaderPages, check_landed
 from .store_open import (
     FORMAT,
     load_pages,
@@ -157,34 +157,10 @@ class PageStore:
         self.lost_records = got.lost_records
         self._next_gen = max(int(meta.get("next_gen", 1)), got.max_gen + 1)
         self._meta_ok = meta.get("format") == FORMAT and "instance" in meta
-        if got.unreadable:
-            await self._clear_extents(got.unreadable)
-
-    async def _clear_extents(self, extents: list[int]) -> None:
-        """Rewrite the header pages of `extents`, unreadable at this open, from the index
-        (which names none of their slots), durably, before anything else is written.
-
-        Their records are forgotten (the reconcile reports their gfns lost), but they are
-        still on the media: were one readable at a later open while a newer record of its
-        gfn written meanwhile were not, recovery would take it for the gfn's copy and
-        serve its older bytes (sim seed 1356 of the default scenario did). StoreError
-        (EIO), and no open, if the rewrite does not land."""
-        assert self._file is not None
-        try:
-            headers = await self._headers.pages(
-                self._file, {e: [] for e in extents}, self.rows, self.slots.used, self._tag
+        if got.unreadable:  # before anything else is written (HeaderPages.clear)
+            await self._headers.clear(
+                self._file, got.unreadable, self.rows, self.slots.used, self._tag
             )
-            writes = sorted((header_offset(e), bytes(h)) for e, h in headers.items())
-            landed = await write_and_sync(
-                self._file, writes, [(SLOT_SIZE, header_offset(e)) for e in headers]
-            )
-        except OSError as exc:
-            raise oserror(
-                f"rewriting the unreadable header pages of extents {extents[:8]}", exc
-            ) from exc
-        _check_landed(headers, landed)
-        self._headers.synced(headers)
-        log.warning("store.headers_cleared", extents=len(extents), first=extents[:8])
 
     async def abandon(self) -> None:
         """Drop the files and the lock without syncing anything: what the kernel does to a
@@ -376,7 +352,7 @@ class PageStore:
                     landed = await self._file.pread_media(back)
                 except OSError as exc:
                     raise oserror("header page read-back", exc) from exc
-            _check_landed(headers, landed)
+            check_landed(headers, landed)
             self._headers.synced(headers)
             self._applied(rows, deletes)
 
@@ -435,19 +411,6 @@ _SLOT_PERIOD: Final = SECTOR_RECORDS + 1
 
 def _offset(write: tuple[int, bytes]) -> int:
     return write[0]
-
-
-def _check_landed(headers: dict[int, bytearray], landed: Sequence[bytes | OSError]) -> None:
-    """StoreError (EIO) unless every header page written reads back from the media as it
-    was written (`headers`, extent -> page, in the order of `landed`): a phase whose
-    header page did not land has failed, as if its sync had."""
-    for (e, page), got in zip(headers.items(), landed, strict=True):
-        if isinstance(got, OSError) or got != page:
-            what = got if isinstance(got, OSError) else "other bytes than written"
-            log.warning("store.header_not_landed", extent=e, got=str(what))
-            raise StoreError(
-                f"the header page of extent {e} did not land: read back {what}", _errno.EIO
-            )
 
 
 def _verified(r: Row, data: bytes) -> bytes | StoreError:

@@ -18,12 +18,17 @@ of cost, from:
 
 from __future__ import annotations
 
+import errno as _errno
 from array import array
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Final
 
-from .disk import DiskFile
+import structlog
+
+from .disk import DiskFile, write_and_sync
 from .rowindex import RowIndex
+from .store_errors import StoreError, oserror
 from .store_format import (
     EXTENT_SLOTS,
     RECORD_SIZE,
@@ -33,6 +38,8 @@ from .store_format import (
     seal,
     sealed_crc,
 )
+
+log = structlog.get_logger("pager.store")
 
 #: Header pages kept in memory for the extents written last (patched, not rebuilt).
 HEADER_CACHE: Final = 16
@@ -92,6 +99,31 @@ class HeaderPages:
             seal(e, page)
         return out
 
+    async def clear(
+        self, file: DiskFile, extents: list[int], rows: RowIndex, used: bytearray, tag: int
+    ) -> None:
+        """Rewrite the header pages of `extents`, unreadable at the store's open, from the
+        index (which names none of their slots), durably: the open calls this before
+        anything else is written.
+
+        Their records are forgotten (the reconcile reports their gfns lost), but they are
+        still on the media: were one readable at a later open while a newer record of its
+        gfn written meanwhile were not, recovery would take it for the gfn's copy and
+        serve its older bytes (sim seed 1356 of the default scenario did). StoreError
+        (EIO), and no open, if the rewrite does not land."""
+        try:
+            headers = await self.pages(file, {e: [] for e in extents}, rows, used, tag)
+            writes = sorted((header_offset(e), bytes(h)) for e, h in headers.items())
+            landed = await write_and_sync(
+                file, writes, [(SLOT_SIZE, header_offset(e)) for e in headers]
+            )
+        except OSError as exc:
+            what = f"rewriting the unreadable header pages of extents {extents[:8]}"
+            raise oserror(what, exc) from exc
+        check_landed(headers, landed)
+        self.synced(headers)
+        log.warning("store.headers_cleared", extents=len(extents), first=extents[:8])
+
     def synced(self, pages: dict[int, bytearray]) -> None:
         """Keep the pages a phase wrote, once its sync returned (never before)."""
         sealed = self.sealed
@@ -122,4 +154,17 @@ class HeaderPages:
         return page
 
 
-__all__ = ["HEADER_CACHE", "HeaderPages"]
+def check_landed(headers: dict[int, bytearray], landed: Sequence[bytes | OSError]) -> None:
+    """StoreError (EIO) unless every header page written reads back from the media as it
+    was written (`headers`, extent -> page, in the order of `landed`): a phase whose
+    header page did not land has failed, as if its sync had."""
+    for (e, page), got in zip(headers.items(), landed, strict=True):
+        if isinstance(got, OSError) or got != page:
+            what = got if isinstance(got, OSError) else "other bytes than written"
+            log.warning("store.header_not_landed", extent=e, got=str(what))
+            raise StoreError(
+                f"the header page of extent {e} did not land: read back {what}", _errno.EIO
+            )
+
+
+__all__ = ["HEADER_CACHE", "HeaderPages", "check_landed"]
