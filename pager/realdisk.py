@@ -100,15 +100,14 @@ def _pwrite_gathered(fd: int, writes: Sequence[tuple[int, bytes]]) -> None:
     before it ended gathered with it into one `pwritev` (no copy: a disk phase's data
     slots lie next to each other, and the store sorts them; joining them into one bytes
     on the event loop cost a copy of the whole phase)."""
-    ordered = writes
-    i, n = 0, len(ordered)
+    i, n = 0, len(writes)
     while i < n:
-        offset, data = ordered[i]
+        offset, data = writes[i]
         bufs = [data]
         end = offset + len(data)
         i += 1
-        while i < n and ordered[i][0] == end and len(bufs) < _IOV_MAX:
-            data = ordered[i][1]
+        while i < n and writes[i][0] == end and len(bufs) < _IOV_MAX:
+            data = writes[i][1]
             bufs.append(data)
             end += len(data)
             i += 1

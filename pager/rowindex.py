@@ -132,14 +132,9 @@ class RowIndex(MutableMapping[int, Row]):
     def put_many(self, rows: Sequence[Row]) -> list[Row]:
         """`self[row.gfn] = row` for each row, in order (a disk phase's rows: one call, the
         checks of `__setitem__` inline); the rows they replaced that named another slot."""
-        moved: list[Row] = []
         if self._other:  # rare (module doc): the general path
-            for row in rows:
-                old = self.get(row.gfn)
-                self[row.gfn] = row
-                if old is not None and old.slot != row.slot:
-                    moved.append(old)
-            return moved
+            return self._put_each(rows)
+        moved: list[Row] = []
         if rows:
             top = max(row.gfn for row in rows)
             have = len(self._gen)
@@ -159,10 +154,8 @@ class RowIndex(MutableMapping[int, Row]):
                 and 0 <= slot < _U32
                 and 0 <= crc < _U32
             ):
-                old = self.get(gfn)  # a new gfn past the arrays, or a field they cannot hold
-                self[gfn] = row
-                if old is not None and old.slot != slot:
-                    moved.append(old)
+                # A new gfn past the arrays, or a field they cannot hold.
+                moved += self._put_each([row])
                 if self._other or self._gen is not gens:  # rebuilt or set aside: the general path
                     return moved + self.put_many(rows[i + 1 :])
                 continue
@@ -177,28 +170,35 @@ class RowIndex(MutableMapping[int, Row]):
             crcs[gfn] = crc
         return moved
 
+    def _put_each(self, rows: Iterable[Row]) -> list[Row]:
+        """`put_many` through `__setitem__`, a row at a time."""
+        moved = []
+        for row in rows:
+            old = self.get(row.gfn)
+            self[row.gfn] = row
+            if old is not None and old.slot != row.slot:
+                moved.append(old)
+        return moved
+
     def slots_of(self, gfns: Iterable[int]) -> list[int]:
         """Each gfn's row's slot, -1 where it has no row."""
-        gens, slots, n = self._gen, self._slot, len(self._gen)
-        out = []
-        for gfn in gfns:
-            if 0 <= gfn < n and gens[gfn]:
-                out.append(slots[gfn])
-            else:
-                row = self._other.get(gfn) if self._other else None
-                out.append(-1 if row is None else row.slot)
-        return out
+        return self._field_of(gfns, self._slot, 0, 2)
 
     def gens_of(self, gfns: Iterable[int]) -> list[int]:
         """Each gfn's row's generation, -1 where it has no row."""
-        gens, base, n = self._gen, self._base, len(self._gen)
+        return self._field_of(gfns, self._gen, self._base, 1)
+
+    def _field_of(self, gfns: Iterable[int], column: array[int], add: int, field: int) -> list[int]:
+        """Each gfn's row's field (`column` + `add` in the arrays, `field` of a row kept
+        aside), -1 where it has no row."""
+        gens, n = self._gen, len(self._gen)
         out = []
         for gfn in gfns:
-            if 0 <= gfn < n and (rel := gens[gfn]):
-                out.append(rel + base)
+            if 0 <= gfn < n and gens[gfn]:
+                out.append(column[gfn] + add)
             else:
                 row = self._other.get(gfn) if self._other else None
-                out.append(-1 if row is None else row.gen)
+                out.append(-1 if row is None else row[field])
         return out
 
     def pop_slots(self, gfns: Iterable[int]) -> list[int]:

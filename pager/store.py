@@ -69,7 +69,6 @@ from .store_errors import ChecksumError, StoreError, StoreLocked, oserror
 from .store_format import (
     EXTENT_SLOTS,
     FREE_RECORD,
-    SECTOR_RECORDS,
     SLOT_SIZE,
     checksum,
     encode,
@@ -293,13 +292,7 @@ class PageStore:
         change) if the phase failed, a header page read back other bytes than written
         included, or if a row's slot is named by a row already (a bookkeeping bug:
         writing would lose that row's page)."""
-        used = self.slots.used
-        named = len(used)
-        if twice := [
-            s
-            for s in [r.slot for r in rows]
-            if s < 0 or (s < named and used[s]) or s % _SLOT_PERIOD == SECTOR_RECORDS
-        ]:
+        if twice := self.slots.unnameable([r.slot for r in rows]):
             raise StoreError(f"slots {twice[:8]} are named already, or no slots", _errno.EIO)
         async with self._phase:
             if self._file is None or self.closed:
@@ -403,10 +396,6 @@ class PageStore:
                         out.append(_verified(r, bytes(view[k * SLOT_SIZE : (k + 1) * SLOT_SIZE])))
             i += count
         return out
-
-
-#: A slot number whose remainder by this is SECTOR_RECORDS names a sector trailer.
-_SLOT_PERIOD: Final = SECTOR_RECORDS + 1
 
 
 def _offset(write: tuple[int, bytes]) -> int:

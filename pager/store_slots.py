@@ -67,6 +67,13 @@ class SlotTable:
         """Whether a row names `slot`."""
         return slot < len(self.used) and self.used[slot] != 0
 
+    def unnameable(self, slots: Iterable[int]) -> list[int]:
+        """Of `slots`, those a new row may not name: named by a row already, negative,
+        or a sector trailer (`is_slot`)."""
+        used = self.used
+        n = len(used)
+        return [s for s in slots if s < 0 or (s < n and used[s]) or not is_slot(s)]
+
     def name(self, slot: int) -> None:
         """A durable row names `slot` now."""
         if slot >= len(self.used):
