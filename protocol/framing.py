@@ -98,7 +98,7 @@ class FrameDecoder:
         self._need: int | None = None  # body length once the prefix has been read
         self._eof = False
 
-    def receive_data(self, data: bytes | bytearray) -> None:
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Feed bytes from the stream; `b""` means the peer closed it."""
         if self._eof:
             raise RuntimeError("receive_data after EOF")

@@ -27,14 +27,16 @@ from protocol import (
     encode_frame,
 )
 
-#: Bytes asked of the stream per read: 64 KiB, under glibc's mmap threshold (128 KiB at
-#: start). CPython allocates a buffer of this size for each read and shrinks it to what
-#: came. A whole frame's worth (1 MiB, as before) made the heap creep: glibc raises its
-#: threshold to the size of each large block freed, so from the second read on each 1 MiB
-#: buffer came from the brk heap, shrunk in place around the frames still alive, and the
-#: next one needed fresh contiguous heap: the pager's `[heap]` grew ~4 MB an hour at full
-#: load (BENCHMARKS.md "Soak"); with 64 KiB it stays flat, and page-out is as fast. A `map`
-#: of 64 pages (262 KiB) takes a few reads; one read still brings many small frames.
+from .sockbuf import chunk_receiver
+
+#: Bytes asked per read of a stream that is not a socket (a socket is read into a buffer
+#: of its own: transport/sockbuf.py): 64 KiB, under glibc's mmap threshold. CPython
+#: allocates a buffer of this size for each read and shrinks it to what came. A whole
+#: frame's worth (1 MiB, as before) made the heap creep: glibc raises its threshold to the
+#: size of each large block freed, so from the second read on each 1 MiB buffer came from
+#: the brk heap, shrunk in place around the frames still alive, and the next one needed
+#: fresh contiguous heap: the pager's `[heap]` grew ~4 MB an hour at full load
+#: (BENCHMARKS.md "Soak").
 RECEIVE_SIZE: Final = 64 * 1024
 
 #: Seconds the writer may take to flush queued frames (a last error reply) when closing.
@@ -57,6 +59,7 @@ class Connection:
         # writer is idle and a frame may go straight to a socket's buffer (see send_nowait).
         self._unsent = 0
         self._try_send = nowait_sender(stream)
+        self._receive_chunk = chunk_receiver(stream, RECEIVE_SIZE)
         self._corked: list[bytes] | None = None  # frames held by `cork`
 
     @property
@@ -73,11 +76,12 @@ class Connection:
             if msg is not NEED_DATA:
                 return msg  # type: ignore[return-value]  # not a sentinel: a message
             try:
-                data = await self.stream.receive_some(RECEIVE_SIZE)
+                data = await self._receive_chunk()
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 self._closed = True
                 raise ConnectionClosed(f"receive failed: {exc!r}") from None
-            # bytes or bytearray (trio's type); the decoder only appends it to its buffer.
+            # bytes, bytearray or a view of the socket's receive buffer (transport/sockbuf.py):
+            # the decoder only appends it to its own buffer, before the next read.
             self._decoder.receive_data(data)
 
     def receive_buffered(self) -> dict[str, Any] | None:
