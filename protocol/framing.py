@@ -90,52 +90,115 @@ def _too_deep(value: Any, budget: int) -> bool:
 
 
 class FrameDecoder:
-    """Incremental frame decoder in the h11 style: `receive_data`, then `next_message`."""
+    """Incremental frame decoder in the h11 style: `receive_data`, then `next_message`.
+
+    Bytes fed with `borrowed=True` are not copied: frames that lie whole in them are
+    decoded where they are, and only a frame cut at the end of the chunk is copied (its
+    start when `next_message` returns NEED_DATA, its rest from the next chunk). The caller
+    may reuse a borrowed buffer once `next_message` has returned NEED_DATA (that is, before
+    reading into it again), not before. A 64-page `map` reply (262 KiB) read whole into a
+    connection's receive buffer (transport/sockbuf.py) is thus decoded with no copy of its
+    pages but msgpack's own."""
 
     def __init__(self, max_frame: int = MAX_FRAME) -> None:
-        self._buf = bytearray()
+        self._buf = bytearray()  # bytes we own: fed unborrowed, or a cut frame's part
+        self._view: memoryview | None = None  # borrowed bytes, unread from `_pos` on
+        self._pos = 0
         self._max_frame = max_frame
-        self._need: int | None = None  # body length once the prefix has been read
+        self._need: int | None = None  # body length of the frame at `_buf`'s start
         self._eof = False
 
-    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
-        """Feed bytes from the stream; `b""` means the peer closed it."""
+    def receive_data(self, data: bytes | bytearray | memoryview, *, borrowed: bool = False) -> None:
+        """Feed bytes from the stream; `b""` means the peer closed it. `borrowed`: see the
+        class docstring."""
         if self._eof:
             raise RuntimeError("receive_data after EOF")
         if not data:
             self._eof = True
+            self._spill()
             return
-        self._buf += data
-        # Reject an oversize length as soon as the prefix is here, before buffering the body.
-        self._check_prefix()
+        self._spill()  # borrowed bytes still unread: ours now (a caller that did not wait)
+        if not borrowed:
+            self._buf += data
+            # Reject an oversize length as soon as the prefix is here, before the body.
+            self._check_prefix()
+            return
+        view = memoryview(data)
+        if self._buf:
+            take = self._missing()
+            if take == 0:  # `_buf` holds a whole frame already (fed unborrowed): append
+                self._buf += view
+                return
+            # Complete the frame `_buf` holds the start of, copying only its rest.
+            if take == LENGTH_PREFIX:  # not even its prefix is here yet
+                take = LENGTH_PREFIX - len(self._buf)
+                self._buf += view[:take]
+                view = view[take:]
+                self._check_prefix()
+                take = self._missing()
+            self._buf += view[:take]
+            view = view[take:]
+        if len(view):
+            self._view, self._pos = view, 0
+
+    def _missing(self) -> int:
+        """Bytes `_buf`'s first frame still lacks (LENGTH_PREFIX while its length is not
+        known yet); 0 when it is whole."""
+        if self._need is None:
+            return 0 if len(self._buf) >= LENGTH_PREFIX else LENGTH_PREFIX
+        return max(0, LENGTH_PREFIX + self._need - len(self._buf))
+
+    def _spill(self) -> None:
+        """Copy the unread borrowed bytes into `_buf` (the caller may reuse its buffer)."""
+        if self._view is not None:
+            view, self._view = self._view, None
+            self._buf += view[self._pos :]
+            view.release()
+            self._check_prefix()
 
     @property
     def buffered(self) -> int:
         """Bytes held but not yet returned as messages."""
-        return len(self._buf)
+        unread = len(self._view) - self._pos if self._view is not None else 0
+        return len(self._buf) + unread
+
+    def _length(self, length: int) -> int:
+        if length == 0:
+            raise RemoteProtocolError("frame length 0")
+        if length > self._max_frame:
+            raise RemoteProtocolError(f"frame length {length} exceeds MAX_FRAME")
+        return length
 
     def _check_prefix(self) -> None:
         if self._need is None and len(self._buf) >= LENGTH_PREFIX:
-            (length,) = _LEN.unpack_from(self._buf)
-            if length == 0:
-                raise RemoteProtocolError("frame length 0")
-            if length > self._max_frame:
-                raise RemoteProtocolError(f"frame length {length} exceeds MAX_FRAME")
-            self._need = length
+            self._need = self._length(_LEN.unpack_from(self._buf)[0])
 
     def next_message(self) -> dict[str, Any] | _Sentinel:
         """Return the next message, NEED_DATA, or CLOSED; raise RemoteProtocolError on garbage."""
-        self._check_prefix()
-        if self._need is not None and len(self._buf) >= LENGTH_PREFIX + self._need:
-            end = LENGTH_PREFIX + self._need
-            # Decoded in place: a copy of the body (two, with the slice) per frame cost a
-            # 64-page map reply more than its decoding.
-            try:
-                with memoryview(self._buf)[LENGTH_PREFIX:end] as body:
-                    return decode_body(body)
-            finally:
-                del self._buf[:end]
-                self._need = None
+        if self._buf:
+            self._check_prefix()
+            if self._need is not None and len(self._buf) >= LENGTH_PREFIX + self._need:
+                end = LENGTH_PREFIX + self._need
+                # Decoded in place: a copy of the body (two, with the slice) per frame cost
+                # a 64-page map reply more than its decoding.
+                try:
+                    with memoryview(self._buf)[LENGTH_PREFIX:end] as body:
+                        return decode_body(body)
+                finally:
+                    del self._buf[:end]
+                    self._need = None
+            if self._view is not None:  # never with a cut frame in `_buf`; if so, in order
+                self._spill()
+                return self.next_message()
+        elif self._view is not None:
+            view, at = self._view, self._pos
+            if len(view) - at >= LENGTH_PREFIX:
+                end = at + LENGTH_PREFIX + self._length(_LEN.unpack_from(view, at)[0])
+                if end <= len(view):
+                    self._pos = end
+                    with view[at + LENGTH_PREFIX : end] as body:
+                        return decode_body(body)
+            self._spill()  # a frame cut at the chunk's end: its start is ours now
         if self._eof:
             if self._buf:
                 raise RemoteProtocolError(

@@ -80,9 +80,10 @@ class Connection:
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 self._closed = True
                 raise ConnectionClosed(f"receive failed: {exc!r}") from None
-            # bytes, bytearray or a view of the socket's receive buffer (transport/sockbuf.py):
-            # the decoder only appends it to its own buffer, before the next read.
-            self._decoder.receive_data(data)
+            # bytes, bytearray or a view of the socket's receive buffer (transport/sockbuf.py),
+            # which the next read reuses: borrowed, the decoder decodes the frames in it
+            # where they lie and copies the start of a cut frame before asking for more.
+            self._decoder.receive_data(data, borrowed=True)
 
     def receive_buffered(self) -> dict[str, Any] | None:
         """The next message if it is already complete in what was read, else None: never
