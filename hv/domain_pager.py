@@ -249,8 +249,13 @@ class PagerOps(DomainState):
             self._slot_released()
         return out
 
-    def map(self, gfns: Sequence[int], *, hold: bool, holder: dict[int, int]) -> list[bytes | str]:
-        """Copies of pages for a foreign mapper; a paged gfn is populated (FOREIGN)."""
+    def map(
+        self, gfns: Sequence[int], *, hold: bool, holder: dict[int, int], copy: bool = True
+    ) -> list[bytes | memoryview | str]:
+        """Copies of pages for a foreign mapper; a paged gfn is populated (FOREIGN).
+
+        `copy` False: where every gfn is copied, the pages are views of the frames, valid
+        until the domain next changes (the session encodes its reply at once)."""
         p2m = self.p2m
         frames, nr = p2m.frames, p2m.nr_gfns
         copied = _COPIED
@@ -263,13 +268,13 @@ class PagerOps(DomainState):
             and max(gfns) < nr
             and all(map(copied.__getitem__, p2m.types_of(gfns)))
         ):
-            pages = self.pool.read_many([frames[g] for g in gfns])
+            pages = self.pool.read_many([frames[g] for g in gfns], copy=copy)
             if hold:
                 for g in gfns:
                     p2m.hold(g)
                     holder[g] = holder.get(g, 0) + 1
             return list(pages)
-        out: list[bytes | str] = []
+        out: list[bytes | memoryview | str] = []
         for g in gfns:
             if not self.in_range(g):
                 out.append(Errno.EINVAL)

@@ -115,10 +115,17 @@ class FramePool:
         start = frame * PAGE_SIZE + off
         return self._mem[start : start + length]
 
-    def read_many(self, frames: Sequence[int]) -> list[bytes]:
-        """Whole pages of many frames, in order."""
-        mem = self._mem
-        return [mem[f * PAGE_SIZE : (f + 1) * PAGE_SIZE] for f in frames]
+    def read_many(
+        self, frames: Sequence[int], *, copy: bool = True
+    ) -> list[bytes] | list[memoryview]:
+        """Whole pages of many frames, in order: copies, or (`copy` False) views of the
+        frames themselves, which see every later change of the frame: for a caller that
+        copies them at once (a reply encoded into its frame) and keeps none."""
+        if copy:
+            mem = self._mem
+            return [mem[f * PAGE_SIZE : (f + 1) * PAGE_SIZE] for f in frames]
+        view = memoryview(self._mem)
+        return [view[f * PAGE_SIZE : (f + 1) * PAGE_SIZE] for f in frames]
 
     def write(self, frame: int, off: int, data: bytes) -> None:
         """Store data at off within a frame (the caller has checked the bounds)."""

@@ -58,7 +58,7 @@ def _run(d: Domain, holder: dict[int, int], step: tuple[Any, ...], i: int, one_b
         if op == "map":
             out += [
                 p if isinstance(p, str) else bytes(p)
-                for p in d.map(part, hold=step[2], holder=holder)
+                for p in d.map(part, hold=step[2], holder=holder, copy=False)
             ]
         elif op == "unmap":
             out += d.unmap(part, holder)

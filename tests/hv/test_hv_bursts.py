@@ -80,9 +80,9 @@ def _counting_writes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     writes: list[bytes] = []
     write_some = connection._write_some
 
-    def counting(sock: trio.socket.SocketType, frame: bytes) -> int:
-        writes.append(frame)
-        return write_some(sock, frame)
+    def counting(sock: trio.socket.SocketType, frames: list[bytes]) -> int:
+        writes.append(b"".join(frames))  # the frames of one write
+        return write_some(sock, frames)
 
     monkeypatch.setattr(connection, "_write_some", counting)
     return writes
