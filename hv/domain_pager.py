@@ -7,16 +7,30 @@ up in `hv.rules`.
 
 from __future__ import annotations
 
+import logging
 from array import array
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final, cast
 
 import trio
 
 from protocol import FLAG_VCPU_PAUSED, Errno, RingMode, make_event, pack_bits
 
 from .domain_state import DomainState, Peer, Result
-from .rules import OK
+from .frames import NO_FRAME
+from .rules import OK, Rule, rows_by_code, unheld_rules
+
+#: By type code: whether `map` copies a gfn of that type whatever its guards say (its first
+#: row has no guard and copies).
+_COPIED: Final = tuple(
+    bool(rows) and rows[0].when == "" and rows[0].effect == "copy" for rows in rows_by_code("map")
+)
+
+
+def _debug_on(log: Any) -> bool:
+    """Whether `log` writes debug lines (a logger that cannot tell: yes)."""
+    enabled = getattr(log, "is_enabled_for", None)
+    return True if enabled is None else bool(enabled(logging.DEBUG))
 
 
 class PagerOps(DomainState):
@@ -92,14 +106,14 @@ class PagerOps(DomainState):
 
     def nominate(self, gfns: Sequence[int]) -> list[Result]:
         """ram_rw -> paging_out for each gfn (p2m_mem_paging_nominate)."""
-        return [self._simple("nominate", g, "page.nominated") for g in gfns]
+        return self._simple_many("nominate", gfns, "page.nominated")
 
     def evict(self, gfns: Sequence[int]) -> list[Result]:
         """paging_out -> paged, frame freed (p2m_mem_paging_evict)."""
         # The frames go back together at the end: one madvise per run of frames, not one
         # per page (a batch of victims swept in gfn order mostly owns a run of frames).
         freed = array("I")
-        out = [self._simple("evict", g, "page.evicted", freed) for g in gfns]
+        out = self._simple_many("evict", gfns, "page.evicted", freed)
         self.pool.release_many(freed)
         return out
 
@@ -111,6 +125,60 @@ class PagerOps(DomainState):
             if res == OK:
                 self.log.error("page.broken", gfn=g)
             out.append(res)
+        return out
+
+    def _simple_many(
+        self, op: str, gfns: Sequence[int], event: str, freed: array[int] | None = None
+    ) -> list[Result]:
+        """`_simple` of each gfn in order, for ops whose guards look at the gfn alone
+        (nominate, evict: `held`). When the gfns are distinct and in range, no gfn's change
+        can alter another's rule, so every rule is looked up first, then each rule's
+        changes are made for all its gfns at once: the same results and the same table as
+        one by one. Other lists go one by one (a gfn named twice sees its first change)."""
+        p2m = self.p2m
+        n = len(gfns)
+        if not n or min(gfns) < 0 or max(gfns) >= p2m.nr_gfns or len(set(gfns)) != n:
+            return [self._simple(op, g, event, freed) for g in gfns]
+        unheld = unheld_rules(op)
+        rules: list[Rule | None] = [unheld[t] for t in p2m.types_of(gfns)]
+        holds = p2m.holds
+        kinds = set(map(id, rules))
+        if holds or id(None) in kinds:  # rare: a held gfn, or a type whose guards decide
+            for i, g in enumerate(gfns):
+                if rules[i] is None or g in holds:
+                    rules[i] = self._rule(op, g)
+            kinds = set(map(id, rules))
+        done = cast(list[Rule], rules)
+        out: list[Result] = [r.result for r in done]
+        if len(kinds) == 1:  # the common case: one rule for the whole batch
+            groups = [(done[0], gfns)]
+        else:
+            by_rule: dict[int, tuple[Rule, list[int]]] = {}
+            for g, r in zip(gfns, done, strict=True):
+                by_rule.setdefault(id(r), (r, []))[1].append(g)
+            groups = list(by_rule.values())
+        moved = False
+        for rule, moving in groups:
+            if rule.result != OK:
+                continue
+            assert rule.dst is not None
+            if rule.effect == "free_frame":
+                old = p2m.drop_frames(moving, rule.dst)
+                if old.count(NO_FRAME):
+                    old = array("I", [f for f in old if f != NO_FRAME])
+                if freed is None:
+                    self.pool.release_many(old)
+                else:
+                    freed.extend(old)
+            else:
+                assert not rule.effect, rule
+                p2m.set_types(moving, rule.dst)
+            self.counters[event] += len(moving)
+            moved = True
+        if moved and _debug_on(self.log):
+            for g, res in zip(gfns, out, strict=True):
+                if res == OK:
+                    self.log.debug(event, gfn=g)
         return out
 
     def _simple(self, op: str, gfn: int, event: str, freed: array[int] | None = None) -> Result:
@@ -181,9 +249,32 @@ class PagerOps(DomainState):
             self._slot_released()
         return out
 
-    def map(self, gfns: Sequence[int], *, hold: bool, holder: dict[int, int]) -> list[bytes | str]:
-        """Copies of pages for a foreign mapper; a paged gfn is populated (FOREIGN)."""
-        out: list[bytes | str] = []
+    def map(
+        self, gfns: Sequence[int], *, hold: bool, holder: dict[int, int], copy: bool = True
+    ) -> list[bytes | memoryview | str]:
+        """Copies of pages for a foreign mapper; a paged gfn is populated (FOREIGN).
+
+        `copy` False: where every gfn is copied, the pages are views of the frames, valid
+        until the domain next changes (the session encodes its reply at once)."""
+        p2m = self.p2m
+        frames, nr = p2m.frames, p2m.nr_gfns
+        copied = _COPIED
+        # The common case, a batch the pager nominated: every gfn's type alone says "copy"
+        # (a copy changes nothing, so no gfn's rule depends on another's): the pages are
+        # read in one go. Otherwise gfn by gfn, below.
+        if (
+            gfns
+            and min(gfns) >= 0
+            and max(gfns) < nr
+            and all(map(copied.__getitem__, p2m.types_of(gfns)))
+        ):
+            pages = self.pool.read_many([frames[g] for g in gfns], copy=copy)
+            if hold:
+                for g in gfns:
+                    p2m.hold(g)
+                    holder[g] = holder.get(g, 0) + 1
+            return list(pages)
+        out: list[bytes | memoryview | str] = []
         for g in gfns:
             if not self.in_range(g):
                 out.append(Errno.EINVAL)

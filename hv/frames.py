@@ -13,6 +13,7 @@ from __future__ import annotations
 import mmap
 import sys
 from array import array
+from collections.abc import Sequence
 from typing import Final
 
 from protocol import PAGE_SIZE
@@ -85,24 +86,46 @@ class FramePool:
 
     def release_many(self, frames: array) -> None:
         """Give back many frames at once (domain destruction): one madvise per run."""
-        real = sorted(f for f in frames if f != NO_FRAME)
+        real = sorted(frames)
+        while real and real[-1] == NO_FRAME:  # sorted last: the largest number
+            real.pop()
+        if real and real[-1] - real[0] == len(real) - 1:  # one run (the frames are distinct)
+            self._discard(real[0], len(real))
+            self._freed.extend(array("I", real))
+            return
         i = 0
         while i < len(real):
             j = i
             while j + 1 < len(real) and real[j + 1] == real[j] + 1:
                 j += 1
-            start, length = real[i] * PAGE_SIZE, (j - i + 1) * PAGE_SIZE
-            if _CAN_DISCARD:
-                self._mem.madvise(mmap.MADV_DONTNEED, start, length)
-            else:
-                self._mem[start : start + length] = bytes(length)
+            self._discard(real[i], j - i + 1)
             i = j + 1
         self._freed.extend(array("I", real))
+
+    def _discard(self, frame: int, count: int) -> None:
+        """Zero `count` frames from `frame` on (given back to the OS where it can)."""
+        start, length = frame * PAGE_SIZE, count * PAGE_SIZE
+        if _CAN_DISCARD:
+            self._mem.madvise(mmap.MADV_DONTNEED, start, length)
+        else:
+            self._mem[start : start + length] = bytes(length)
 
     def read(self, frame: int, off: int = 0, length: int = PAGE_SIZE) -> bytes:
         """Bytes [off, off+length) of a frame."""
         start = frame * PAGE_SIZE + off
         return self._mem[start : start + length]
+
+    def read_many(
+        self, frames: Sequence[int], *, copy: bool = True
+    ) -> list[bytes] | list[memoryview]:
+        """Whole pages of many frames, in order: copies, or (`copy` False) views of the
+        frames themselves, which see every later change of the frame: for a caller that
+        copies them at once (a reply encoded into its frame) and keeps none."""
+        if copy:
+            mem = self._mem
+            return [mem[f * PAGE_SIZE : (f + 1) * PAGE_SIZE] for f in frames]
+        view = memoryview(self._mem)
+        return [view[f * PAGE_SIZE : (f + 1) * PAGE_SIZE] for f in frames]
 
     def write(self, frame: int, off: int, data: bytes) -> None:
         """Store data at off within a frame (the caller has checked the bounds)."""

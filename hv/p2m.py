@@ -10,8 +10,10 @@ Every change of type or frame goes through `set`, which keeps the counters (`tot
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterable
-from typing import Final
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from operator import itemgetter
+from typing import Final, cast
 
 from protocol import PAGING_TYPES, P2MType
 
@@ -35,6 +37,13 @@ _HAS_FRAME_BY_TYPE: Final = bytes(1 if i in ALWAYS_BACKED else 0 for i in range(
 #: P2MType by wire code (codes are 0..7, dense).
 _BY_CODE: tuple[P2MType, ...] = tuple(sorted(P2MType, key=int))
 assert [int(t) for t in _BY_CODE] == list(range(len(_BY_CODE)))
+
+
+def _gather(values: bytearray | array, gfns: Sequence[int]) -> tuple[int, ...]:
+    """values[g] for each of `gfns` (non-empty), as a tuple built in C."""
+    if len(gfns) == 1:
+        return (values[gfns[0]],)
+    return cast(tuple[int, ...], itemgetter(*gfns)(values))
 
 
 class P2M:
@@ -78,18 +87,56 @@ class P2M:
 
     def set_backing(self, gfn: int, t: P2MType, frame: int) -> None:
         """Change gfn's type and frame (NO_FRAME: none), keeping the counters in step."""
-        self._account(self.types[gfn], self.frames[gfn], -1)
+        self._account(self.types[gfn], self.frames[gfn] != NO_FRAME, -1)
         self.types[gfn] = t
         self.frames[gfn] = frame
-        self._account(int(t), frame, +1)
+        self._account(int(t), frame != NO_FRAME, +1)
 
-    def _account(self, t: int, f: int, sign: int) -> None:
-        self.counts[t] += sign
-        if f != NO_FRAME:
+    def types_of(self, gfns: Sequence[int]) -> tuple[int, ...]:
+        """The type codes of `gfns`, in order (gathered in C)."""
+        return _gather(self.types, gfns)
+
+    def set_types(self, gfns: Sequence[int], t: P2MType) -> None:
+        """`set_type(g, t)` for each of `gfns`, which must be distinct (the counters move
+        once per kind of gfn, not once per gfn)."""
+        self._retype(gfns, int(t), _gather(self.frames, gfns), drop=False)
+
+    def drop_frames(self, gfns: Sequence[int], t: P2MType) -> array:
+        """`set_backing(g, t, NO_FRAME)` for each of `gfns`, which must be distinct: the
+        frames they had, in order (NO_FRAME for a gfn that had none), for the caller to free."""
+        old = _gather(self.frames, gfns)
+        self._retype(gfns, int(t), old, drop=True)
+        frames = self.frames
+        for g in gfns:
+            frames[g] = NO_FRAME
+        return array("I", old)
+
+    def _retype(
+        self, gfns: Sequence[int], code: int, frames: tuple[int, ...], *, drop: bool
+    ) -> None:
+        # The counters depend on each gfn's type and whether it has a frame: counted by
+        # kind (one kind when the gfns share a type, as a batch of victims does).
+        srcs = _gather(self.types, gfns)
+        if srcs.count(srcs[0]) == len(srcs):
+            frameless = frames.count(NO_FRAME)
+            kinds = {(srcs[0], True): len(srcs) - frameless, (srcs[0], False): frameless}
+        else:
+            kinds = Counter(zip(srcs, (f != NO_FRAME for f in frames), strict=True))
+        types = self.types
+        for g in gfns:
+            types[g] = code
+        for (t, has), n in kinds.items():
+            if n:
+                self._account(t, has, -n)
+                self._account(code, has and not drop, n)
+
+    def _account(self, t: int, has_frame: bool, n: int) -> None:
+        self.counts[t] += n
+        if has_frame:
             if t != _MMIO:
-                self.tot_pages += sign
+                self.tot_pages += n
         elif t in _PAGING_CODES:
-            self.paged_pages += sign
+            self.paged_pages += n
 
     def has_frame_flags(self, start: int, count: int) -> bytearray:
         """One 0/1 byte per gfn of [start, start+count): whether it has a frame."""

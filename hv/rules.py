@@ -194,6 +194,43 @@ def rules_for(op: str, src: P2MType) -> tuple[Rule, ...]:
     return _BY_KEY[(op, src)]
 
 
+#: The rows of each op by source type code (`P2MType` codes are 0..7, dense): what
+#: `rules_for` gives, without building an enum and a key per gfn.
+_BY_CODE: Final[dict[str, tuple[tuple[Rule, ...], ...]]] = {
+    op: tuple(_BY_KEY.get((op, t), ()) for t in sorted(P2MType, key=int)) for op in OPS
+}
+
+
+def rows_by_code(op: str) -> tuple[tuple[Rule, ...], ...]:
+    """`rules_for(op, t)` for every type t, indexed by t's code."""
+    return _BY_CODE[op]
+
+
+def _unheld(rows: tuple[Rule, ...]) -> Rule | None:
+    # Rows guarded by `held` lose for an unheld gfn: the first other row wins if it has no
+    # guard. Any other guard first: None (only a lookup with that guard can tell).
+    for rule in rows:
+        if rule.when == "":
+            return rule
+        if rule.when != "held":
+            return None
+    return None  # no unguarded row: `_check_table` refuses such a table
+
+
+#: Per op, by type code: the rule that applies to a gfn no foreign mapping holds, where the
+#: type alone decides it (no guard but `held` comes first); None where another guard may.
+_UNHELD: Final[dict[str, tuple[Rule | None, ...]]] = {
+    op: tuple(_unheld(rows) for rows in by_code) for op, by_code in _BY_CODE.items()
+}
+
+
+def unheld_rules(op: str) -> tuple[Rule | None, ...]:
+    """By type code, the rule of `op` for a gfn that is not held, when the type alone
+    decides it (None: look the rule up with its guards). Batched operations use this to
+    decide each gfn with one index instead of a lookup; the outcome is the lookup's."""
+    return _UNHELD[op]
+
+
 def lookup(op: str, src: P2MType, guard: Callable[[str], bool]) -> Rule:
     """The rule that applies: the first row for (op, src) whose guard holds.
 

@@ -52,11 +52,59 @@ _PACKERS = _Packers()
 
 
 def encode_frame(msg: Mapping[str, Any]) -> bytes:
-    """Encode one message as a frame; LocalProtocolError if it does not fit in MAX_FRAME."""
-    body = _PACKERS.packer.pack(msg)
-    if len(body) > MAX_FRAME:
-        raise LocalProtocolError(f"message of {len(body)} bytes exceeds MAX_FRAME ({MAX_FRAME})")
-    return _LEN.pack(len(body)) + body
+    """Encode one message as a frame; LocalProtocolError if it does not fit in MAX_FRAME.
+
+    A top-level list holding byte strings (a `map` reply's pages, a `prep`'s) is encoded
+    piece by piece around them, each buffer copied once, into the frame itself: msgpack
+    would copy it into its buffer, then out into a bytes object, and the length prefix
+    before it would copy the body once more. The bytes are msgpack's, to the byte."""
+    packer = _PACKERS.packer
+    if not any(type(v) is list and not _BUFFERS.isdisjoint(map(type, v)) for v in msg.values()):
+        body = packer.pack(msg)
+        _check_size(len(body))
+        return _LEN.pack(len(body)) + body
+    parts: list[bytes | bytearray | memoryview] = [b"", packer.pack_map_header(len(msg))]
+    pack = packer.pack
+    for key, value in msg.items():
+        parts.append(pack(key))
+        if type(value) is not list or _BUFFERS.isdisjoint(map(type, value)):
+            parts.append(pack(value))
+            continue
+        parts.append(packer.pack_array_header(len(value)))
+        for item in value:
+            if type(item) in _BUFFERS:
+                parts.append(_bin_header(len(item)))
+                parts.append(item)
+            else:
+                parts.append(pack(item))
+    size = sum(map(len, parts))
+    _check_size(size)
+    parts[0] = _LEN.pack(size)
+    return b"".join(parts)
+
+
+#: Buffer types msgpack packs as `bin` (with use_bin_type).
+_BUFFERS: Final = frozenset((bytes, bytearray, memoryview))
+_BIN8: Final = struct.Struct(">BB")
+_BIN16: Final = struct.Struct(">BH")
+_BIN32: Final = struct.Struct(">BI")
+_PAGE_BIN: Final = _BIN16.pack(0xC5, 4096)  # the header of every page-sized bin
+
+
+def _bin_header(n: int) -> bytes:
+    """msgpack's header of a `bin` of n bytes (bin 8, 16 or 32: the smallest that fits)."""
+    if n == 4096:
+        return _PAGE_BIN
+    if n < 0x100:
+        return _BIN8.pack(0xC4, n)
+    if n < 0x10000:
+        return _BIN16.pack(0xC5, n)
+    return _BIN32.pack(0xC6, n)
+
+
+def _check_size(size: int) -> None:
+    if size > MAX_FRAME:
+        raise LocalProtocolError(f"message of {size} bytes exceeds MAX_FRAME ({MAX_FRAME})")
 
 
 def decode_body(body: bytes | memoryview) -> dict[str, Any]:

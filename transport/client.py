@@ -20,7 +20,6 @@ from protocol import (
 )
 
 from .connection import Connection, ConnectionClosed, _single, open_connection
-from .sockbuf import widen_send_buffer
 
 
 class _Pending:
@@ -196,7 +195,6 @@ class Client:
 @asynccontextmanager
 async def open_client(stream: trio.abc.Stream, role: str) -> AsyncIterator[Client]:
     """A Client over `stream` for the duration of the block (no hello sent yet)."""
-    widen_send_buffer(stream)
     async with open_connection(stream) as conn:
         client = Client(conn, role)
         try:

@@ -27,7 +27,7 @@ from protocol import (
     encode_frame,
 )
 
-from .sockbuf import chunk_receiver
+from .sockbuf import chunk_receiver, widen_send_buffer
 
 #: Bytes asked per read of a stream that is not a socket (a socket is read into a buffer
 #: of its own: transport/sockbuf.py): 64 KiB, under glibc's mmap threshold. CPython
@@ -105,7 +105,7 @@ class Connection:
         """Send what `cork` held (as `send_nowait` does); ConnectionClosed as it does."""
         frames, self._corked = self._corked, None
         if frames:
-            self._send_frame_nowait(b"".join(frames))
+            self._send_frames_nowait(frames)
 
     def _direct(self) -> bool:
         # Nothing queued before a frame and the writer idle: the frame may go straight into
@@ -134,21 +134,26 @@ class Connection:
                 raise ConnectionClosed("connection is closed")
             self._corked.append(frame)
             return
-        self._send_frame_nowait(frame)
+        self._send_frames_nowait([frame])
 
-    def _send_frame_nowait(self, frame: bytes) -> None:
+    def _send_frames_nowait(self, frames: list[bytes]) -> None:
         if self._closed:
             raise ConnectionClosed("connection is closed")
-        if rest := self._write_now(frame):
+        if rest := self._write_now(frames):
             self._queue_nowait(rest)
 
-    def _write_now(self, frame: bytes) -> bytes:
-        """What is left of `frame` after writing what the stream takes at once while the
-        writer is idle (all of it when the writer is busy)."""
-        if not self._direct():
-            return frame
-        taken = self._try_send(frame)
-        return frame[taken:] if taken else frame
+    def _write_now(self, frames: list[bytes]) -> bytes:
+        """What is left of `frames` (as one string) after writing what the stream takes at
+        once while the writer is idle (nothing taken when the writer is busy). The frames
+        go to a socket as they are, in one `writev`: no copy joins them first."""
+        taken = self._try_send(frames) if self._direct() else 0
+        for i, frame in enumerate(frames):
+            if taken < len(frame):
+                if not taken and len(frames) == i + 1:
+                    return frame  # all of the last frame: no copy
+                return b"".join([frame[taken:] if taken else frame, *frames[i + 1 :]])
+            taken -= len(frame)
+        return b""
 
     def can_send_now(self) -> bool:
         """Whether `send_now` would take a message at once (the writer idle, not corked)."""
@@ -161,7 +166,7 @@ class Connection:
         writer has an empty queue, so what the socket does not take always fits in it)."""
         if not self.can_send_now():
             raise RuntimeError("send_now while the writer is busy")
-        self._send_frame_nowait(b"".join(map(encode_frame, msgs)))
+        self._send_frames_nowait(list(map(encode_frame, msgs)))
 
     async def send(self, *msgs: Mapping[str, Any]) -> None:
         """Send messages in order, waiting for room in the outgoing queue (never dropping
@@ -174,7 +179,7 @@ class Connection:
             self._corked.append(frame)
             return
         if self._direct():
-            if rest := self._write_now(frame):
+            if rest := self._write_now([frame]):
                 self._queue_nowait(rest)  # the queue is empty: this cannot block
             return
         self._unsent += 1  # before the await: the writer may take the frame at once
@@ -205,35 +210,51 @@ class Connection:
         self._send.close()
 
 
-def nowait_sender(stream: trio.abc.Stream) -> Callable[[bytes], int]:
-    """The stream's "send what you can now, without waiting": a function taking bytes and
-    returning how many the stream took (0 to all). Only called while nothing is queued
-    for the stream's `send_all`, so what it takes goes out in order.
+def nowait_sender(stream: trio.abc.Stream) -> Callable[[list[bytes]], int]:
+    """The stream's "send what you can now, without waiting": a function taking frames
+    (a list of bytes) and returning how many bytes of them, from the first on, the stream
+    took (0 to all). Only called while nothing is queued for the stream's `send_all`, so
+    what it takes goes out in order.
 
-    A `SocketStream` writes into its non-blocking socket; a stream with a
-    `try_send_some(data) -> int` method (such as a simulated network's) uses it; any other
-    stream takes nothing at once (its writer task sends everything)."""
+    A `SocketStream` writes the frames into its non-blocking socket with one `writev`; a
+    stream with a `try_send_some(data) -> int` method (such as a simulated network's) is
+    offered them joined; any other stream takes nothing at once (its writer task sends
+    everything)."""
     if isinstance(stream, trio.SocketStream):
         sock = stream.socket
-        return lambda data: _write_some(sock, data)
+        return lambda frames: _write_some(sock, frames)
     try_send_some = getattr(stream, "try_send_some", None)
-    if callable(try_send_some):
-        return try_send_some  # duck-typed: see docstring
+    if callable(try_send_some):  # duck-typed: see docstring
+        return lambda frames: int(try_send_some(b"".join(frames)))
     return _take_nothing
 
 
-def _take_nothing(data: bytes) -> int:
+def _take_nothing(frames: list[bytes]) -> int:
     return 0
 
 
-def _write_some(sock: trio.socket.SocketType, frame: bytes) -> int:
-    """Bytes of `frame` a non-blocking socket takes at once (0 on any error: the writer
-    task retries the rest and meets, and reports, a real error itself)."""
+def _iov_max() -> int:
+    try:
+        n = os.sysconf("SC_IOV_MAX")
+    except (AttributeError, ValueError, OSError):
+        n = -1
+    return min(n, 1024) if n >= 16 else 16  # POSIX's minimum is 16; Linux's is 1024
+
+
+#: Buffers one `writev` takes at most.
+_IOV_MAX: Final = _iov_max()
+
+
+def _write_some(sock: trio.socket.SocketType, frames: list[bytes]) -> int:
+    """Bytes of `frames` a non-blocking socket takes at once, from the first on (0 on any
+    error: the writer task retries the rest and meets, and reports, a real error itself)."""
     fd = sock.fileno()
     if fd < 0:  # closed: the number may belong to another file by now
         return 0
     try:
-        return os.write(fd, frame)
+        if len(frames) == 1:
+            return os.write(fd, frames[0])
+        return os.writev(fd, frames[:_IOV_MAX])
     except OSError:
         return 0
 
@@ -243,6 +264,7 @@ async def open_connection(
     stream: trio.abc.Stream, *, max_queued: int = MAX_QUEUED_FRAMES
 ) -> AsyncIterator[Connection]:
     """Run a Connection's writer for the duration of the block, then flush and close."""
+    widen_send_buffer(stream)
     conn = Connection(stream, max_queued=max_queued)
     try:
         async with trio.open_nursery() as nursery:

@@ -11,8 +11,6 @@ from typing import Final
 import structlog
 import trio
 
-from .sockbuf import widen_send_buffer
-
 log = structlog.get_logger("transport.server")
 
 #: Pending connections the kernel may queue before `accept`.
@@ -48,7 +46,6 @@ async def serve_unix(
     listener = trio.SocketListener(sock)
 
     async def isolated(stream: trio.SocketStream) -> None:
-        widen_send_buffer(stream)
         try:
             await handler(stream)
         except Exception:

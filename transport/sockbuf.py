@@ -46,8 +46,9 @@ SEND_BUFFER: Final = 1024 * 1024
 
 
 def widen_send_buffer(stream: trio.abc.Stream) -> None:
-    """Ask for a SEND_BUFFER send buffer if `stream` is a Unix socket; nothing otherwise
-    (a memory stream, or a socket that refuses: the default buffer then serves)."""
+    """Ask for a SEND_BUFFER send buffer if `stream` is a Unix socket (`open_connection`
+    does, for every connection); nothing otherwise (a memory stream, or a socket that
+    refuses: the default buffer then serves)."""
     if not isinstance(stream, trio.SocketStream):
         return
     sock = stream.socket

@@ -12,6 +12,7 @@ from hv_helpers import Harness, next_event, page, page_out, rsp
 from hv import HvConfig, Hypervisor
 from protocol import MemEventFlag
 from transport import Client, connection
+from transport.sockbuf import SEND_BUFFER
 
 
 async def test_vcpus_faulting_in_one_burst_cost_the_pager_one_event(harness: Harness) -> None:
@@ -80,9 +81,9 @@ def _counting_writes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     writes: list[bytes] = []
     write_some = connection._write_some
 
-    def counting(sock: trio.socket.SocketType, frame: bytes) -> int:
-        writes.append(frame)
-        return write_some(sock, frame)
+    def counting(sock: trio.socket.SocketType, frames: list[bytes]) -> int:
+        writes.append(b"".join(frames))  # the frames of one write
+        return write_some(sock, frames)
 
     monkeypatch.setattr(connection, "_write_some", counting)
     return writes
@@ -175,3 +176,39 @@ async def test_two_hvs_in_one_process_hold_their_guests_replies_apart(
             harness.check()
     finally:
         other.close()
+
+
+def _wmem_max() -> int:
+    try:
+        with open("/proc/sys/net/core/wmem_max") as f:
+            return int(f.read())
+    except OSError:
+        return 0
+
+
+@pytest.mark.skipif(_wmem_max() < SEND_BUFFER, reason="net.core.wmem_max caps SO_SNDBUF")
+async def test_a_nominate_and_map_of_64_pages_is_answered_in_one_write(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The socket takes both replies (a 262 KiB map reply among them) at once: none of it
+    waits for the writer task (transport.sockbuf.SEND_BUFFER)."""
+    with trio.fail_after(10):
+        async with harness.client("pager") as pager:
+            gfns = list(range(64))
+            taken: list[tuple[int, int]] = []  # (bytes offered, bytes taken) per write
+            write_some = connection._write_some
+
+            def counting(sock: trio.socket.SocketType, frames: list[bytes]) -> int:
+                n = write_some(sock, frames)
+                taken.append((sum(map(len, frames)), n))
+                return n
+
+            monkeypatch.setattr(connection, "_write_some", counting)
+            nom_id, map_id = await pager.send_requests(
+                [("nominate", {"gfns": gfns}), ("map", {"gfns": gfns})]
+            )
+            assert (await pager.call_reply(nom_id))["results"] == [0] * 64
+            assert len((await pager.call_reply(map_id))["pages"]) == 64
+            monkeypatch.undo()
+            big = [(offered, n) for offered, n in taken if offered > 64 * 4096]
+            assert len(big) == 1 and big[0][0] == big[0][1], taken

@@ -16,6 +16,7 @@ from protocol import (
     NEED_DATA,
     Errno,
     FrameDecoder,
+    LocalProtocolError,
     RemoteProtocolError,
     encode_frame,
 )
@@ -185,3 +186,34 @@ def test_no_trio_import() -> None:
 
     code = "import protocol, sys; assert 'trio' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+_BUFFER = st.one_of(
+    st.binary(max_size=300),
+    st.sampled_from([4096, 255, 256, 65535, 65536]).map(bytes),
+    st.binary(max_size=40).map(bytearray),
+    st.binary(max_size=40).map(memoryview),
+)
+_ITEM = st.one_of(_BUFFER, st.none(), st.integers(-(2**63), 2**64 - 1), st.text(max_size=6))
+
+
+@given(
+    st.dictionaries(
+        st.text(max_size=6),
+        st.one_of(st.lists(_ITEM, max_size=20), _ITEM, st.lists(st.integers(0, 9), max_size=3)),
+        max_size=5,
+    )
+)
+def test_frames_with_buffers_are_msgpack_to_the_byte(msg: dict) -> None:
+    """Lists of byte strings (pages) are encoded around the buffers, not by msgpack: the
+    bytes must be msgpack's all the same."""
+    body = msgpack.packb(msg, use_bin_type=True)
+    assert encode_frame(msg) == frame(body)
+
+
+def test_a_reply_of_255_pages_fits_and_256_do_not() -> None:
+    page = bytes(range(256)) * 16
+    reply = {"id": 1, "ok": True, "pages": [page, "ENOENT", memoryview(page)] * 85}
+    assert encode_frame(reply) == frame(msgpack.packb(reply, use_bin_type=True))
+    with pytest.raises(LocalProtocolError, match="exceeds MAX_FRAME"):
+        encode_frame({"id": 1, "ok": True, "pages": [page] * 256})

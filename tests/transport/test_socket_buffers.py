@@ -1,8 +1,8 @@
 """Socket buffers (transport/sockbuf.py). Both ends of a Unix-socket connection ask for a
-send buffer that holds a batch: hv's accepted streams (`serve_unix`) and every client
-(`open_client`); a 64-page `map` reply did not fit in Linux's default and went out in
-pieces, each waiting for the socket to drain. A socket connection reads into one
-receive buffer of its own instead of a new allocation per read."""
+send buffer that holds a batch (`open_connection`: hv's sessions and every client); a
+64-page `map` reply did not fit in Linux's default and went out in pieces, each waiting
+for the socket to drain. A socket connection reads into one receive buffer of its own
+instead of a new allocation per read."""
 
 from __future__ import annotations
 
@@ -32,8 +32,9 @@ async def test_server_and_client_ends_get_the_wide_buffer(tmp_path: Path) -> Non
     done = trio.Event()
 
     async def handler(stream: trio.SocketStream) -> None:
-        seen.append(stream.socket.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF))
-        done.set()
+        async with open_connection(stream):
+            seen.append(stream.socket.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF))
+            done.set()
 
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
