@@ -95,13 +95,14 @@ def pool_rss_bytes(pid: int, size: int) -> int | None:
     return got[1][0] if got is not None and len(got[1]) == 1 else None
 
 
-def rss_less_pool_bytes(pid: int, size: int) -> int | None:
+def rss_less_pool_bytes(pid: int, size: int) -> tuple[int, int] | None:
     """The resident bytes of every mapping of `pid` but its one mapping of `size` bytes
-    (hv less its frame pool: `hv-frames`), both from the same read of `/proc/PID/smaps`;
-    None if there is not exactly one such mapping. `VmRSS` less the pool read a moment
-    later mixed two instants of a pool that moves by thousands of pages a second."""
+    (hv less its frame pool: `hv-frames`), both from the same read of `/proc/PID/smaps`,
+    and the pool's; None if there is not exactly one such mapping. `VmRSS` less the pool
+    read a moment later mixed two instants of a pool that moves by thousands of pages a
+    second (still reported, as `hv-frames-vmrss`)."""
     got = _smaps_rss(pid, size)
-    return got[0] - got[1][0] if got is not None and len(got[1]) == 1 else None
+    return (got[0] - got[1][0], got[1][0]) if got is not None and len(got[1]) == 1 else None
 
 
 def children_of(pid: int) -> list[int]:
@@ -204,11 +205,16 @@ async def run_soak(
                     series.setdefault(name, []).append((now - t0, rss))
                     pids.setdefault(name, set()).add(pid)
                     if name == "hv":
-                        own = rss_less_pool_bytes(pid, host["frames"] * PAGE_SIZE)
-                        if own is None:
+                        got = rss_less_pool_bytes(pid, host["frames"] * PAGE_SIZE)
+                        if got is None:
                             own = rss - (host["frames"] - host["free"]) * PAGE_SIZE
-                        series.setdefault("hv-frames", []).append((now - t0, own))
-                        pids.setdefault("hv-frames", set()).add(pid)
+                            got = (own, rss - own)
+                        for key, value in (
+                            ("hv-frames", got[0]),
+                            ("hv-frames-vmrss", rss - got[1]),
+                        ):
+                            series.setdefault(key, []).append((now - t0, value))
+                            pids.setdefault(key, set()).add(pid)
                 if now >= next_say:
                     next_say += 60
                     line = "  ".join(f"{n} {s[-1][1] / 1e6:.1f}" for n, s in series.items())
@@ -240,16 +246,16 @@ def render(res: dict[str, Any]) -> str:
     lines = [
         f"soak: {res['minutes']:g} min at full load ({' '.join(res['load'])}), xpemu exit "
         f"{res['xpemu_exit']}, run ok {res['run_ok']}, guest ops {res['guest_ops']}",
-        f"{'process':<10} {'RSS 1 min':>10} {'RSS end':>10} {'max':>8} "
+        f"{'process':<15} {'RSS 1 min':>10} {'RSS end':>10} {'max':>8} "
         f"{'MB/h (ends)':>12} {'MB/h (fit)':>11}  goal < {res['goal_mb_per_h']:g} MB/h",
     ]
     for name, p in res["processes"].items():
         if "rss_1min_mb" not in p:
-            lines.append(f"{name:<10} (under a minute of samples)")
+            lines.append(f"{name:<15} (under a minute of samples)")
             continue
         restarts = f"  ({p['pids']} PIDs)" if p["pids"] > 1 else ""
         lines.append(
-            f"{name:<10} {p['rss_1min_mb']:>10.2f} {p['rss_end_mb']:>10.2f} "
+            f"{name:<15} {p['rss_1min_mb']:>10.2f} {p['rss_end_mb']:>10.2f} "
             f"{p['rss_max_mb']:>8.2f} {p['growth_mb_per_h']:>12.3f} "
             f"{p['slope_mb_per_h']:>11.3f}{restarts}"
         )
