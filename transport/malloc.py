@@ -35,6 +35,21 @@ held meanwhile), every 10 s: 0.06% of the time at most. Every minute left the re
 size swinging by ~0.5 MB between trims, which two samples a soak compares can catch at
 either extreme. A page given back costs one page fault when it is used again.
 
+The trim keeps the heap's free top up to `TRIM_PAD` (2 MiB), and is skipped when it
+would give back little (`maybe_trim_heap`). A trim of everything (`malloc_trim(0)`) made
+hv's RSS a sawtooth: hv's bursts (a pipeline of map replies, a few 256 KiB blocks at once)
+are carved from the top of the heap and merge back into it when freed, so every trim cut
+the top back (mallinfo2 before and after, every 10 s at full load: top 1.3-2.6 MB -> 1 kB,
+the heap's RSS 7.8-9.0 -> 6.2 MB) and the next burst faulted it in again: hv's `[heap]`
+swung by 0.5-1.3 MB within each 10 s, its only mapping that moved, which a soak's samples
+caught at either extreme (1-2 MB/h over 30 minutes from a heap that did not grow). Kept
+at 2 MiB the top stays resident (the heap at 8,672 kB before each of 12 trims in a row)
+and a burst costs no page fault; `malloc_trim` still frees pages between live blocks,
+where the 10 s of churn after a trim faulted in again the ~0.5 MB it released each time,
+so a trim runs only when the free top has outgrown the pad or the free memory between
+live blocks exceeds `TRIM_SLACK` (1 MiB; ~0.6 MB at full load): the heap's resident size
+is bounded by its live memory + 2 MiB + 1 MiB, and steady.
+
 A user's own `MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_` or `MALLOC_ARENA_MAX`
 wins (then this sets nothing); elsewhere than glibc this does nothing.
 """
@@ -61,6 +76,14 @@ TRIM_THRESHOLD: Final = 32 * 1024 * 1024
 ARENA_MAX: Final = 1
 #: Seconds between two trims of the heap (`start_heap_trimmer`).
 TRIM_EVERY_S: Final = 10.0
+#: Free top of the heap a trim keeps (`malloc_trim`'s pad): above hv's bursts at full load
+#: (1.3-2.6 MB of top between trims), so they do not fault pages in after each trim.
+TRIM_PAD: Final = 2 * 1024 * 1024
+#: Free bytes between live blocks (the top aside) below which a trim is not worth its page
+#: faults: they are reused within seconds (see the module docstring).
+TRIM_SLACK: Final = 1024 * 1024
+#: Top above the pad that is not worth a trim either (glibc keeps a few pages over it).
+_TOP_SLACK: Final = 64 * 1024
 #: The environment variables glibc reads at start for the same settings.
 ENV_VARS: Final = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_ARENA_MAX")
 
@@ -102,26 +125,72 @@ def pin_malloc_thresholds(
     )
 
 
-def trim_heap() -> bool:
-    """Give every free page of the heap back to the kernel (`malloc_trim(0)`); True if
-    some memory was released. False, doing nothing, without glibc."""
+class _MallInfo2(ctypes.Structure):
+    """glibc's `struct mallinfo2` (2.33 and later)."""
+
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
+        ).split()
+    ]
+
+
+@functools.cache
+def _mallinfo2() -> Any | None:
+    """glibc's `mallinfo2`, looked up once; None without it."""
+    try:
+        func = ctypes.CDLL(None).mallinfo2
+    except (OSError, AttributeError):
+        return None
+    func.argtypes = []
+    func.restype = _MallInfo2
+    return func
+
+
+def heap_free() -> tuple[int, int] | None:
+    """(free bytes at the top of the main heap, free bytes between its live blocks), from
+    `mallinfo2`; None without it."""
+    info = _mallinfo2()
+    if info is None:
+        return None
+    got = info()
+    return got.keepcost, got.fordblks - got.keepcost
+
+
+def trim_heap(pad: int = TRIM_PAD) -> bool:
+    """Give the free pages of the heap back to the kernel but `pad` bytes of its free top
+    (`malloc_trim(pad)`); True if some memory was released. False, doing nothing, without
+    glibc."""
     trim = _libc_function("malloc_trim", ctypes.c_size_t)
-    return trim is not None and bool(trim(0))
+    return trim is not None and bool(trim(pad))
+
+
+def maybe_trim_heap(pad: int = TRIM_PAD, slack: int = TRIM_SLACK) -> bool:
+    """`trim_heap(pad)` if it would give back enough: the free top more than `pad` (and a
+    few pages), or more than `slack` bytes free between live blocks; always without
+    `mallinfo2` to tell. True if some memory was released."""
+    free = heap_free()
+    if free is not None:
+        top, between = free
+        if top <= pad + _TOP_SLACK and between <= slack:
+            return False
+    return trim_heap(pad)
 
 
 def start_heap_trimmer(
     every: float = TRIM_EVERY_S, stop: threading.Event | None = None
 ) -> threading.Thread | None:
-    """Trim the heap every `every` seconds in a daemon thread, until `stop` is set (never,
-    if None: the life of the process; see the module docstring); None (no thread) without
-    glibc's `malloc_trim`."""
+    """Trim the heap where worth it (`maybe_trim_heap`) every `every` seconds in a daemon
+    thread, until `stop` is set (never, if None: the life of the process; see the module
+    docstring); None (no thread) without glibc's `malloc_trim`."""
     if _libc_function("malloc_trim", ctypes.c_size_t) is None:
         return None
     stopped = stop if stop is not None else threading.Event()
 
     def run() -> None:
         while not stopped.wait(every):
-            trim_heap()
+            maybe_trim_heap()
 
     thread = threading.Thread(target=run, name="heap-trimmer", daemon=True)
     thread.start()
@@ -143,7 +212,11 @@ __all__ = [
     "M_MMAP_THRESHOLD",
     "M_TRIM_THRESHOLD",
     "TRIM_EVERY_S",
+    "TRIM_PAD",
+    "TRIM_SLACK",
     "TRIM_THRESHOLD",
+    "heap_free",
+    "maybe_trim_heap",
     "pin_malloc_thresholds",
     "start_heap_trimmer",
     "trim_heap",

@@ -78,19 +78,26 @@ def test_the_frame_pool_is_found_by_its_size_and_its_resident_pages_counted() ->
     import mmap
     import os
 
-    from stack.bench.soak import pool_rss_bytes
+    from stack.bench.soak import pool_rss_bytes, rss_less_pool_bytes
 
     size = 777 * 4096  # a size no other mapping of this process has
     pool = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     try:
         pool.madvise(mmap.MADV_NOHUGEPAGE)
         assert pool_rss_bytes(os.getpid(), size) == 0
-        for page in range(0, 100 * 4096, 4096):
+        own, empty = rss_less_pool_bytes(os.getpid(), size) or (0, -1)
+        assert own > 1_000_000 and empty == 0  # the interpreter, its heap, its libraries
+        for page in range(0, 500 * 4096, 4096):
             pool[page] = 1
-        assert pool_rss_bytes(os.getpid(), size) == 100 * 4096
+        assert pool_rss_bytes(os.getpid(), size) == 500 * 4096
+        # 2 MB more resident in the pool, none of it counted in the rest
+        after, touched = rss_less_pool_bytes(os.getpid(), size) or (0, 0)
+        assert abs(after - own) < 200 * 4096 and touched == 500 * 4096
         twin = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         assert pool_rss_bytes(os.getpid(), size) is None  # two candidates: no guess
+        assert rss_less_pool_bytes(os.getpid(), size) is None
         twin.close()
     finally:
         pool.close()
     assert pool_rss_bytes(2**22 + 1, size) is None  # no such process
+    assert rss_less_pool_bytes(2**22 + 1, size) is None

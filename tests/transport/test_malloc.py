@@ -143,7 +143,7 @@ def test_the_trimmer_thread_trims_again_and_again(monkeypatch: pytest.MonkeyPatc
     from transport import malloc
 
     trims = threading.Semaphore(0)
-    monkeypatch.setattr(malloc, "trim_heap", lambda: trims.release() or True)
+    monkeypatch.setattr(malloc, "maybe_trim_heap", lambda: trims.release() or True)
     stop = threading.Event()
     thread = malloc.start_heap_trimmer(every=0.001, stop=stop)
     assert thread is not None and thread.daemon
@@ -154,3 +154,60 @@ def test_the_trimmer_thread_trims_again_and_again(monkeypatch: pytest.MonkeyPatc
         stop.set()
         thread.join(timeout=30)
     assert not thread.is_alive()
+
+
+PAD = r"""
+import sys
+from transport.malloc import heap_free, maybe_trim_heap, pin_malloc_thresholds, trim_heap
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+assert pin_malloc_thresholds()
+anchor = bytearray(100)  # nothing below the burst is freed with it
+burst = [bytearray(256 * 1024) for _ in range(24)]  # 6 MiB of heap at the top, touched
+del burst  # merged back into the top, kept (trim threshold 32 MiB)
+top = heap_free()[0]
+before = rss()
+pad = int(sys.argv[1])
+released = trim_heap(pad)
+print(top, heap_free()[0], int(released), before - rss(), int(maybe_trim_heap(pad)))
+"""
+
+
+@_no_glibc("mallinfo2")
+@_no_glibc("malloc_trim")
+def test_a_trim_keeps_the_pad_of_the_heaps_free_top_resident() -> None:
+    """hv's bursts are carved from the heap's top and merge back into it: a trim keeps 2 MiB
+    of it (no sawtooth of page faults after each trim), and gives back the rest."""
+    from transport.malloc import TRIM_PAD
+
+    mib = 1024 * 1024
+    top, kept, released, dropped, again = map(int, _run(PAD, str(TRIM_PAD)).stdout.split())
+    assert top >= 6 * mib
+    assert TRIM_PAD <= kept <= TRIM_PAD + 64 * 1024
+    assert released == 1
+    assert top - TRIM_PAD - mib < dropped < top - TRIM_PAD + mib  # the rest, not the pad
+    assert again == 0  # nothing left worth a trim: skipped
+    top, kept, released, dropped, again = map(int, _run(PAD, "0").stdout.split())
+    assert kept < 64 * 1024 and dropped > top - mib  # a pad of 0: the whole top goes
+
+
+SLACK = r"""
+from transport.malloc import TRIM_PAD, TRIM_SLACK, heap_free, maybe_trim_heap
+from transport.malloc import pin_malloc_thresholds, trim_heap
+assert pin_malloc_thresholds()
+trim_heap()
+blocks = [bytearray(8192) for _ in range(1000)]  # 8 MB of heap, touched
+keep = blocks[::4]  # every fourth block live: 6 MB free between them
+del blocks
+between = heap_free()[1]
+print(int(between > TRIM_SLACK), int(maybe_trim_heap()), int(heap_free()[0] <= TRIM_PAD + 65536))
+"""
+
+
+@_no_glibc("mallinfo2")
+@_no_glibc("malloc_trim")
+def test_a_trim_runs_when_the_free_memory_between_live_blocks_outgrows_the_slack() -> None:
+    out = _run(SLACK, "-").stdout.split()
+    assert out == ["1", "1", "1"]
