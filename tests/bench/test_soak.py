@@ -93,7 +93,9 @@ def test_the_frame_pool_is_found_by_its_size_and_its_resident_pages_counted() ->
         # 2 MB more resident in the pool, none of it counted in the rest
         after, touched = rss_less_pool_bytes(os.getpid(), size) or (0, 0)
         assert abs(after - own) < 200 * 4096 and touched == 500 * 4096
-        twin = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        # Read-only: a mapping the kernel cannot merge with a neighbour (an anonymous
+        # read-write one, such as a connection's receive buffer, would swallow it).
+        twin = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, prot=mmap.PROT_READ)
         assert pool_rss_bytes(os.getpid(), size) is None  # two candidates: no guess
         assert rss_less_pool_bytes(os.getpid(), size) is None
         twin.close()
