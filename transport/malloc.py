@@ -48,7 +48,10 @@ and a burst costs no page fault; `malloc_trim` still frees pages between live bl
 where the 10 s of churn after a trim faulted in again the ~0.5 MB it released each time,
 so a trim runs only when the free top has outgrown the pad or the free memory between
 live blocks exceeds `TRIM_SLACK` (1 MiB; ~0.6 MB at full load): the heap's resident size
-is bounded by its live memory + 2 MiB + 1 MiB, and steady.
+is its extent, at most its highest live block + 2 MiB. That extent still moves a little:
+a trim cannot cut below the highest live block, which a burst can leave higher up (two
+30-minute soaks: hv's heap at 8.78 MB from start to end in one, 8.40 -> 8.80 MB in steps
+of 20-80 kB in the other).
 
 A user's own `MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_` or `MALLOC_ARENA_MAX`
 wins (then this sets nothing); elsewhere than glibc this does nothing.
