@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--pipeline",
         type=_positive_int,
-        default=8,
+        default=32,
         help="page-out (and proactive page-in) batches in flight at once",
     )
     p.add_argument("--target", type=_nonneg_int, default=None, help="override hv's target")

@@ -27,7 +27,7 @@ class PagerConfig:
     on_exit: str = "pagein"  # or "keep": leave pages out, store durable
     batch: int = 64  # gfns per page-out batch and per page-in batch (<= 255 per map/prep)
     concurrency: int = 4  # page-in batches at once (workers, or started from the reader)
-    pipeline: int = 8  # page-out (and proactive page-in) batches on their way at once
+    pipeline: int = 32  # page-out (and proactive page-in) batches on their way at once
     target: int | None = None  # override hv's target (tot_pages to keep at most)
     reserve: int = 0  # free frames kept below the target (the command line's default: 2 batches)
     prefetch: int = 0  # paged neighbours paged in proactively after a guest fault
