@@ -20,9 +20,10 @@ from .config import PagerConfig, PagerStats
 from .faults import CrashPoint, Faults
 from .hvcalls import HvCalls
 from .policy import Policy
-from .rowindex import Row
+from .rowindex import Row, rows_of
 from .state import PagerState
-from .store import StoreError, checksum
+from .store import StoreError
+from .store_format import checksums
 
 log = structlog.get_logger("pager")
 
@@ -147,12 +148,8 @@ class PageOut:
         slots = slots[: len(mapped)]
         if not mapped:
             return None
-        rows = [
-            Row(g, gen, slot, checksum(g, gen, page))
-            for g, gen, slot, page in zip(
-                mapped, store.next_gens(len(mapped)), slots, pages, strict=True
-            )
-        ]
+        gens = store.next_gens(len(mapped))
+        rows = rows_of(mapped, gens, slots, checksums(mapped, gens, pages))
         return Batch(mapped, slots, pages, rows, nominate)
 
     async def _finish(self, batch: Batch) -> int:

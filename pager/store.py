@@ -75,6 +75,7 @@ from .store_format import (
     header_offset,
     instance_tag,
     slot_offset,
+    slot_offsets,
     slot_runs,
 )
 from .store_headers import HeaderPages, check_landed
@@ -322,7 +323,7 @@ class PageStore:
             except OSError as exc:
                 raise oserror("header page read", exc) from exc
             # Sorted by offset, adjacent writes not joined: the disk gathers them (no copy).
-            writes = [(slot_offset(r.slot), p) for r, p in zip(rows, pages, strict=True)]
+            writes = list(zip(slot_offsets([r.slot for r in rows]), pages, strict=True))
             writes += [(header_offset(e), bytes(h)) for e, h in headers.items()]
             writes.sort(key=_offset)
             back = [(SLOT_SIZE, header_offset(e)) for e in headers]

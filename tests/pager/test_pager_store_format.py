@@ -18,12 +18,14 @@ from pager.store_format import (
     FREE_RECORD,
     RECORD_SIZE,
     SLOT_SIZE,
+    checksums,
     decode,
     encode,
     header_page,
     is_slot,
     parse_headers,
     slot_offset,
+    slot_offsets,
     slots_in,
 )
 
@@ -178,3 +180,19 @@ async def test_a_phase_torn_at_every_sector_boundary_serves_no_wrong_byte() -> N
                     assert row.gfn not in must or row.gfn == 25, (cut, row, data)
             assert isinstance(again.rows.get(25), Row)
             await again.abandon()
+
+
+def test_the_batch_forms_give_what_the_one_at_a_time_forms_give() -> None:
+    """`slot_offsets`, `checksums` and `rows_of` (page-out's per-batch calls) agree with
+    `slot_offset`, `checksum` and `Row` on every slot of the first extents and on far ones."""
+    from pager.rowindex import rows_of
+
+    slots = [*range(3 * EXTENT_SLOTS + 7), 2**31 - 1, 2**32 - 1, 123_456_789]
+    assert slot_offsets(slots) == [slot_offset(s) for s in slots]
+    pages = [bytes([i]) * SLOT_SIZE for i in range(5)]
+    gfns, gens = [9, 0, 2**40, 7, 7], [1, 2, 3, 2**63, 4]
+    crcs = checksums(gfns, gens, pages)
+    assert crcs == [checksum(g, n, p) for g, n, p in zip(gfns, gens, pages, strict=True)]
+    rows = rows_of(gfns, gens, slots[:5], crcs)
+    assert rows == [Row(*f) for f in zip(gfns, gens, slots[:5], crcs, strict=True)]
+    assert all(type(r) is Row for r in rows)
