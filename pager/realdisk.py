@@ -27,6 +27,8 @@ from typing import Final
 
 import trio
 
+from transport.connection import IOV_MAX
+
 #: Seconds between attempts to take the lock while another process holds it.
 LOCK_POLL: Final = 0.05
 
@@ -91,10 +93,6 @@ def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
         view, offset = view[n:], offset + n
 
 
-#: The most buffers one `pwritev` takes.
-_IOV_MAX: Final = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 1024
-
-
 def _pwrite_gathered(fd: int, writes: Sequence[tuple[int, bytes]]) -> None:
     """Each (offset, data) written whole, in order, a write that starts where the one
     before it ended gathered with it into one `pwritev` (no copy: a disk phase's data
@@ -106,7 +104,7 @@ def _pwrite_gathered(fd: int, writes: Sequence[tuple[int, bytes]]) -> None:
         bufs = [data]
         end = offset + len(data)
         i += 1
-        while i < n and writes[i][0] == end and len(bufs) < _IOV_MAX:
+        while i < n and writes[i][0] == end and len(bufs) < IOV_MAX:
             data = writes[i][1]
             bufs.append(data)
             end += len(data)

@@ -233,16 +233,8 @@ def _take_nothing(frames: list[bytes]) -> int:
     return 0
 
 
-def _iov_max() -> int:
-    try:
-        n = os.sysconf("SC_IOV_MAX")
-    except (AttributeError, ValueError, OSError):
-        n = -1
-    return min(n, 1024) if n >= 16 else 16  # POSIX's minimum is 16; Linux's is 1024
-
-
-#: Buffers one `writev` takes at most.
-_IOV_MAX: Final = _iov_max()
+#: Buffers one `writev` (or `pwritev`) takes at most.
+IOV_MAX: Final = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 1024
 
 
 def _write_some(sock: trio.socket.SocketType, frames: list[bytes]) -> int:
@@ -254,7 +246,7 @@ def _write_some(sock: trio.socket.SocketType, frames: list[bytes]) -> int:
     try:
         if len(frames) == 1:
             return os.write(fd, frames[0])
-        return os.writev(fd, frames[:_IOV_MAX])
+        return os.writev(fd, frames[:IOV_MAX])
     except OSError:
         return 0
 
@@ -291,6 +283,7 @@ def _single(group: BaseExceptionGroup) -> BaseException:
 
 __all__ = [
     "FLUSH_TIMEOUT",
+    "IOV_MAX",
     "RECEIVE_SIZE",
     "Connection",
     "ConnectionClosed",

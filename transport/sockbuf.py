@@ -34,6 +34,7 @@ bytes.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import socket
 from collections.abc import Awaitable, Callable
@@ -54,10 +55,8 @@ def widen_send_buffer(stream: trio.abc.Stream) -> None:
     sock = stream.socket
     if sock.family != socket.AF_UNIX:
         return
-    try:
+    with contextlib.suppress(OSError):  # refused: the default works, with more partial sends
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
-    except OSError:
-        pass  # the default buffer works, only with more partial sends
 
 
 #: Bytes of a socket connection's receive buffer: a 64-page reply and the small frames
