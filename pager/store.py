@@ -68,10 +68,8 @@ from .rowindex import Row, RowIndex
 from .store_errors import ChecksumError, StoreError, StoreLocked, oserror
 from .store_format import (
     EXTENT_SLOTS,
-    FREE_RECORD,
     SLOT_SIZE,
     checksum,
-    encode,
     header_offset,
     instance_tag,
     slot_offset,
@@ -299,21 +297,22 @@ class PageStore:
             if self._file is None or self.closed:
                 raise StoreError("the store is closed", _errno.EIO)
             deletes = self.to_delete(dict.fromkeys(deletes))  # a key named twice: once
-            overlay: dict[int, bytes] = {}
+            # slot -> its new record: a live row's, or None for a free one (the last word
+            # on a slot wins; no slot of `rows` can be one of the slots freed here).
+            overlay: dict[int, Row | None] = {}
             if deletes:
                 gone = [gfn for gfn, _ in deletes]
                 for gfn, slot in zip(gone, self.rows.slots_of(gone), strict=True):
                     if slot < 0:
                         raise KeyError(gfn)  # as the lookup of a row it would free
-                    overlay[slot] = FREE_RECORD
-            tag = self._tag
+                    overlay[slot] = None
             for r, old in zip(rows, self.rows.slots_of([r.gfn for r in rows]), strict=True):
                 if old >= 0 and old != r.slot:
-                    overlay[old] = FREE_RECORD  # the newer generation replaces it
-                overlay[r.slot] = encode(r.slot, tag, r.gfn, r.gen, r.crc)
+                    overlay[old] = None  # the newer generation replaces it
+                overlay[r.slot] = r
             if not overlay:
                 return
-            changes: dict[int, list[tuple[int, bytes]]] = {}
+            changes: dict[int, list[tuple[int, Row | None]]] = {}
             for slot, rec in overlay.items():
                 changes.setdefault(slot // EXTENT_SLOTS, []).append((slot, rec))
             try:

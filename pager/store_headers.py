@@ -27,10 +27,11 @@ from typing import Final
 import structlog
 
 from .disk import DiskFile, write_and_sync
-from .rowindex import RowIndex
+from .rowindex import Row, RowIndex
 from .store_errors import StoreError, oserror
 from .store_format import (
     EXTENT_SLOTS,
+    FREE_RECORD,
     RECORD_SIZE,
     SLOT_SIZE,
     encode_into,
@@ -62,14 +63,15 @@ class HeaderPages:
     async def pages(
         self,
         file: DiskFile,
-        changes: dict[int, list[tuple[int, bytes]]],
+        changes: dict[int, list[tuple[int, Row | None]]],
         rows: RowIndex,
         used: bytearray,
         tag: int,
     ) -> dict[int, bytearray]:
-        """The sealed header page of each extent of `changes` (extent -> its (slot,
-        32-byte record) changes), with the changes over what the index says (`used`: by
-        slot, 1 where a row names it)."""
+        """The sealed header page of each extent of `changes` (extent -> its changes:
+        (slot, the live row it is to hold, or None to free it)), with the changes over
+        what the index says (`used`: by slot, 1 where a row names it). The records are
+        encoded in place, no bytes object per record."""
         out: dict[int, bytearray] = {}
         unread: list[int] = []
         for e in changes:
@@ -94,8 +96,13 @@ class HeaderPages:
                     out[e] = self._rebuild(e, rows, used, tag)
         for e, page in out.items():
             base = e * EXTENT_SLOTS
-            for s, rec in changes[e]:
-                page[(s - base) * RECORD_SIZE : (s - base + 1) * RECORD_SIZE] = rec
+            with memoryview(page) as view:
+                for s, row in changes[e]:
+                    at = (s - base) * RECORD_SIZE
+                    if row is None:
+                        page[at : at + RECORD_SIZE] = FREE_RECORD
+                    else:
+                        encode_into(view, at, s, tag, row.gfn, row.gen, row.crc)
             seal(e, page)
         return out
 
