@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import trio
+
 from protocol import MAX_LIST, MAX_PAGES_PER_FRAME, bit
 from transport import Client
 
@@ -23,6 +25,7 @@ class HvCalls:
 
     def __init__(self, client: Client) -> None:
         self.client = client
+        self._evicts_corked = False  # an `evict` holds the connection's frames for others
 
     async def accessed(self, start: int, count: int) -> bytes:
         """The accessed bits of [start, start + count), cleared as read."""
@@ -55,6 +58,31 @@ class HvCalls:
         for chunk in chunks(gfns, MAX_LIST):
             out += (await self.client.call(op, gfns=list(chunk)))["results"]
         return out
+
+    async def evict(self, gfns: Sequence[int]) -> list[Any]:
+        """`evict` of `gfns`: each one's result, in order.
+
+        The batches of one disk phase are released together (`Committer.persist`) and
+        each evicts its gfns: the first of them holds the connection's outgoing frames
+        (`Connection.cork`) for one scheduler pass, so that the evicts of the others go
+        out in the same write, one wake-up of hv instead of one per batch. Each request
+        keeps its own reply: no batch waits on another's."""
+        if self._evicts_corked or len(gfns) > MAX_LIST:
+            return await self.batched("evict", gfns)
+        client = self.client
+        client.conn.cork()
+        self._evicts_corked = True
+        try:
+            (rid,) = await client.send_requests([("evict", {"gfns": list(gfns)})])
+            try:
+                await trio.lowlevel.checkpoint()  # the others released with this one send
+            except BaseException:
+                client.forget(rid)
+                raise
+        finally:
+            self._evicts_corked = False
+            client.conn.uncork()
+        return (await client.call_reply(rid))["results"]
 
     async def map(self, gfns: Sequence[int]) -> list[Any]:
         """`map`: each gfn's page (bytes) or errno, in order."""

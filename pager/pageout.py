@@ -102,6 +102,9 @@ class PageOut:
         resident as far as the policy knows, and if one was not, the map's FOREIGN
         populate brings it back in, which loses nothing."""
         results, pages = await self.hv.nominate_and_map(gfns)
+        if gfns and not any(results):  # every gfn nominated (0, or an errno name)
+            self.faults.hit(CrashPoint.after_nominate)
+            return gfns, pages
         ok = [(g, p) for g, r, p in zip(gfns, results, pages, strict=True) if r == 0]
         self.stats.nominate_busy += len(gfns) - len(ok)
         if ok:
@@ -130,7 +133,7 @@ class PageOut:
             else:
                 nominated = gfns
             results = await self.hv.map(nominated)
-        if all(type(page) is bytes for page in results):  # the rule: every gfn mapped
+        if set(map(type, results)) <= {bytes}:  # the rule: every gfn mapped
             mapped, pages = nominated, results
         else:
             pages = []
@@ -167,17 +170,26 @@ class PageOut:
             self.commit.store_failed(exc)
             return 0
         self.faults.hit(CrashPoint.after_index_commit)
-        results = await self.hv.batched("evict", batch.gfns)
+        results = await self.hv.evict(batch.gfns)
         self.faults.hit(CrashPoint.after_evict)
-        evicted = 0
+        adopt = self.state.adopt
+        if adopt:
+            for g in batch.gfns:
+                adopt.pop(g, None)
+        paged_out = self.policy.paged_out
         refused: list[Row] = []
-        for row, res in zip(rows, results, strict=True):
-            self.state.adopt.pop(row.gfn, None)
-            if res == 0:
-                evicted += 1
-                self.policy.paged_out(row.gfn)
-            else:
-                refused.append(row)
+        if not any(results):  # every gfn evicted (a result is 0 or an errno name)
+            for g in batch.gfns:
+                paged_out(g)
+            evicted = len(rows)
+        else:
+            evicted = 0
+            for row, res in zip(rows, results, strict=True):
+                if res == 0:
+                    evicted += 1
+                    paged_out(row.gfn)
+                else:
+                    refused.append(row)
         if refused:
             # Still backed (populated, ballooned or held meanwhile): the row is not needed.
             self.stats.evict_busy += len(refused)
