@@ -27,14 +27,17 @@ class SlotTable:
 
     def reserve(self, n: int, *, grow: bool = True) -> list[int]:
         """Take `n` slots for a page-out batch (fewer if `grow` is false and few are free)."""
-        out: list[int] = []
-        while self._free and len(out) < n:
-            out.append(self._free.pop())
-        if grow:
-            while len(out) < n:
-                if is_slot(self.high):
-                    out.append(self.high)
-                self.high += 1
+        free = self._free
+        take = min(n, len(free))
+        out = free[len(free) - take :].tolist()[::-1]  # as popped one by one: last first
+        del free[len(free) - take :]
+        if grow and len(out) < n:
+            # New slots from `high` on, skipping sector trailers: each sector has
+            # SECTOR_RECORDS slots, so this many numbers always hold enough of them.
+            want = n - len(out)
+            fresh = [s for s in range(self.high, self.high + 2 * want + 1) if is_slot(s)][:want]
+            out += fresh
+            self.high = fresh[-1] + 1
         return out
 
     def release(self, slots: Iterable[int]) -> None:

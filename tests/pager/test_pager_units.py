@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import random
+from array import array
+
 import pytest
 
 from pager.config import PagerStats
 from pager.recovery import reconcile
 from pager.rowindex import Row, RowIndex
 from pager.state import GfnClash, PagerState
+from pager.store_format import is_slot
+from pager.store_slots import SlotTable
 from protocol import P2MType, pack_bits
 
 T = P2MType
@@ -90,3 +95,21 @@ def test_busy_gfns_are_left_to_their_job() -> None:
     assert state.claim_in([6, 7, 8, 9]) == [6, 9]  # a demand page-in, an adoption
     assert state.submit({"seq": 1, "gfn": 7, "vcpu_id": 0, "flags": 0}) is None  # seen
     assert state.stats.requests == 1
+
+
+def test_slot_reserve_takes_free_slots_last_first_then_grows_past_trailers() -> None:
+    """`SlotTable.reserve` against the one-slot-at-a-time definition, at random."""
+    rng = random.Random(14)
+    for _ in range(5000):
+        free = [rng.randrange(1000) for _ in range(rng.randrange(10))]
+        high, n, grow = rng.randrange(1000, 1100), rng.randrange(70), rng.random() < 0.7
+        want, left, top = list(free), [], high
+        while want and len(left) < n:
+            left.append(want.pop())
+        while grow and len(left) < n:
+            if is_slot(top):
+                left.append(top)
+            top += 1
+        table = SlotTable(free=array("I", free), high=high)
+        assert table.reserve(n, grow=grow) == left
+        assert (list(table._free), table.high) == (want, top)
