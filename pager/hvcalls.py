@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import trio
@@ -25,7 +25,7 @@ class HvCalls:
 
     def __init__(self, client: Client) -> None:
         self.client = client
-        self._evicts_corked = False  # an `evict` holds the connection's frames for others
+        self._corked = False  # a `send_joined` holds the connection's frames for others
 
     async def accessed(self, start: int, count: int) -> bytes:
         """The accessed bits of [start, start + count), cleared as read."""
@@ -60,29 +60,40 @@ class HvCalls:
         return out
 
     async def evict(self, gfns: Sequence[int]) -> list[Any]:
-        """`evict` of `gfns`: each one's result, in order.
-
-        The batches of one disk phase are released together (`Committer.persist`) and
-        each evicts its gfns: the first of them holds the connection's outgoing frames
-        (`Connection.cork`) for one scheduler pass, so that the evicts of the others go
-        out in the same write, one wake-up of hv instead of one per batch. Each request
-        keeps its own reply: no batch waits on another's."""
-        if self._evicts_corked or len(gfns) > MAX_LIST:
+        """`evict` of `gfns`: each one's result, in order (`send_joined`: the evicts of
+        the batches one disk phase released share a write)."""
+        if len(gfns) > MAX_LIST:
             return await self.batched("evict", gfns)
+        (rid,) = await self.send_joined([("evict", {"gfns": list(gfns)})])
+        return (await self.client.call_reply(rid))["results"]
+
+    async def send_joined(self, requests: Sequence[tuple[str, Mapping[str, Any]]]) -> list[int]:
+        """Send `requests` (in one write), joined with those other tasks send in the same
+        scheduler pass; their ids, for `Client.call_reply`.
+
+        Page-out's batches go in groups: one disk phase releases several, which evict
+        theirs, and their places in the pipeline start as many new batches, which
+        nominate and map theirs. The first of a group to send holds the connection's
+        outgoing frames (`Connection.cork`) for one scheduler pass, so the others' go out
+        in the same write: one wake-up of hv per group instead of one per batch. Each
+        request keeps its own reply: no batch waits on another's."""
         client = self.client
+        if self._corked:
+            return await client.send_requests(requests)
         client.conn.cork()
-        self._evicts_corked = True
+        self._corked = True
         try:
-            (rid,) = await client.send_requests([("evict", {"gfns": list(gfns)})])
+            rids = await client.send_requests(requests)
             try:
-                await trio.lowlevel.checkpoint()  # the others released with this one send
+                await trio.lowlevel.checkpoint()  # the others of the group send meanwhile
             except BaseException:
-                client.forget(rid)
+                for rid in rids:
+                    client.forget(rid)
                 raise
         finally:
-            self._evicts_corked = False
+            self._corked = False
             client.conn.uncork()
-        return (await client.call_reply(rid))["results"]
+        return rids
 
     async def map(self, gfns: Sequence[int]) -> list[Any]:
         """`map`: each gfn's page (bytes) or errno, in order."""
@@ -115,7 +126,7 @@ class HvCalls:
         results and pages, in order. hv serves the two in order, so each nominated gfn is
         mapped as `paging_out`."""
         client = self.client
-        nom_id, map_id = await client.send_requests(
+        nom_id, map_id = await self.send_joined(
             [("nominate", {"gfns": gfns}), ("map", {"gfns": gfns})]
         )
         try:

@@ -82,17 +82,31 @@ class PageOut:
             finally:
                 slots.release()
 
+        def going() -> bool:
+            return excess > 0 and not self.state.stopping and not (started and self.commit.full())
+
         async with trio.open_nursery() as nursery:
-            while excess > 0 and not self.state.stopping and not (started and self.commit.full()):
+            while going():
                 await slots.acquire()
-                victims = await self.policy.choose(min(self.config.batch, excess), self.state.busy)
-                if not victims:
-                    slots.release()
-                    break
-                # Busy from now on: the next choice does not take them again.
-                self.state.claim_out(victims)
-                excess -= len(victims)
-                nursery.start_soon(one, victims)
+                # Every free place at once (the batches of a disk phase end together):
+                # their first requests to hv go out in one write (`HvCalls`).
+                while True:
+                    want = min(self.config.batch, excess)
+                    victims = await self.policy.choose(want, self.state.busy)
+                    if not victims:
+                        slots.release()
+                        excess = 0  # nothing left to choose: no more batches
+                        break
+                    # Busy from now on: the next choice does not take them again.
+                    self.state.claim_out(victims)
+                    excess -= len(victims)
+                    nursery.start_soon(one, victims)
+                    if not going():
+                        break
+                    try:
+                        slots.acquire_nowait()
+                    except trio.WouldBlock:
+                        break
         return started
 
     async def _nominate_and_map(self, gfns: list[int]) -> tuple[list[int], list[bytes]]:

@@ -183,8 +183,9 @@ async def test_enospc_stops_paging_out_keeps_paging_in(tmp_path: Path) -> None:
         async with open_stack(tmp_path, nr_gfns=NR, vcpus=2) as stack, stack.guest() as guest:
             await guest.fill(2)
             # Each disk phase (batches that share a sync) makes one write: the first phase
-            # makes it, every later one finds the disk full.
-            run = stack.start_pager(config(target=8), faults="store.write=ENOSPC@2+")
+            # makes it, every later one finds the disk full. One batch on its way at a
+            # time, so that there is a later phase (a pipeline starts all 7 together).
+            run = stack.start_pager(config(target=8, pipeline=1), faults="store.write=ENOSPC@2+")
             pager = await run.wait_started()
             await stack.until(
                 pager,
@@ -207,7 +208,9 @@ async def test_eio_on_page_out_loses_nothing(tmp_path: Path, spec: str) -> None:
     with trio.fail_after(30):
         async with open_stack(tmp_path, nr_gfns=NR, vcpus=2) as stack, stack.guest() as guest:
             await guest.fill(2)
-            run = stack.start_pager(config(target=16), faults=spec)
+            # One batch on its way at a time: a pipeline would start all 6 together, in
+            # one disk phase, and there would be no second one to fail.
+            run = stack.start_pager(config(target=16, pipeline=1), faults=spec)
             pager = await run.wait_started()
             await stack.until(pager, lambda: stack.domain_status()["tot_pages"] <= 16)
             assert pager.stats.store_errors == 1
