@@ -44,8 +44,11 @@ class XenpagingPolicy(PolicyBase):
         self._mru_res[gfn] = mru and not paged
 
     def paged_out(self, gfn: int) -> None:
-        super().paged_out(gfn)
-        self._flags(gfn)
+        # `_flags` after `super().paged_out`, inline (once per page paged out): paged, so
+        # neither a candidate nor a resident MRU gfn.
+        self.paged[gfn] = 1
+        self._cand[gfn] = 0
+        self._mru_res[gfn] = 0
 
     def dropped(self, gfn: int) -> None:
         super().dropped(gfn)

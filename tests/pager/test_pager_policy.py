@@ -424,3 +424,26 @@ async def test_xenpaging_sweep_chooses_as_xen_steps(seed: int) -> None:
         else:
             ours.paged_out(g)
             ref.paged[g] = 1
+
+
+def test_xenpaging_sweep_flags_follow_paged_and_mru_at_random() -> None:
+    """The sweep's two flag bytes per gfn stay what `paged` and the MRU list say, through
+    any sequence of page-outs, page-ins (MRU or not) and drops."""
+    rng = random.Random(19)
+    nr = 64
+    policy = XenpagingPolicy(nr, mru_size=8)
+    for _ in range(5000):
+        g = rng.randrange(nr)
+        step = rng.randrange(4)
+        if step == 0:
+            policy.paged_out(g)
+        elif step == 1:
+            policy.paged_in(g, mru=True)
+        elif step == 2:
+            policy.paged_in(g, mru=False)
+        else:
+            policy.dropped(g)
+        for x in range(nr):
+            paged, mru = policy.paged[x], policy._in_mru[x]
+            assert policy._cand[x] == (not paged and not mru)
+            assert policy._mru_res[x] == (mru and not paged)
