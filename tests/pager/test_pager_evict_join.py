@@ -1,5 +1,5 @@
-"""`HvCalls.evict`: the evicts of batches released together go out in one write to hv,
-each request with its own reply."""
+"""`HvCalls.send_joined`, through `evict`: the requests of batches released together go
+out in one write to hv, each with its own reply."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import trio.lowlevel
 
 from pager.hvcalls import HvCalls
 from protocol import MAX_LIST, ok_reply
-from transport import Client, Connection, open_connection
+from transport import Connection, open_client, open_connection
 from transport import connection as connection_module
 
 
@@ -47,13 +47,11 @@ async def _run(
     served: list[list[int]] = []
     with trio.fail_after(10):
         async with (
-            open_connection(trio.SocketStream(a)) as mine,
+            open_client(trio.SocketStream(a), "pager") as client,
             open_connection(trio.SocketStream(b)) as theirs,
             trio.open_nursery() as outer,
         ):
             outer.start_soon(_hv, theirs, served)
-            client = Client(mine, "pager")
-            outer.start_soon(client._reader)
             hv = HvCalls(client)
 
             async def one(i: int) -> None:
@@ -92,13 +90,11 @@ async def test_an_evict_cancelled_while_it_holds_the_frames() -> None:
     served: list[list[int]] = []
     with trio.fail_after(10):
         async with (
-            open_connection(trio.SocketStream(a)) as mine,
+            open_client(trio.SocketStream(a), "pager") as client,
             open_connection(trio.SocketStream(b)) as theirs,
             trio.open_nursery() as outer,
         ):
             outer.start_soon(_hv, theirs, served)
-            client = Client(mine, "pager")
-            outer.start_soon(client._reader)
             hv = HvCalls(client)
             send = client.send_requests
             with trio.CancelScope() as first:
