@@ -3,7 +3,8 @@ out in one write to hv, each with its own reply."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ import trio.lowlevel
 
 from pager.hvcalls import HvCalls
 from protocol import MAX_LIST, ok_reply
-from transport import Connection, open_client, open_connection
+from transport import Client, Connection, open_client, open_connection
 from transport import connection as connection_module
 
 
@@ -29,6 +30,21 @@ async def _hv(conn: Connection, served: list[list[int]]) -> None:
         conn.send_nowait(ok_reply(msg["id"], results=[_result(g) for g in msg["gfns"]]))
 
 
+@asynccontextmanager
+async def _pager_and_hv(served: list[list[int]]) -> AsyncIterator[tuple[Client, HvCalls]]:
+    """A pager's client and its HvCalls over a socket pair, a scripted hv (`_hv`) on the
+    other end; hv stops with the block."""
+    a, b = trio.socket.socketpair()
+    async with (
+        open_client(trio.SocketStream(a), "pager") as client,
+        open_connection(trio.SocketStream(b)) as theirs,
+        trio.open_nursery() as outer,
+    ):
+        outer.start_soon(_hv, theirs, served)
+        yield client, HvCalls(client)
+        outer.cancel_scope.cancel()
+
+
 async def _run(
     batches: Sequence[Sequence[int]], monkeypatch: pytest.MonkeyPatch
 ) -> tuple[list[list[Any]], list[list[int]], list[int]]:
@@ -42,17 +58,10 @@ async def _run(
         return write_some(sock, frames)
 
     monkeypatch.setattr(connection_module, "_write_some", counting)
-    a, b = trio.socket.socketpair()
     results: list[list[Any]] = [[] for _ in batches]
     served: list[list[int]] = []
     with trio.fail_after(10):
-        async with (
-            open_client(trio.SocketStream(a), "pager") as client,
-            open_connection(trio.SocketStream(b)) as theirs,
-            trio.open_nursery() as outer,
-        ):
-            outer.start_soon(_hv, theirs, served)
-            hv = HvCalls(client)
+        async with _pager_and_hv(served) as (_, hv):
 
             async def one(i: int) -> None:
                 results[i] = await hv.evict(batches[i])
@@ -60,7 +69,6 @@ async def _run(
             async with trio.open_nursery() as nursery:
                 for i in range(len(batches)):
                     nursery.start_soon(one, i)
-            outer.cancel_scope.cancel()
     return results, served, [w for w in writes if w]
 
 
@@ -86,16 +94,9 @@ async def test_an_evict_cancelled_while_it_holds_the_frames() -> None:
     """The first evict is cancelled after its request was held for the others: what it
     held still goes out (the connection is not left corked), its reply is dropped, and
     the next evict is answered."""
-    a, b = trio.socket.socketpair()
     served: list[list[int]] = []
     with trio.fail_after(10):
-        async with (
-            open_client(trio.SocketStream(a), "pager") as client,
-            open_connection(trio.SocketStream(b)) as theirs,
-            trio.open_nursery() as outer,
-        ):
-            outer.start_soon(_hv, theirs, served)
-            hv = HvCalls(client)
+        async with _pager_and_hv(served) as (client, hv):
             send = client.send_requests
             with trio.CancelScope() as first:
 
@@ -110,5 +111,4 @@ async def test_an_evict_cancelled_while_it_holds_the_frames() -> None:
             assert first.cancelled_caught
             assert await hv.evict([4, 5]) == [0, 0]
             assert not client._pending  # the cancelled request's reply was not waited for
-            outer.cancel_scope.cancel()
     assert served == [[1, 2], [4, 5]]
