@@ -35,7 +35,7 @@ from .campaign_dask import (
     local_cluster,
     version_note,
 )
-from .campaign_seeds import default_timeout, result, run_block
+from .campaign_seeds import BLOCKED_S, default_timeout, result, run_block
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -227,6 +227,14 @@ def _run(
                 continue
             done += len(results)
             failed += sum(r["verdict"] != "passed" for r in results)
+            for r in results:
+                if r.get("blocked") and r["verdict"] != "timeout":
+                    print(
+                        f"  seed {r['seed']}: its child slept {BLOCKED_S:g} s holding it (a "
+                        f"lock held at the fork?) and was replaced; its stack: {r['blocked']}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
             for r in results:
                 if kind != "sim" or r["verdict"] != "passed":
                     continue  # stress is not deterministic: nothing to re-check

@@ -13,9 +13,14 @@ patches a module reaches it), and it costs a few milliseconds (os.fork, not
   kills it with SIGPROF): a livelocked seed burns CPU, and a loaded machine stretches
   wall time (a 2.7 CPU-second seed took 19 s of wall time here with ~6 runnable
   processes per core), so a wall bound would turn load into false timeouts.
-- A child that burns nothing yet answers nothing (blocked) is killed after `WALL_FACTOR`
-  times the bound in wall seconds. Either way the seed's verdict is `timeout`; the next
-  seed of the block runs in a new child.
+- A child that sleeps (uses no CPU and waits for none) for `BLOCKED_S` while it holds a
+  seed is blocked: the sim has nothing to wait for, so what holds it is the fork, not the
+  seed (a lock another thread of the worker held at the fork, which no one in the child
+  will release; a CI run met one, under heavy load). Its Python stack is taken
+  (faulthandler, on SIGABRT) and the seed runs once more in a new child; blocked twice, or
+  answering nothing within `WALL_FACTOR` times the bound in wall seconds (where there is
+  no `/proc` to tell sleeping from starved), its verdict is `timeout`. The next seed of
+  the block runs in a new child.
 - The child dies with the worker (PR_SET_PDEATHSIG; the forking thread waits on it for
   its whole life), and never returns into the worker's code (`os._exit`).
 
@@ -27,11 +32,13 @@ SIGKILL (its guardian stops them). A failing run's directory is kept, and named.
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import hashlib
 import json
 import math
 import multiprocessing
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -43,11 +50,19 @@ import warnings
 from collections import Counter
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, Final
+from typing import IO, Any, Final
 
-#: A blocked child (no CPU burnt) is stopped after this many times the CPU bound, in wall
-#: seconds: generous, as a niced seed on this loaded machine got 1 CPU second in 3-10+ wall.
+#: A child that answers nothing is stopped after this many times the CPU bound, in wall
+#: seconds (the bound where `/proc` cannot tell a blocked child, module doc): generous, as
+#: a niced seed on this loaded machine got 1 CPU second in 3-10+ wall.
 WALL_FACTOR: Final = 30.0
+#: Seconds a child holding a seed may sleep (no CPU used, none waited for) before it is
+#: taken for blocked (module doc). A sim seed never sleeps: it is pure Python, no I/O.
+BLOCKED_S: Final = 5.0
+#: Seconds the parent gives a blocked child to write its stack and die (SIGABRT).
+_DUMP_S: Final = 2.0
+#: Lines of a blocked child's stack kept in its result (the innermost frames).
+_STACK_LINES: Final = 6
 #: Seconds a timed-out `xpemu stress` has after SIGTERM before SIGKILL.
 STRESS_GRACE_S: Final = 15.0
 #: The exit status of a child whose own code failed (not the seed's: that is a verdict).
@@ -126,6 +141,7 @@ class SimChild:
         self.cpu_limit = cpu_limit
         self.pid: int | None = None
         self.conn: Connection | None = None
+        self.stacks: IO[bytes] | None = None  # the child's faulthandler file
 
     def _start(self) -> None:
         # The sim's modules are imported here, in the worker, once: a child forked before
@@ -134,6 +150,7 @@ class SimChild:
         import sim  # noqa: F401
 
         ours, theirs = multiprocessing.Pipe()
+        stacks = tempfile.TemporaryFile()
         parent = os.getpid()
         with warnings.catch_warnings():
             # Python 3.12+ warns about fork in a process with threads: the child runs only
@@ -144,41 +161,78 @@ class SimChild:
             code = _CHILD_BROKE
             try:
                 ours.close()
-                _child_main(theirs, self.options, self.cpu_limit, parent)
+                _child_main(theirs, self.options, self.cpu_limit, parent, stacks.fileno())
                 code = 0
             finally:
                 os._exit(code)
         theirs.close()
-        self.pid, self.conn = pid, ours
+        self.pid, self.conn, self.stacks = pid, ours, stacks
 
     def run(self, seed: int, worker: str) -> dict[str, Any]:
-        """Seed `seed`'s result: the child's, or `timeout`/`error` if it gave none."""
+        """Seed `seed`'s result: the child's, or `timeout`/`error` if it gave none. A child
+        that blocked is replaced and the seed run once more (module doc); the result then
+        says so (`blocked`: the first child's stack)."""
+        t0 = time.perf_counter()
+        blocked: list[str] = []
+        while True:
+            out, how = self._once(seed, worker)
+            if how != "blocked":
+                break
+            blocked.append(self._stop_blocked())
+            if len(blocked) == 2:
+                why = f"two children: each slept {BLOCKED_S:g} s holding it (blocked)"
+                out = result(seed, "timeout", worker, f"no verdict within {why}; {blocked[1]}")
+                break
+        if how == "wall":
+            why = f"{time.perf_counter() - t0:.0f} wall seconds ({WALL_FACTOR:g}x the bound)"
+            out = result(seed, "timeout", worker, f"no verdict within {why}; child killed")
+        elif how == "died":
+            code = self._stop(kill=False)
+            if code == -signal.SIGPROF:
+                why = f"its bound of {self.cpu_limit:g} CPU seconds (a livelock?)"
+                out = result(seed, "timeout", worker, f"no verdict within {why}; child killed")
+            else:
+                why = _how(code)
+                out = result(seed, "error", worker, f"the seed's child process died ({why})")
+        if how != "answered":
+            out["duration_s"] = round(time.perf_counter() - t0, 4)
+        if blocked:
+            out["blocked"] = blocked[0]
+        return out
+
+    def _once(self, seed: int, worker: str) -> tuple[dict[str, Any], str]:
+        """Hand `seed` to the child (started if need be): its result and "answered", or an
+        empty result and why there is none: "died", "blocked" or "wall" (the child is
+        then left as it is, for the caller to stop)."""
         if self.pid is None:
             self._start()
-        assert self.conn is not None
-        t0 = time.perf_counter()
-        wall = WALL_FACTOR * self.cpu_limit
+        assert self.conn is not None and self.pid is not None
         try:
             self.conn.send(seed)
-            answered = self.conn.poll(wall)  # True also when the child died (end of file)
-            if answered:
+            how = _wait_answer(self.conn, self.pid, WALL_FACTOR * self.cpu_limit)
+            if how == "answered":
                 out: dict[str, Any] = self.conn.recv()
                 out["worker"] = worker
-                return out
+                return out, how
         except (EOFError, OSError):  # the child died: its status says how
-            answered = True
-        code = self._stop(kill=not answered)
-        waited = round(time.perf_counter() - t0, 4)
-        if not answered:
-            why = f"{waited:.0f} wall seconds ({WALL_FACTOR:g}x the bound: the child was blocked)"
-            out = result(seed, "timeout", worker, f"no verdict within {why}; child killed")
-        elif code == -signal.SIGPROF:
-            why = f"its bound of {self.cpu_limit:g} CPU seconds (a livelock?)"
-            out = result(seed, "timeout", worker, f"no verdict within {why}; child killed")
-        else:
-            out = result(seed, "error", worker, f"the seed's child process died ({_how(code)})")
-        out["duration_s"] = waited
-        return out
+            how = "died"
+        if how == "wall":
+            self._stop(kill=True)
+        return {}, how
+
+    def _stop_blocked(self) -> str:
+        """Stop a blocked child: SIGABRT makes its faulthandler write its Python stack
+        before it dies (SIGKILL after `_DUMP_S`); the innermost frames of that stack."""
+        assert self.pid is not None and self.conn is not None and self.stacks is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGABRT)
+        with contextlib.suppress(OSError):
+            self.conn.poll(_DUMP_S)  # end of file once it is dead
+        self.stacks.seek(0)
+        text = self.stacks.read().decode(errors="replace")
+        self._stop(kill=True)
+        frames = [ln.strip() for ln in text.splitlines() if ln.strip().startswith("File ")]
+        return " <- ".join(frames[:_STACK_LINES]) or "no stack written"
 
     def _stop(self, *, kill: bool) -> int:
         """Reap the child (SIGKILLed first if `kill`): its exit code."""
@@ -186,6 +240,7 @@ class SimChild:
         pid, self.pid = self.pid, None
         self.conn.close()
         self.conn = None
+        self._close_stacks()
         if kill:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -201,7 +256,43 @@ class SimChild:
         pid, self.pid = self.pid, None
         self.conn.close()  # the child reads EOF and exits
         self.conn = None
+        self._close_stacks()
         os.waitpid(pid, 0)
+
+    def _close_stacks(self) -> None:
+        if self.stacks is not None:
+            self.stacks.close()
+            self.stacks = None
+
+
+def _schedstat(pid: int) -> tuple[int, int] | None:
+    """The child's CPU time and run-queue wait (ns, Linux's schedstat), or None."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            on_cpu, waited, _ = f.read().split()
+        return int(on_cpu), int(waited)
+    except (OSError, ValueError):
+        return None
+
+
+def _wait_answer(conn: Connection, pid: int, wall: float) -> str:
+    """Wait for the child's answer: "answered" (also its end of file: it died), "blocked"
+    (asleep `BLOCKED_S` with the seed: no CPU time used, none waited for), or "wall"
+    (nothing within `wall` seconds)."""
+    deadline = time.monotonic() + wall
+    last = _schedstat(pid)
+    still_since = time.monotonic()
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return "wall"
+        if conn.poll(min(left, 1.0)):
+            return "answered"
+        now = _schedstat(pid)
+        if now is None or now != last:
+            last, still_since = now, time.monotonic()
+        elif time.monotonic() - still_since >= BLOCKED_S:
+            return "blocked"
 
 
 def _how(code: int) -> str:
@@ -221,9 +312,15 @@ def _die_with_parent(parent: int) -> None:
         os._exit(0)
 
 
-def _child_main(conn: Connection, options: dict[str, Any], cpu_limit: float, parent: int) -> None:
+def _child_main(
+    conn: Connection, options: dict[str, Any], cpu_limit: float, parent: int, stacks: int
+) -> None:
     _die_with_parent(parent)
     signal.signal(signal.SIGPROF, signal.SIG_DFL)  # the kernel's action: terminate
+    # A stack on SIGABRT (a blocked child, see SimChild) or a crash, then the default
+    # action; no core file.
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    faulthandler.enable(file=stacks, all_threads=False)
     while True:
         try:
             seed = conn.recv()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,6 +29,23 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
         code = int(exc.code or 0)
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def _run_planted(
+    plant: Callable[..., Any],
+    seeds: str,
+    more: list[str],
+    cluster: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> tuple[int, str, str]:
+    """`xpemu campaign` of `seeds` (tiny) on the in-process `cluster` with `sim.run_seed`
+    planted: `plant(real_run_seed, seed, **kw)` runs instead."""
+    import sim
+
+    monkeypatch.setattr(sim, "run_seed", functools.partial(plant, sim.run_seed))
+    argv = ["campaign", "--seeds", seeds, "--scenario", "tiny", "--scheduler", cluster]
+    return _run([*argv, *more], capsys)
 
 
 def _rows(ledger: Path, kind: str = "run") -> list[tuple[int, str, str]]:
@@ -260,13 +279,10 @@ def test_a_recheck_with_another_trace_hash_is_lost_determinism(
     monkeypatch: pytest.MonkeyPatch,
     threads_cluster: str,
 ) -> None:
-    import sim
-
-    real = sim.run_seed
     runs = tmp_path / "seed-2-runs"  # a file: each seed runs in a child forked per block
 
-    def flaky(seed: int, **kw: Any) -> Any:  # planted: seed 2's second run differs
-        result = real(seed, **kw)
+    def flaky(real: Callable[..., Any], seed: int, **kw: Any) -> Any:  # planted: seed 2's
+        result = real(seed, **kw)  # second run differs
         if seed == 2:
             with runs.open("ab") as f:
                 f.write(b".")
@@ -274,14 +290,38 @@ def test_a_recheck_with_another_trace_hash_is_lost_determinism(
                 result.trace_hash = "0" * 32
         return result
 
-    monkeypatch.setattr(sim, "run_seed", flaky)
-    argv = ["campaign", "--seeds", "1-3", "--scenario", "tiny", "--scheduler", threads_cluster]
-    argv += ["--ledger", str(tmp_path / "l.sqlite"), "--recheck", "1", "--json", "j.json"]
     monkeypatch.chdir(tmp_path)
-    code, out, err = _run(argv, capsys)
+    more = ["--ledger", "l.sqlite", "--recheck", "1", "--json", "j.json"]
+    code, out, err = _run_planted(flaky, "1-3", more, threads_cluster, monkeypatch, capsys)
     assert code == 1, out + err
     assert "3 seeds re-run on another worker, LOST on [2]" in out
     assert json.loads((tmp_path / "j.json").read_text())["lost_determinism"] == [2]
+
+
+@pytest.mark.timeout(180)
+def test_a_child_blocked_by_a_lock_held_at_the_fork_is_replaced_and_its_seed_passes(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    threads_cluster: str,
+) -> None:
+    held = threading.Lock()
+    held.acquire()  # held by this thread: in a forked child, by no one, for ever
+    marker = tmp_path / "seed-2-blocked"  # a file: the children are forked per block
+
+    def takes_the_lock(real: Callable[..., Any], seed: int, **kw: Any) -> Any:  # planted:
+        if seed == 2 and not marker.exists():  # the fork hazard, once
+            marker.touch()
+            held.acquire()
+        return real(seed, **kw)
+
+    more = ["--ledger", str(tmp_path / "l.sqlite"), "--recheck", "0"]
+    code, out, err = _run_planted(takes_the_lock, "1-3", more, threads_cluster, monkeypatch, capsys)
+    assert code == 0, out + err
+    assert marker.exists()  # the first child did block
+    assert {verdict for _, verdict, _ in _rows(tmp_path / "l.sqlite")} == {"passed"}
+    assert "seed 2: its child slept 5 s holding it" in err
+    assert "in takes_the_lock" in err  # the blocked child's stack names where it waited
 
 
 @pytest.mark.timeout(180)
@@ -291,19 +331,13 @@ def test_a_seed_whose_sim_raises_is_an_error_row_and_its_block_goes_on(
     monkeypatch: pytest.MonkeyPatch,
     threads_cluster: str,
 ) -> None:
-    import sim
-
-    real = sim.run_seed
-
-    def broken(seed: int, **kw: Any) -> Any:  # planted: the sim itself crashes on seed 5
-        if seed == 5:
+    def broken(real: Callable[..., Any], seed: int, **kw: Any) -> Any:  # planted: the sim
+        if seed == 5:  # itself crashes on seed 5
             raise RuntimeError("planted crash")
         return real(seed, **kw)
 
-    monkeypatch.setattr(sim, "run_seed", broken)
-    argv = ["campaign", "--seeds", "1-6", "--scenario", "tiny", "--scheduler", threads_cluster]
-    argv += ["--ledger", str(tmp_path / "l.sqlite"), "--block", "3", "--recheck", "0"]
-    code, out, err = _run(argv, capsys)
+    more = ["--ledger", str(tmp_path / "l.sqlite"), "--block", "3", "--recheck", "0"]
+    code, out, err = _run_planted(broken, "1-6", more, threads_cluster, monkeypatch, capsys)
     assert code == 1, out + err
     rows = _rows(tmp_path / "l.sqlite")
     assert [(seed, verdict) for seed, verdict, _ in rows] == [
