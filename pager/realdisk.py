@@ -2,7 +2,8 @@
 
 Every blocking call runs in a trio worker thread, one thread round trip per call (a whole
 `preadv` or `pwritev` list is one trip; `pwritev_sync`, a disk phase's write and its sync,
-and its read-back, is one trip too). `pread_cached` reads on the event loop with
+and its read-back, is one trip too). The calls of disk phases and slot reads are handed to
+the thread at once (`in_worker`), not after a pass of the scheduler. `pread_cached` reads on the event loop with
 RWF_NOWAIT, which never blocks on the disk. `pread_media` reads from the device through a
 second, O_DIRECT descriptor of the file (opened on first use), which bypasses the page
 cache. POSIX_FADV_DONTNEED then pread is only the fallback where O_DIRECT is refused
@@ -21,11 +22,14 @@ import fcntl
 import mmap
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final, TypeVar
 
 import trio
+
+if TYPE_CHECKING:
+    from outcome import Outcome
 
 from transport.connection import IOV_MAX
 
@@ -114,6 +118,28 @@ def _pwrite_gathered(fd: int, writes: Sequence[tuple[int, bytes]]) -> None:
             _pwrite_all(fd, b"".join(bufs)[done:], offset + done)
 
 
+_T = TypeVar("_T")
+
+
+async def in_worker(fn: Callable[[], _T]) -> _T:
+    """`fn()` in one of trio's cached worker threads, handed over at once: its result, or
+    its exception. `trio.to_thread.run_sync` first takes its capacity limiter, a checkpoint,
+    so on a busy event loop the job waits for every other runnable task's turn before the
+    disk sees it: 0.8-1.8 ms of page-out's 11-16 ms disk phases (BENCHMARKS.md, fourteenth
+    round). No limiter is needed: the pager bounds its disk calls itself (one disk phase at
+    a time, page-in batches by their semaphore). As with `run_sync`, a cancel does not
+    abandon the call: it takes effect once the thread is done."""
+    task = trio.lowlevel.current_task()
+    token = trio.lowlevel.current_trio_token()
+
+    def deliver(result: Outcome[_T]) -> None:
+        token.run_sync_soon(trio.lowlevel.reschedule, task, result)
+
+    trio.lowlevel.start_thread_soon(fn, deliver)
+    got: _T = await trio.lowlevel.wait_task_rescheduled(lambda _: trio.lowlevel.Abort.FAILED)
+    return got
+
+
 class RealDiskFile:
     """One open file of a `RealDisk` (see `pager.disk.DiskFile`)."""
 
@@ -176,7 +202,7 @@ class RealDiskFile:
                     out.append(exc)
             return out
 
-        got = await trio.to_thread.run_sync(run)
+        got = await in_worker(run)
         out = list(got)
         got.clear()  # the worker thread keeps its last result until its next job
         return out
@@ -186,12 +212,12 @@ class RealDiskFile:
         one system call)."""
         fd = self._fd
 
-        await trio.to_thread.run_sync(_pwrite_gathered, fd, writes)
+        await in_worker(lambda: _pwrite_gathered(fd, writes))
 
     async def pread_media(self, reads: Sequence[tuple[int, int]]) -> list[bytes | OSError]:
         """Each (size, offset) read from the device (`_read_media`), in one worker thread
         trip."""
-        got = await trio.to_thread.run_sync(self._read_media, reads)
+        got = await in_worker(lambda: self._read_media(reads))
         out = list(got)
         got.clear()  # the worker thread keeps its last result until its next job
         return out
@@ -208,14 +234,15 @@ class RealDiskFile:
             os.fdatasync(fd)
             return self._read_media(back) if back else []
 
-        got = await trio.to_thread.run_sync(run)
+        got = await in_worker(run)
         out = list(got)
         got.clear()
         return out
 
     async def sync(self) -> None:
         """fdatasync, in a worker thread."""
-        await trio.to_thread.run_sync(os.fdatasync, self._fd)
+        fd = self._fd
+        await in_worker(lambda: os.fdatasync(fd))
 
     async def truncate(self, size: int) -> None:
         """ftruncate, in a worker thread."""
