@@ -3,15 +3,15 @@
 Every blocking call runs in a trio worker thread, one thread round trip per call (a whole
 `preadv` or `pwritev` list is one trip; `pwritev_sync`, a disk phase's write and its sync,
 and its read-back, is one trip too). The calls of disk phases and slot reads are handed to
-the thread at once (`in_worker`), not after a pass of the scheduler. `pread_cached` reads on the event loop with
-RWF_NOWAIT, which never blocks on the disk. `pread_media` reads from the device through a
-second, O_DIRECT descriptor of the file (opened on first use), which bypasses the page
-cache. POSIX_FADV_DONTNEED then pread is only the fallback where O_DIRECT is refused
-(tmpfs, some FUSE filesystems): it is weaker, because the kernel drops no page that is
-dirty nor, measured on Linux 6.18 ext4, a clean 4 KiB page inside a large folio (any page
-written by a pwrite of 16 KiB or more, as a phase's runs are): the read then comes from
-the page cache, and a lost write would read back as landed. The lock is `flock` on
-``<root>/lock``, polled with trio sleeps for at most `wait` seconds of trio time (flock
+the thread at once (`in_worker`), not after a pass of the scheduler. `pread_cached` reads
+on the event loop with RWF_NOWAIT, which never blocks on the disk. `pread_media` reads from
+the device through a second, O_DIRECT descriptor of the file (opened on first use), which
+bypasses the page cache. POSIX_FADV_DONTNEED then pread is only the fallback where O_DIRECT
+is refused (tmpfs, some FUSE filesystems): it is weaker, because the kernel drops no page
+that is dirty nor, measured on Linux 6.18 ext4, a clean 4 KiB page inside a large folio
+(any page written by a pwrite of 16 KiB or more, as a phase's runs are): the read then
+comes from the page cache, and a lost write would read back as landed. The lock is `flock`
+on ``<root>/lock``, polled with trio sleeps for at most `wait` seconds of trio time (flock
 has no timeout).
 """
 
@@ -127,8 +127,10 @@ async def in_worker(fn: Callable[[], _T]) -> _T:
     so on a busy event loop the job waits for every other runnable task's turn before the
     disk sees it: 0.8-1.8 ms of page-out's 11-16 ms disk phases (BENCHMARKS.md, fourteenth
     round). No limiter is needed: the pager bounds its disk calls itself (one disk phase at
-    a time, page-in batches by their semaphore). As with `run_sync`, a cancel does not
-    abandon the call: it takes effect once the thread is done."""
+    a time, page-in batches by their semaphore). As with `run_sync`, a call already
+    cancelled raises at once, and a cancel does not abandon a call under way: it takes
+    effect at the caller's next checkpoint, once the thread is done."""
+    await trio.lowlevel.checkpoint_if_cancelled()  # no yield unless cancelled
     task = trio.lowlevel.current_task()
     token = trio.lowlevel.current_trio_token()
 

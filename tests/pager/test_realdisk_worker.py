@@ -56,6 +56,14 @@ async def test_a_cancel_waits_for_the_thread_and_then_takes_effect() -> None:
     assert done == ["job", "result", "caller out"]
 
 
+async def test_a_call_already_cancelled_starts_no_job() -> None:
+    ran: list[int] = []
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await in_worker(lambda: ran.append(1))
+    assert scope.cancelled_caught and ran == []
+
+
 async def test_a_free_phase_lock_is_taken_without_a_checkpoint() -> None:
     lock = trio.Lock()
     with trio.testing.assert_no_checkpoints():
