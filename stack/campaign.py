@@ -3,7 +3,7 @@
 Seeds go out in blocks (one Dask task per block, so the per-task overhead stays small
 against a sim run) to a local cluster of worker processes, one per core, or to the
 scheduler `--scheduler tcp://HOST:PORT` names. Each worker runs its block
-(stack/campaign_seeds.py: each sim seed in a forked child under a CPU bound, so a hung
+(stack/campaign_child.py: each sim seed in a forked child under a CPU bound, so a hung
 seed is a `timeout` row, not a hung campaign) and returns one result per seed; the client
 writes each block to the SQLite ledger in one transaction as it arrives, so Ctrl-C leaves
 whole blocks and `--resume` continues. A share of passing sim seeds (`--recheck`) runs
@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .campaign_args import add_arguments, campaign_options
+from .campaign_child import BLOCKED_S
 from .campaign_dask import (
     STRESS_RESOURCE,
     _remote_client,
@@ -35,7 +36,7 @@ from .campaign_dask import (
     local_cluster,
     version_note,
 )
-from .campaign_seeds import BLOCKED_S, default_timeout, result, run_block
+from .campaign_seeds import default_timeout, result, run_block
 
 EXIT_OK = 0
 EXIT_FAILED = 1

@@ -1,7 +1,7 @@
 """The `campaign` section: sim seeds per minute of `xpemu campaign` on 1 and 2 local workers.
 
 Issue 17's figure: the 2-worker rate over the 1-worker rate (goal: at least 1.7x on a
-2-core machine). The same `small` seeds run as campaign blocks (stack/campaign_seeds.py:
+2-core machine). The same `small` seeds run as campaign blocks (stack/campaign_child.py:
 each block's seeds in a child forked from a Dask worker process) on a local cluster of 1,
 then 2, workers, alternated `repeats` times; the cluster's start is not timed. The floor,
 measured in the same run, is the same seeds run one after another in this process with

@@ -358,16 +358,16 @@ def test_a_block_that_raises_records_its_seeds_as_errors(
     monkeypatch: pytest.MonkeyPatch,
     threads_cluster: str,
 ) -> None:
-    from stack import campaign_seeds
+    from stack import campaign_child
 
-    real = campaign_seeds.SimChild.run
+    real = campaign_child.SimChild.run
 
     def broken(self: Any, seed: int, worker: str) -> Any:  # planted: the task itself breaks
         if seed == 5:
             raise RuntimeError("planted crash")
         return real(self, seed, worker)
 
-    monkeypatch.setattr(campaign_seeds.SimChild, "run", broken)
+    monkeypatch.setattr(campaign_child.SimChild, "run", broken)
     argv = ["campaign", "--seeds", "1-6", "--scenario", "tiny", "--scheduler", threads_cluster]
     argv += ["--ledger", str(tmp_path / "l.sqlite"), "--block", "3", "--recheck", "0"]
     code, out, err = _run(argv, capsys)
@@ -380,8 +380,8 @@ def test_a_block_that_raises_records_its_seeds_as_errors(
 def test_a_ledger_from_before_cpu_seconds_gains_the_column_and_keeps_its_rows(
     tmp_path: Path,
 ) -> None:
+    from stack.campaign_child import result
     from stack.campaign_ledger import Ledger
-    from stack.campaign_seeds import result
 
     path = tmp_path / "old.sqlite"
     with sqlite3.connect(path) as db:  # the schema of the first round (no cpu_s)

@@ -3,7 +3,7 @@
 A monkeypatch in the test's own process reaches only an in-process (threads) cluster. On
 worker processes, a `WorkerPlugin` registered by the test applies the plant in each
 worker when it starts; each block's seeds run in a child forked from the worker
-(stack/campaign_seeds.py), which inherits the plant.
+(stack/campaign_child.py), which inherits the plant.
 """
 
 from __future__ import annotations
