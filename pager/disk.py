@@ -18,8 +18,11 @@ returned for: the OS keeps it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Final, Protocol
+
+import trio
 
 #: The unit a power loss tears writes at: a write survives as whole sectors of this size.
 SECTOR: Final = 512
@@ -156,6 +159,22 @@ async def write_and_sync(
     await f.pwritev(join_runs(writes))
     await f.sync()
     return await f.pread_media(back) if back else []
+
+
+@asynccontextmanager
+async def held(lock: trio.Lock) -> AsyncIterator[None]:
+    """`async with lock`, with no checkpoint when the lock is free: `trio.Lock.acquire`
+    always yields to every other runnable task first, a scheduler pass between one disk
+    phase and the next (BENCHMARKS.md, fourteenth round). The store's phase yields
+    anyway, at its disk calls."""
+    if lock.locked():
+        await lock.acquire()
+    else:
+        lock.acquire_nowait()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 class FileProxy:

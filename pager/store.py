@@ -56,14 +56,13 @@ and the pager check a record's generation against it at recovery, a protocol cha
 from __future__ import annotations
 
 import errno as _errno
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterable, Sequence
 from typing import Final
 
 import structlog
 import trio
 
-from .disk import Disk, DiskFile, DiskLock, join_runs, write_and_sync
+from .disk import Disk, DiskFile, DiskLock, held, join_runs, write_and_sync
 from .migrate import migrate_if_needed
 from .rowindex import Row, RowIndex
 from .store_errors import ChecksumError, StoreError, StoreLocked, oserror
@@ -294,7 +293,7 @@ class PageStore:
         writing would lose that row's page)."""
         if twice := self.slots.unnameable([r.slot for r in rows]):
             raise StoreError(f"slots {twice[:8]} are named already, or no slots", _errno.EIO)
-        async with _held(self._phase):
+        async with held(self._phase):
             if self._file is None or self.closed:
                 raise StoreError("the store is closed", _errno.EIO)
             deletes = self.to_delete(dict.fromkeys(deletes))  # a key named twice: once
@@ -397,22 +396,6 @@ class PageStore:
                         out.append(_verified(r, bytes(view[k * SLOT_SIZE : (k + 1) * SLOT_SIZE])))
             i += count
         return out
-
-
-@asynccontextmanager
-async def _held(lock: trio.Lock) -> AsyncIterator[None]:
-    """`async with lock`, with no checkpoint when the lock is free: `trio.Lock.acquire`
-    always yields to every other runnable task first, a scheduler pass between one disk
-    phase and the next (BENCHMARKS.md, fourteenth round). The phase yields anyway, at its
-    disk calls."""
-    if lock.locked():
-        await lock.acquire()
-    else:
-        lock.acquire_nowait()
-    try:
-        yield
-    finally:
-        lock.release()
 
 
 def _offset(write: tuple[int, bytes]) -> int:

@@ -1,5 +1,5 @@
 """The disk phase's hand-offs without a scheduler pass: `realdisk.in_worker` (a job to a
-worker thread at once) and the store's phase lock taken at once when free (`_held`)."""
+worker thread at once) and the store's phase lock taken at once when free (`pager.disk.held`)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import trio
 import trio.testing
 
+from pager.disk import held
 from pager.realdisk import in_worker
-from pager.store import _held
 
 
 async def test_in_worker_returns_the_result_from_another_thread() -> None:
@@ -67,7 +67,7 @@ async def test_a_call_already_cancelled_starts_no_job() -> None:
 async def test_a_free_phase_lock_is_taken_without_a_checkpoint() -> None:
     lock = trio.Lock()
     with trio.testing.assert_no_checkpoints():
-        async with _held(lock):
+        async with held(lock):
             assert lock.locked()
     assert not lock.locked()
 
@@ -77,12 +77,12 @@ async def test_a_held_phase_lock_is_waited_for() -> None:
     order: list[str] = []
 
     async def second() -> None:
-        async with _held(lock):
+        async with held(lock):
             order.append("second")
 
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            async with _held(lock):
+            async with held(lock):
                 nursery.start_soon(second)
                 await trio.testing.wait_all_tasks_blocked()
                 order.append("first")  # the second is still waiting
