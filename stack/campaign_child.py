@@ -143,6 +143,7 @@ class SimChild:
                 out = result(seed, "timeout", worker, f"no verdict within {why}; {blocked[1]}")
                 break
         if how == "wall":
+            self._stop(kill=True)
             why = f"{time.perf_counter() - t0:.0f} wall seconds ({WALL_FACTOR:g}x the bound)"
             out = result(seed, "timeout", worker, f"no verdict within {why}; child killed")
         elif how == "died":
@@ -175,8 +176,6 @@ class SimChild:
                 return out, how
         except (EOFError, OSError):  # the child died: its status says how
             how = "died"
-        if how == "wall":
-            self._stop(kill=True)
         return {}, how
 
     def _stop_blocked(self) -> str:
