@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import structlog
+import trio
 
 from .disk import Disk, DiskFile
 from .rowindex import RowIndex
@@ -30,6 +31,13 @@ FORMAT: Final = 2
 
 #: Header pages read per `preadv` at open (a few worker thread trips, few objects at once).
 HEADER_READS: Final = 128
+
+#: Reads of a header page that fails with an error before the open gives it up: an extent
+#: given up is rewritten empty and its gfns are reported lost (`HeaderPages.clear`), so a
+#: passing EIO must not be taken for a dead sector. The pauses between them (trio time)
+#: double from `HEADER_RETRY_S`: 0.05 + 0.1 + 0.2 s, as a page-in's slot reads back off.
+HEADER_READ_ATTEMPTS: Final = 4
+HEADER_RETRY_S: Final = 0.05
 
 _ZERO: Final = re.compile(b"\x00")
 
@@ -57,6 +65,7 @@ async def load_pages(pages: DiskFile) -> Loaded:
     for start in range(0, n_ext, HEADER_READS):
         top = min(n_ext, start + HEADER_READS)
         headers += await pages.preadv([(SLOT_SIZE, header_offset(e)) for e in range(start, top)])
+    await _read_again(pages, headers)
     out = Loaded(high=slots_in(size))
     out.unreadable = [e for e, p in enumerate(headers) if isinstance(p, OSError)]
     if out.unreadable:  # their slots' gfns are reported lost by the reconcile
@@ -89,6 +98,31 @@ async def load_pages(pages: DiskFile) -> Loaded:
     free.reverse()
     out.free = array("I", free)
     return out
+
+
+async def _read_again(pages: DiskFile, headers: list[bytes | OSError]) -> None:
+    """Read the header pages whose read failed (`headers`, by extent) again, up to
+    `HEADER_READ_ATTEMPTS` reads in all, backing off between rounds; those that still
+    fail stay errors."""
+    delay = HEADER_RETRY_S
+    for _ in range(HEADER_READ_ATTEMPTS - 1):
+        failed = [e for e, p in enumerate(headers) if isinstance(p, OSError)]
+        if not failed:
+            return
+        log.warning(
+            "store.header_read_failed",
+            extents=len(failed),
+            first=failed[:8],
+            error=str(headers[failed[0]]),
+            retry_in=delay,
+        )
+        await trio.sleep(delay)
+        delay *= 2
+        for start in range(0, len(failed), HEADER_READS):
+            batch = failed[start : start + HEADER_READS]
+            got = await pages.preadv([(SLOT_SIZE, header_offset(e)) for e in batch])
+            for e, p in zip(batch, got, strict=True):
+                headers[e] = p
 
 
 def _newest(cols: Columns, high: int) -> tuple[list[int], list[int], list[int], list[int]]:
