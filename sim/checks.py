@@ -25,8 +25,10 @@ if TYPE_CHECKING:
 #: page's previous records on the media, and a record of an older generation whose slot
 #: still holds its bytes would be served after a restart (wrong bytes) were the store not
 #: to read each phase's header pages back from the media after its sync (pager/store.py).
-#: Wrong reads stay a failure, with or without media faults.
-MEDIA_FAULTS: Final = ("latent", "misdirect", "eio_read")
+#: Wrong reads stay a failure, with or without media faults. Not `eio_read`: a read that
+#: fails for a while destroys nothing, and the pager reads again (a slot at a page-in, a
+#: header page at the store's open), so a page lost to it alone is a failure.
+MEDIA_FAULTS: Final = ("latent", "misdirect")
 
 
 def guest_problems(r: dict[str, Any], *, losses_allowed: bool) -> list[str]:

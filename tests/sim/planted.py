@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 import pager.store
+import pager.store_open
 from pager import StoreError
 from pager.drops import Drops, rsp
 from pager.hvcalls import HvCalls
@@ -140,6 +141,12 @@ def plant_skip_pageout_sync(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(PageStore, "persist", planted)
 
 
+def plant_header_read_once(mp: pytest.MonkeyPatch) -> None:
+    """The store's open gives up a header page at its first failed read: a passing EIO
+    loses every gfn of the extent (the open rewrites the page empty)."""
+    mp.setattr(pager.store_open, "HEADER_READ_ATTEMPTS", 1)  # BUG: no second read
+
+
 PLANTED: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
     "evict_before_durable": plant_evict_before_durable,
     "free_before_prep": plant_free_before_prep,
@@ -147,4 +154,5 @@ PLANTED: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
     "resume_without_prep": plant_resume_without_prep,
     "skip_checksum": plant_skip_checksum,
     "skip_pageout_sync": plant_skip_pageout_sync,
+    "header_read_once": plant_header_read_once,
 }
