@@ -27,7 +27,8 @@ the slot, so a record or a page written to the wrong place does not). A power lo
 writes at sector boundaries, so a torn header page leaves each sector old or new, each
 verifiable. A data slot is served only if its data crc verifies: a torn or lost data
 write is EIO, never wrong bytes. Recovery reads only the header pages (1 page in 121).
-A header page that cannot be read at all at an open is rewritten from the index before
+A header page that cannot be read at all at an open (its read failed
+`HEADER_READ_ATTEMPTS` times, pager/store_open.py) is rewritten from the index before
 anything else is written (`HeaderPages.clear`): its forgotten records must not come
 back at a later open as the only record of a gfn paged out again meanwhile.
 """

@@ -109,9 +109,9 @@ class HeaderPages:
     async def clear(
         self, file: DiskFile, extents: list[int], rows: RowIndex, used: bytearray, tag: int
     ) -> None:
-        """Rewrite the header pages of `extents`, unreadable at the store's open, from the
-        index (which names none of their slots), durably: the open calls this before
-        anything else is written.
+        """Rewrite the header pages of `extents`, unreadable at the store's open (every
+        read of them failed, `load_pages`), from the index (which names none of their
+        slots), durably: the open calls this before anything else is written.
 
         Their records are forgotten (the reconcile reports their gfns lost), but they are
         still on the media: were one readable at a later open while a newer record of its
