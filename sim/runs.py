@@ -2,8 +2,9 @@
 
 Each seed is independent, so `--jobs J` hands seeds to J processes (`multiprocessing`,
 fork where available); results come back in completion order and are reported in seed
-order. The summary: seeds per second, faults fired by kind, crash-point coverage, and
-every failing seed.
+order. The summary: seeds per second, faults fired by kind, crash-point coverage, the gfns
+lost (to media faults in passing seeds, which may lose copies honestly), and every failing
+seed.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class Summary:
     lives: int = 0
     ops: int = 0
     page_outs: int = 0
+    lost: list[tuple[int, int]] = field(default_factory=list)  # (seed, gfns lost) if any
     wall_s: float = 0.0
 
     def add(self, r: SimResult) -> None:
@@ -48,6 +50,8 @@ class Summary:
         self.lives += r.lives
         self.ops += r.guest.get("ops", 0)
         self.page_outs += r.hv_counters.get("page.evicted", 0)
+        if r.lost:
+            self.lost.append((r.seed, r.lost))
 
     @property
     def uncovered(self) -> list[str]:
@@ -72,6 +76,9 @@ class Summary:
             "pager_lives": self.lives,
             "guest_ops": self.ops,
             "page_outs": self.page_outs,
+            "lost_gfns": sum(n for _, n in self.lost),
+            "seeds_with_losses": len(self.lost),
+            "most_lost": max(self.lost, key=lambda sn: (sn[1], -sn[0]), default=None),
             "wall_s": round(self.wall_s, 3),
             "seeds_per_s": round(self.seeds / self.wall_s, 3) if self.wall_s else 0.0,
         }

@@ -80,6 +80,12 @@ class SimResult:
     trace_events: int = 0
     trace: Trace | None = None
 
+    @property
+    def lost(self) -> int:
+        """Gfns the guest found lost (EIO): a failure unless media faults destroyed their
+        copies (`sim.checks.MEDIA_FAULTS`), then an honest loss, still counted."""
+        return len(set(self.guest.get("lost_gfns", ())))
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-able summary."""
         return {
@@ -97,6 +103,7 @@ class SimResult:
             "guest_ops": self.guest.get("ops", 0),
             "page_outs": self.hv_counters.get("page.evicted", 0),
             "page_ins": self.hv_counters.get("page.prepped", 0),
+            "lost_gfns": self.lost,
             "trace_hash": self.trace_hash,
             "trace_events": self.trace_events,
             "plan": self.plan.to_dict(),

@@ -199,6 +199,8 @@ def _print_result(r: Any) -> None:
         f"  guest ops {d['guest_ops']}, page-outs {d['page_outs']}, page-ins {d['page_ins']}, "
         f"simulated {r.sim_time:.3f} s in {r.wall_s:.2f} s"
     )
+    if r.lost:
+        _say(f"  gfns lost (EIO to the guest): {r.lost}")
     _say(f"  trace: {r.trace_events} events, hash {r.trace_hash}")
     for failure in r.failures:
         _say(f"  FAIL {failure}")
@@ -239,6 +241,12 @@ def _many(args: argparse.Namespace) -> int:
     )
     if d["uncovered_crash_points"]:
         _say(f"  never reached: {', '.join(d['uncovered_crash_points'])}")
+    if d["lost_gfns"]:
+        seed, most = d["most_lost"]
+        _say(
+            f"gfns lost (EIO to the guest): {d['lost_gfns']} in {d['seeds_with_losses']} "
+            f"seeds, at most {most} (seed {seed}); a passing seed loses only to media faults"
+        )
     if args.check_determinism:
         bad = d["determinism_mismatches"]
         _say(f"determinism: {'every trace hash matched' if not bad else f'MISMATCH on {bad}'}")

@@ -124,6 +124,25 @@ def test_a_seed_range_reports_coverage(capsys: pytest.CaptureFixture[str]) -> No
     assert "6 seeds in" in out and "crash points reached" in out and "faults fired" in out
 
 
+def test_gfns_lost_to_media_faults_are_reported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Tiny seed 89 passes, its latent sectors having destroyed one gfn's copy (EIO to the
+    # guest, never wrong bytes): an honest loss, still shown, for the seed and the range.
+    code, out, _ = _run(["sim", "--seed", "89", "--scenario", "tiny"], capsys)
+    assert code == 0 and "gfns lost (EIO to the guest): 1\n" in out, out
+    doc = tmp_path / "range.json"
+    code, out, _ = _run(
+        ["sim", "--seeds", "88-90", "--scenario", "tiny", "--json", str(doc)], capsys
+    )
+    assert code == 0 and "gfns lost (EIO to the guest): 1 in 1 seeds, at most 1 (seed 89)" in out
+    summary = json.loads(doc.read_text())["summary"]
+    assert (summary["lost_gfns"], summary["seeds_with_losses"]) == (1, 1)
+    assert summary["most_lost"] == [89, 1]
+    code, out, _ = _run(["sim", "--seeds", "0-2", "--scenario", "tiny"], capsys)
+    assert code == 0 and "gfns lost" not in out
+
+
 def test_a_failing_seed_is_shrunk_and_the_shrunk_plan_replays(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
