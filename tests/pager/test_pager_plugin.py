@@ -109,9 +109,10 @@ async def test_a_plugin_policy_pages_in_a_real_pager_and_the_trace_replays_to_it
 
 def proactive_before_stop(log: str) -> int:
     """Gfns the pager paged in with no fault before its SIGTERM (whose drain pages in the
-    rest). The balancer may page out one gfn too many in a race (an audit that counts a
-    page-in twice), and then page in the lowest paged gfn from its hand: here the gfn the
-    guest reads next, which then does not fault (one CI run saw 192 faults for 193)."""
+    rest). Were tot_pages ever below the target during the verify (a page-out racing the
+    faults; not reproduced), the balancer would page in the lowest paged gfn from its hand:
+    in this in-order verify, the gfn the guest reads next, which then does not fault. One
+    CI run saw 192 faults for 193, once in about a hundred runs."""
     head = log.split('"pager.signal"')[0]
     return sum(
         json.loads(line)["paged_in"]
