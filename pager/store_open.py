@@ -35,7 +35,8 @@ HEADER_READS: Final = 128
 #: Reads of a header page that fails with an error before the open gives it up: an extent
 #: given up is rewritten empty and its gfns are reported lost (`HeaderPages.clear`), so a
 #: passing EIO must not be taken for a dead sector. The pauses between them (trio time)
-#: double from `HEADER_RETRY_S`: 0.05 + 0.1 + 0.2 s, as a page-in's slot reads back off.
+#: double from `HEADER_RETRY_S`: 0.05, 0.1 and 0.2 s (a page-in's slot read backs off
+#: too: 0.1, 0.2, 0.4 s, `PagerConfig.read_attempts`).
 HEADER_READ_ATTEMPTS: Final = 4
 HEADER_RETRY_S: Final = 0.05
 

@@ -137,7 +137,7 @@ async def test_a_header_page_whose_reads_fail_for_a_while_is_read_again_and_kept
 ) -> None:
     # The open gives up an extent only after HEADER_READ_ATTEMPTS reads, and giving it up
     # loses every gfn of it: a passing EIO (sim seed 32 of the default scenario lost 627
-    # of 1,024 gfns to one) is read again after a pause.
+    # of 1,024 gfns to three short eio_read windows) is read again after a pause.
     data = b"d" * PAGE_SIZE
     with trio.fail_after(10):
         disk = Flaky(MemDisk())
