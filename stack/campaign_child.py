@@ -67,6 +67,7 @@ def result(seed: int, verdict: str, worker: str, failure: str | None = None) -> 
         "trace_hash": "",
         "worker": worker,
         "failures": [failure] if failure else [],
+        "lost_gfns": 0,
     }
 
 
@@ -89,6 +90,7 @@ def sim_seed(seed: int, options: dict[str, Any]) -> dict[str, Any]:
         "trace_hash": r.trace_hash,
         "worker": "",
         "failures": list(r.failures),
+        "lost_gfns": r.lost,
     }
 
 

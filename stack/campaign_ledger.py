@@ -3,9 +3,9 @@
 A row: seed, kind (`run`, or `recheck` for a determinism re-run on another worker),
 xpemu version and git commit, the options (JSON), verdict, duration (wall) and CPU
 seconds, faults fired by kind (JSON), crash points (JSON), trace hash, worker, first
-failure. A block of results goes in one transaction, so an interrupted campaign leaves
-whole blocks only; `--resume` asks `done_seeds` which seeds already have a `run` row under
-the same options.
+failure, gfns the guest found lost. A block of results goes in one transaction, so an
+interrupted campaign leaves whole blocks only; `--resume` asks `done_seeds` which seeds
+already have a `run` row under the same options.
 """
 
 from __future__ import annotations
@@ -33,13 +33,16 @@ CREATE TABLE IF NOT EXISTS runs (
     failure TEXT,
     recorded_at REAL NOT NULL,
     cpu_s REAL,
+    lost_gfns INTEGER,
     UNIQUE (seed, kind, options)
 )
 """
 _COLUMNS = (
     "seed, kind, options, version, git_commit, verdict, duration_s, faults, crash_points, "
-    "trace_hash, worker, failure, recorded_at, cpu_s"
+    "trace_hash, worker, failure, recorded_at, cpu_s, lost_gfns"
 )
+#: Columns added since the first ledgers, with their types: an older ledger gains them.
+_ADDED = (("cpu_s", "REAL"), ("lost_gfns", "INTEGER"))
 
 
 class LedgerError(Exception):
@@ -58,8 +61,9 @@ class Ledger:
             self._db = sqlite3.connect(path, isolation_level=None)
             self._db.execute(_SCHEMA)
             names = {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}
-            if "cpu_s" not in names:  # a ledger from before CPU seconds were recorded
-                self._db.execute("ALTER TABLE runs ADD COLUMN cpu_s REAL")
+            for name, kind in _ADDED:  # a ledger from before they were recorded
+                if name not in names:
+                    self._db.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
         except sqlite3.Error as exc:
             raise LedgerError(f"cannot open the ledger {path}: {exc}") from None
 
@@ -93,13 +97,14 @@ class Ledger:
                 r["failures"][0] if r["failures"] else None,
                 now,
                 r.get("cpu_s"),
+                r.get("lost_gfns"),
             )
             for r in results
         ]
         with self._db:
             self._db.execute("BEGIN")
             self._db.executemany(
-                f"INSERT OR REPLACE INTO runs ({_COLUMNS}) VALUES ({','.join('?' * 14)})", rows
+                f"INSERT OR REPLACE INTO runs ({_COLUMNS}) VALUES ({','.join('?' * 15)})", rows
             )
 
     def rows(self, kind: str | None = None) -> list[dict[str, Any]]:

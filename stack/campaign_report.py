@@ -1,7 +1,7 @@
 """The end of `xpemu campaign`: one table (and `--json`) over the ledger's rows for a range.
 
-Verdicts, faults fired by kind, crash-point coverage, determinism (sim only), the slowest
-seeds, and each failing seed's replay and shrink commands. Returns the exit status.
+Verdicts, faults fired by kind, crash-point coverage, determinism (sim only), gfns lost,
+the slowest seeds, and each failing seed's replay and shrink commands. Returns the exit status.
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ def report(args: argparse.Namespace, ledger: Any, options: dict[str, Any]) -> in
         if s in by_seed and by_seed[s]["trace_hash"] != again["trace_hash"]
     )
     failing = [r for r in runs if r["verdict"] != "passed"]
+    losing = [(r["seed"], r["lost_gfns"]) for r in runs if r.get("lost_gfns")]
     from pager.faults import CRASH_POINTS
 
     _say(f"{len(runs)} seeds in the ledger {ledger.path}")
@@ -82,6 +83,12 @@ def report(args: argparse.Namespace, ledger: Any, options: dict[str, Any]) -> in
             f"determinism: {len(rechecks)} seeds re-run on another worker, "
             + (f"LOST on {lost}" if lost else "every trace hash matched")
         )
+    if losing:
+        seed, most = max(losing, key=lambda sn: (sn[1], -sn[0]))
+        _say(
+            f"gfns lost (EIO to the guest): {sum(n for _, n in losing)} in {len(losing)} "
+            f"seeds, at most {most} (seed {seed}); a passing seed loses only to media faults"
+        )
     slowest = sorted(runs, key=lambda r: -r["duration_s"])[:5]
     _say("slowest: " + ", ".join(f"seed {r['seed']} {r['duration_s']:.2f} s" for r in slowest))
     for r in failing:
@@ -99,6 +106,8 @@ def report(args: argparse.Namespace, ledger: Any, options: dict[str, Any]) -> in
             "determinism_checked": not stress,
             "lost_determinism": lost,
             "rechecked": sorted(rechecks),
+            "lost_gfns": sum(n for _, n in losing),
+            "seeds_with_losses": len(losing),
             "slowest": [{"seed": r["seed"], "duration_s": r["duration_s"]} for r in slowest],
             "failing": [
                 {

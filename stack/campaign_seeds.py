@@ -107,6 +107,7 @@ def stress_seed(seed: int, options: dict[str, Any], timeout: float, worker: str)
     if report is not None:
         out["faults"] = dict(sorted(report.get("faults_injected", {}).items()))
         out["crash_points"] = _stress_crash_points(report)
+        out["lost_gfns"] = int(report.get("lost_gfns") or 0)
         # Stress is not deterministic: what stands in for a trace hash is the hash of the
         # seed's fault schedule (the same seed and options give the same one).
         schedule = json.dumps(report.get("schedule", []), sort_keys=True).encode()

@@ -107,6 +107,23 @@ def test_local_campaign_fills_the_ledger_and_resume_runs_nothing(
 
 
 @pytest.mark.timeout(180)
+def test_gfns_lost_to_media_faults_are_in_the_ledger_and_the_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], threads_cluster: str
+) -> None:
+    # Tiny seed 89 passes with one gfn lost to latent sectors (tests/sim/test_sim_cli.py).
+    argv = ["campaign", "--seeds", "88-90", "--scenario", "tiny", "--scheduler", threads_cluster]
+    argv += ["--run-dir", str(tmp_path), "--json", str(tmp_path / "c.json")]
+    code, out, err = _run(argv, capsys)
+    assert code == 0, out + err
+    assert "gfns lost (EIO to the guest): 1 in 1 seeds, at most 1 (seed 89)" in out
+    doc = json.loads((tmp_path / "c.json").read_text())
+    assert (doc["lost_gfns"], doc["seeds_with_losses"]) == (1, 1)
+    with sqlite3.connect(tmp_path / "campaign.sqlite") as db:
+        rows = db.execute("SELECT seed, lost_gfns FROM runs WHERE kind = 'run' ORDER BY seed")
+        assert rows.fetchall() == [(88, 0), (89, 1), (90, 0)]
+
+
+@pytest.mark.timeout(180)
 def test_resume_runs_only_the_missing_seeds(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], threads_cluster: str
 ) -> None:
@@ -377,7 +394,7 @@ def test_a_block_that_raises_records_its_seeds_as_errors(
     assert "seed 5 ERROR: the task raised RuntimeError: planted crash" in out
 
 
-def test_a_ledger_from_before_cpu_seconds_gains_the_column_and_keeps_its_rows(
+def test_a_ledger_from_before_cpu_seconds_gains_the_columns_and_keeps_its_rows(
     tmp_path: Path,
 ) -> None:
     from stack.campaign_child import result
@@ -397,9 +414,12 @@ def test_a_ledger_from_before_cpu_seconds_gains_the_column_and_keeps_its_rows(
         )
     ledger = Ledger(path, version="v", commit=None, options="{}")
     try:
-        row = result(2, "passed", "w") | {"cpu_s": 0.25}
+        row = result(2, "passed", "w") | {"cpu_s": 0.25, "lost_gfns": 3}
         ledger.record([row])
         assert ledger.done_seeds() == {1, 2}
-        assert [(r["seed"], r["cpu_s"]) for r in ledger.rows("run")] == [(1, None), (2, 0.25)]
+        assert [(r["seed"], r["cpu_s"], r["lost_gfns"]) for r in ledger.rows("run")] == [
+            (1, None, None),
+            (2, 0.25, 3),
+        ]
     finally:
         ledger.close()
