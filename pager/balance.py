@@ -85,6 +85,8 @@ class Balancer:
         # A full pages file with no free slot takes no batch: an adoption tried then would
         # do nothing, and a step that does nothing must not count as one (a busy loop).
         no_room = self.commit.full() and self.commit.store.free_slots == 0
+        if no_room:
+            self.commit.urge_frees()  # rows waiting to be freed hold slots a batch needs
         adopt = [g for g, t in self.state.adopt.items() if t <= now][: self.config.batch]
         if adopt and not no_room:
             await self.pageout.pageout(adopt, nominate=False)

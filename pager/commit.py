@@ -35,14 +35,19 @@ log = structlog.get_logger("pager")
 #: Seconds after an ENOSPC before the pages file may try to grow again.
 FULL_RETRY: Final = 10.0
 
-#: Seconds the freer holds rows to delete before committing their deletion itself: a
-#: page-out's disk phase that starts meanwhile writes their free records with its own, which
-#: saves the freer's write and its sync. 50 ms (a commit for many page-ins) cut the syncs
-#: per page-in by 1.5-4x under load, but on a quiet machine it changed no page-in rate,
-#: and each late commit landed inside a later populate: p99 4.4-5.0x the echo against
-#: 3.55-3.75x at 2 ms (BENCHMARKS.md, "Eighth round"). A delay here only delays a slot's
-#: reuse (and a crash meanwhile leaves stale rows, freed at reconcile).
-FREE_WAIT: Final = 0.002
+#: Seconds the freer holds rows to delete before committing their deletion itself: every
+#: page-out's disk phase that starts meanwhile writes their free records with its own
+#: (at the target with a reserve, one every half reserve of faults), which saves the
+#: freer's write, sync and `O_DIRECT` read-back. At 2 ms the freer ran a phase of its own
+#: every few page-ins under a stream of faults (strace: 0.16 fdatasync a page-in with 1
+#: vCPU, its thread waking 3.5-4.3 times a page-in); at 1 s, page-ins/s with 4 vCPUs rose
+#: 30-45% and with 16 vCPUs 20-77% in alternated benches, populate's p99 unchanged (at
+#: 50 ms a phase landed inside 1 in 16 of the bench's spaced samples: p99 4.4-5.0x the
+#: echo; at 1 s, 1 in 300). BENCHMARKS.md, "Fifteenth round". A delay here only delays a
+#: slot's reuse (a full pages file commits at once: `urge_frees`) and a crash meanwhile
+#: leaves stale rows, freed at reconcile; deleting a row needs no sync to be safe
+#: (tests/pager/test_pager_store_power.py).
+FREE_WAIT: Final = 1.0
 
 
 async def open_store(disk: Disk, *, faults: Faults = NO_FAULTS, lock_timeout: float) -> PageStore:
@@ -112,6 +117,7 @@ class Committer:
         self.free_later: list[tuple[int, int]] = []  # rows for the next phase to delete
         self.pending_free: set[tuple[int, int]] = set()  # (gfn, gen) queued to the freer
         self._free_send, self._free_recv = trio.open_memory_channel[tuple[int, int]](math.inf)
+        self._urge = trio.Event()  # set: the freer commits what it holds at once
         self._last_store_error: StoreError | None = None
         self._full_since: float | None = None
 
@@ -157,13 +163,16 @@ class Committer:
 
     async def freer(self) -> None:
         """Delete rows of paged-in copies in groups: one commit for many keys. The keys
-        wait FREE_WAIT in `free_later`, where every disk phase that starts takes them into
-        its own commit (`_committer`); the freer commits only what is left."""
+        wait FREE_WAIT (or until `urge_frees`) in `free_later`, where every disk phase
+        that starts takes them into its own commit (`_committer`); the freer commits only
+        what is left."""
         async for key in self._free_recv:
             self.free_later.append(key)
             self._take_free_keys()
             self.state.notify()
-            await trio.sleep(FREE_WAIT)
+            with trio.move_on_after(FREE_WAIT):
+                await self._urge.wait()
+            self._urge = trio.Event()
             self._take_free_keys()
             if self.group_running or not self.free_later:
                 continue  # taken by a disk phase, or the running one's loop takes them
@@ -173,6 +182,12 @@ class Committer:
             finally:
                 self.pending_free.difference_update(keys)
             self.state.notify()
+
+    def urge_frees(self) -> None:
+        """Have the freer commit the rows it holds now: a full pages file needs their
+        slots (`FREE_WAIT`)."""
+        if self.pending_free:
+            self._urge.set()
 
     def _take_free_keys(self) -> None:
         while True:
