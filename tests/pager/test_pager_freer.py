@@ -3,6 +3,9 @@ them with its own; a full pages file has them freed at once (`urge_frees`)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 import trio
 import trio.testing
 from memdisk import MemDisk
@@ -29,17 +32,26 @@ async def _store_with_rows(n: int) -> tuple[PageStore, list[Row]]:
     return store, rows
 
 
+@asynccontextmanager
+async def _freer() -> AsyncIterator[tuple[PageStore, list[Row], PagerState, Committer]]:
+    """A store with two rows and a Committer whose freer runs, stopped on exit."""
+    store, rows = await _store_with_rows(2)
+    stats = PagerStats()
+    state = PagerState(stats)
+    commit = Committer(store, state, stats, NO_FAULTS)
+    async with trio.open_nursery() as nursery:
+        state.attach(nursery)
+        nursery.start_soon(commit.freer)
+        yield store, rows, state, commit
+        nursery.cancel_scope.cancel()
+    await store.close()
+
+
 async def test_freed_rows_wait_for_a_disk_phase_and_go_after_free_wait(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     with trio.fail_after(10 * FREE_WAIT):
-        store, rows = await _store_with_rows(2)
-        stats = PagerStats()
-        state = PagerState(stats)
-        commit = Committer(store, state, stats, NO_FAULTS)
-        async with trio.open_nursery() as nursery:
-            state.attach(nursery)
-            nursery.start_soon(commit.freer)
+        async with _freer() as (store, rows, state, commit):
             t0 = trio.current_time()
             commit.queue_free([(rows[0].gfn, rows[0].gen)])
             await trio.sleep(FREE_WAIT / 2)
@@ -48,21 +60,13 @@ async def test_freed_rows_wait_for_a_disk_phase_and_go_after_free_wait(
                 await state.wait_progress()  # the freer notifies after its commit
             assert trio.current_time() - t0 >= FREE_WAIT
             assert rows[1].gfn in store.rows and not commit.pending_free
-            nursery.cancel_scope.cancel()
-        await store.close()
 
 
 async def test_a_full_pages_file_has_the_freer_commit_at_once(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     with trio.fail_after(10 * FREE_WAIT):
-        store, rows = await _store_with_rows(2)
-        stats = PagerStats()
-        state = PagerState(stats)
-        commit = Committer(store, state, stats, NO_FAULTS)
-        async with trio.open_nursery() as nursery:
-            state.attach(nursery)
-            nursery.start_soon(commit.freer)
+        async with _freer() as (store, rows, state, commit):
             commit.urge_frees()  # nothing held: no effect on the next wait
             await trio.sleep(FREE_WAIT / 10)
             t0 = trio.current_time()
@@ -73,5 +77,3 @@ async def test_a_full_pages_file_has_the_freer_commit_at_once(
             while rows[0].gfn in store.rows or rows[1].gfn in store.rows:
                 await state.wait_progress()
             assert trio.current_time() - t0 < FREE_WAIT / 10
-            nursery.cancel_scope.cancel()
-        await store.close()
