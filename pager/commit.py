@@ -41,9 +41,10 @@ FULL_RETRY: Final = 10.0
 #: freer's write, sync and `O_DIRECT` read-back. At 2 ms the freer ran a phase of its own
 #: every few page-ins under a stream of faults (strace: 0.16 fdatasync a page-in with 1
 #: vCPU, its thread waking 3.5-4.3 times a page-in); at 1 s, page-ins/s with 4 vCPUs rose
-#: 30-45% and with 16 vCPUs 20-77% in alternated benches, populate's p99 unchanged (at
-#: 50 ms a phase landed inside 1 in 16 of the bench's spaced samples: p99 4.4-5.0x the
-#: echo; at 1 s, 1 in 300). BENCHMARKS.md, "Fifteenth round". A delay here only delays a
+#: 18-49% (six of six alternated bench runs) and with 16 vCPUs in five of six, populate's
+#: p50 and p99 within the noise (at 50 ms a phase landed inside 1 in 16 of the bench's
+#: spaced samples: p99 4.4-5.0x the echo; at 1 s, 1 in 300). BENCHMARKS.md, "Fifteenth
+#: round". A delay here only delays a
 #: slot's reuse (a full pages file commits at once: `urge_frees`) and a crash meanwhile
 #: leaves stale rows, freed at reconcile; deleting a row needs no sync to be safe
 #: (tests/pager/test_pager_store_power.py).
@@ -184,8 +185,8 @@ class Committer:
             self.state.notify()
 
     def urge_frees(self) -> None:
-        """Have the freer commit the rows it holds now: a full pages file needs their
-        slots (`FREE_WAIT`)."""
+        """Have the freer commit the rows it holds now, not after FREE_WAIT: a full pages
+        file needs their slots."""
         if self.pending_free:
             self._urge.set()
 
