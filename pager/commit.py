@@ -44,10 +44,9 @@ FULL_RETRY: Final = 10.0
 #: 18-49% (six of six alternated bench runs) and with 16 vCPUs in five of six, populate's
 #: p50 and p99 within the noise (at 50 ms a phase landed inside 1 in 16 of the bench's
 #: spaced samples: p99 4.4-5.0x the echo; at 1 s, 1 in 300). BENCHMARKS.md, "Fifteenth
-#: round". A delay here only delays a
-#: slot's reuse (a full pages file commits at once: `urge_frees`) and a crash meanwhile
-#: leaves stale rows, freed at reconcile; deleting a row needs no sync to be safe
-#: (tests/pager/test_pager_store_power.py).
+#: round". A delay here only delays a slot's reuse (a full pages file commits at once:
+#: `urge_frees`) and a crash meanwhile leaves stale rows, freed at reconcile; deleting a
+#: row needs no sync to be safe (tests/pager/test_pager_store_power.py).
 FREE_WAIT: Final = 1.0
 
 

@@ -84,6 +84,17 @@ class Summary:
         }
 
 
+def losses_line(lost: Sequence[tuple[int, int]]) -> str | None:
+    """One line on the gfns lost by (seed, gfns lost) pairs, or None if none was lost."""
+    if not lost:
+        return None
+    seed, most = max(lost, key=lambda sn: (sn[1], -sn[0]))
+    total = sum(n for _, n in lost)
+    return (
+        f"gfns lost (EIO to the guest): {total} in {len(lost)} seeds, at most {most} (seed {seed})"
+    )
+
+
 def _one(args: tuple[int, str, bool, str | None]) -> tuple[SimResult, str | None]:
     """One seed (and its determinism twin): picklable for the worker processes."""
     seed, scenario, twice, ring_mode = args

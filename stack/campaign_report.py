@@ -64,6 +64,7 @@ def report(args: argparse.Namespace, ledger: Any, options: dict[str, Any]) -> in
     failing = [r for r in runs if r["verdict"] != "passed"]
     losing = [(r["seed"], r["lost_gfns"]) for r in runs if r.get("lost_gfns")]
     from pager.faults import CRASH_POINTS
+    from sim.runs import losses_line
 
     _say(f"{len(runs)} seeds in the ledger {ledger.path}")
     _say("verdicts: " + ", ".join(f"{k} {v}" for k, v in sorted(verdicts.items())))
@@ -83,13 +84,8 @@ def report(args: argparse.Namespace, ledger: Any, options: dict[str, Any]) -> in
             f"determinism: {len(rechecks)} seeds re-run on another worker, "
             + (f"LOST on {lost}" if lost else "every trace hash matched")
         )
-    if losing:
-        seed, most = max(losing, key=lambda sn: (sn[1], -sn[0]))
-        _say(
-            f"gfns lost (EIO to the guest): {sum(n for _, n in losing)} in {len(losing)} "
-            f"seeds, at most {most} (seed {seed})"
-            + ("" if stress else "; a passing seed loses only to media faults")
-        )
+    if line := losses_line(losing):
+        _say(line + ("" if stress else "; a passing seed loses only to media faults"))
     slowest = sorted(runs, key=lambda r: -r["duration_s"])[:5]
     _say("slowest: " + ", ".join(f"seed {r['seed']} {r['duration_s']:.2f} s" for r in slowest))
     for r in failing:

@@ -208,6 +208,7 @@ def _print_result(r: Any) -> None:
 
 def _many(args: argparse.Namespace) -> int:
     from sim import run_seeds
+    from sim.runs import losses_line
 
     seeds = list(args.seeds)
     step = max(1, len(seeds) // 10)
@@ -241,12 +242,8 @@ def _many(args: argparse.Namespace) -> int:
     )
     if d["uncovered_crash_points"]:
         _say(f"  never reached: {', '.join(d['uncovered_crash_points'])}")
-    if d["lost_gfns"]:
-        seed, most = d["most_lost"]
-        _say(
-            f"gfns lost (EIO to the guest): {d['lost_gfns']} in {d['seeds_with_losses']} "
-            f"seeds, at most {most} (seed {seed}); a passing seed loses only to media faults"
-        )
+    if line := losses_line(summary.lost):
+        _say(f"{line}; a passing seed loses only to media faults")
     if args.check_determinism:
         bad = d["determinism_mismatches"]
         _say(f"determinism: {'every trace hash matched' if not bad else f'MISMATCH on {bad}'}")
