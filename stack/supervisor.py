@@ -117,6 +117,7 @@ class PagerSupervisor:
         self.arm_next: Fault | None = None  # the fault the next start carries
         self.stopped = False  # no more restarts
         self.exited = trio.Event()  # set (and replaced) each time a life ends
+        self.started = trio.Event()  # set (and replaced) each time a life starts
         self.restart_gate = trio.Event()  # cleared while the end phase reads the store
         self.restart_gate.set()
         self.final_n = 0  # the incarnation asked to page everything in at the end
@@ -144,6 +145,8 @@ class PagerSupervisor:
                 fault_kind=fault.kind if fault else None,
             )
             self.lives.append(life)
+            self.started.set()
+            self.started = trio.Event()
             rc = await self.pager.wait()
             life.rc, life.ended = rc, round(self.elapsed(), 3)
             self.exited.set()

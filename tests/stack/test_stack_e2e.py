@@ -128,6 +128,29 @@ async def test_stress_twenty_pager_kills_lose_nothing(tmp_path: Path) -> None:
     assert pager["kills"] >= 5 and pager["crash_points_fired"] >= 3  # both kinds, mixed
 
 
+async def test_kills_wait_for_an_attach_when_the_pager_starts_slowly(tmp_path: Path) -> None:
+    """Kills spaced closer than a pager's start: never two in a row before an attach.
+
+    The wrapper makes every pager take 1.5 s more to start than the faults' spacing (about
+    1.1 s). Played as planned, the kills would land on restart after restart and the
+    vCPUs would wait through the whole storm, past `--stuck-after`.
+    """
+    slow = tmp_path / "slow_pager.py"
+    slow.write_text(
+        "import runpy, sys, time\n"
+        "time.sleep(1.5)\n"
+        "sys.argv[0] = 'pager'\n"
+        "runpy.run_module('pager', run_name='__main__', alter_sys=True)\n"
+    )
+    args = ["--seed", "3", "--duration", "16", "--faults", "12", "--kinds", "kill"]
+    args += ["--stuck-after", "8", "--pager-cmd", f"{PY} {slow}"]
+    rc, report, out = await _stress(tmp_path, args, bound=150)
+    _assert_survived(rc, report, out)
+    held = [f["held_s"] for f in report["faults_log"] if f.get("held_s", 0) >= 0.5]
+    assert len(held) >= 3, report["faults_log"]  # held for an attach, not played as planned
+    assert report["pager"]["kills"] >= 10  # every kill was still played
+
+
 async def test_xen_ring_mode_reports_stuck_vcpus_instead_of_hanging(tmp_path: Path) -> None:
     rc, report, out = await _stress(
         tmp_path,
