@@ -174,6 +174,8 @@ def _add(tl: Timeline, t: float, proc: str, event: str, rec: dict[str, Any]) -> 
     elif event == "stack.fault":
         label = fault_label(rec)
         outcome = rec.get("outcome")
+        if isinstance(rec.get("held_s"), int | float) and outcome:
+            outcome = f"{outcome} (held {rec['held_s']:g} s for a pager to kill)"
         tl.faults.append({"t": t, "kind": rec.get("fault"), "label": label, "outcome": outcome})
     elif event == "child.started" and rec.get("child") == "pager":
         tl.starts.append({"t": t, "n": rec.get("start")})

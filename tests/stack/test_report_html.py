@@ -44,7 +44,13 @@ def _run_dir(tmp_path: Path, *, with_report: bool) -> Path:
                 }
                 for i in range(1, 9)
             ),
-            {"event": "stack.fault", "fault": "kill", "outcome": "killed", "timestamp": _ts(1.0)},
+            {
+                "event": "stack.fault",
+                "fault": "kill",
+                "outcome": "killed",
+                "held_s": 0.4,
+                "timestamp": _ts(1.0),
+            },
             {
                 "event": "stack.pager_exited",
                 "n": 1,
@@ -107,6 +113,7 @@ def test_a_run_on_one_clock_from_its_logs(tmp_path: Path) -> None:
         (pytest.approx(2.0), "crash after_write"),
         (pytest.approx(3.0), "store commit=EIO"),
     ]
+    assert tl.faults[0]["outcome"] == "killed (held 0.4 s for a pager to kill)"
     assert [d["cause"] for d in tl.deaths] == ["sigkill:kill"]
     assert [s["n"] for s in tl.starts] == [1, 2]
     assert [a["epoch"] for a in tl.attaches] == [1, 2]  # in time order, across files
