@@ -12,6 +12,10 @@ Control: JSON lines on stdin, one JSON line answered on stdout each; the process
 - ``{"op": "cut", "harsh": bool, "seed": int}``: the power cut. The disk freezes (every
   later operation fails with EIO), the surviving writes reach the backing directory, and
   the answer counts what was lost; the controller then SIGKILLs this process.
+- ``{"op": "trip", "after": int}``: aim the next cut. The write after `after` more is
+  taken (unsynced) and its answer held until the cut, so the cut finds it in flight;
+  ``stats`` says ``tripped`` once it came. ``{"op": "untrip"}`` stops aiming and says
+  whether a write had tripped.
 - ``{"op": "lie", "on": bool}``: syncs answer success without making anything durable.
 - ``{"op": "flush"}``: a clean unmount's sync: everything becomes durable (even while lying).
 - ``{"op": "stats"}``: counters.
@@ -37,6 +41,9 @@ from .lazymodel import LazyDisk, Node
 #: Mount options: hard_remove (an unlinked open file is not renamed to .fuse_hidden*,
 #: which would be a journaled rename of its own), a name `mount` shows.
 FSNAME: Final = "xpemu-lazyfs"
+
+#: Longest a tripped write's answer is held for the cut (the controller cuts in ms).
+HOLD_BOUND_S: Final = 30.0
 
 #: FUSE_CAP_READDIRPLUS and FUSE_CAP_READDIRPLUS_AUTO (fuse_common.h).
 READDIRPLUS: Final = 1 << 13
@@ -124,7 +131,15 @@ class LazyOps:
 
     def write(self, path: str | None, data: bytes, offset: int, fh: int) -> int:
         with self.disk.lock:
-            return self.disk.write(self._node(path, fh), offset, data)
+            n = self.disk.write(self._node(path, fh), offset, data)
+            hold, self.disk.hold_answer = self.disk.hold_answer, False
+        if hold:
+            # The tripping write: its writer hears nothing until the power is gone (the
+            # controller SIGKILLs the pager first, so it never runs on). Bounded, in case
+            # the controller is gone too.
+            self.disk.power_gone.wait(HOLD_BOUND_S)
+            raise OSError(errno.EIO, "power lost")
+        return n
 
     def truncate(self, path: str | None, length: int, fh: int | None = None) -> int:
         with self.disk.lock:
@@ -211,13 +226,21 @@ def _control(disk: LazyDisk) -> None:
                 elif cmd["op"] == "flush":
                     disk.flush_all()
                     reply = dict(disk.counts)
+                elif cmd["op"] == "trip":
+                    disk.arm_trip(int(cmd["after"]))
+                    reply = {"armed": True}
+                elif cmd["op"] == "untrip":
+                    reply = {"tripped": disk.disarm_trip()}
                 elif cmd["op"] == "stats":
-                    reply = dict(disk.counts, lying=disk.lying, frozen=disk.frozen)
+                    reply = dict(
+                        disk.counts, lying=disk.lying, frozen=disk.frozen, tripped=disk.tripped
+                    )
                 else:
                     raise ValueError(f"unknown op {cmd['op']!r}")
             _answer({"ok": True, **reply})
         except (ValueError, KeyError, TypeError, OSError) as exc:
             _answer({"ok": False, "error": str(exc)})
+    disk.power_gone.set()  # no cut will come: a held answer goes now
     os.kill(os.getpid(), signal.SIGTERM)
 
 

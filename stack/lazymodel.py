@@ -72,6 +72,11 @@ class LazyDisk:
         self.lying = False
         self.frozen = False  # after a cut: nothing changes any more (every op fails)
         self.counts = {"writes": 0, "syncs": 0, "dir_syncs": 0, "lied_syncs": 0}
+        # An aimed cut (`arm_trip`): writes still to let through before the one that trips.
+        self.trip_after: int | None = None
+        self.tripped = False  # a write tripped: the cut falls while it is in flight
+        self.hold_answer = False  # the tripping write's answer waits for the cut
+        self.power_gone = threading.Event()  # set by `cut`: held answers may go (EIO)
         self._next_ino = 1
         self._load()
 
@@ -233,7 +238,23 @@ class LazyDisk:
         node.pending.append((offset, bytes(data)))
         node.mtime_ns = time.time_ns()
         self.counts["writes"] += 1
+        if self.trip_after is not None:
+            if self.trip_after == 0:
+                self.trip_after, self.tripped, self.hold_answer = None, True, True
+            else:
+                self.trip_after -= 1
         return len(data)
+
+    def arm_trip(self, after: int) -> None:
+        """Aim the next cut: the write after `after` more is kept unsynced and its answer
+        held until the cut (`LazyOps.write`), so the cut finds it in flight."""
+        self._check()
+        self.trip_after, self.tripped = after, False
+
+    def disarm_trip(self) -> bool:
+        """Stop aiming; True if a write had already tripped."""
+        self.trip_after = None
+        return self.tripped
 
     def truncate(self, node: Node, size: int) -> None:
         """Set the live size and queue it for the next sync."""
@@ -334,6 +355,7 @@ class LazyDisk:
         """Power loss: freeze, keep what the disk would hold, and say what was lost."""
         rng = random.Random(seed)
         self.frozen = True
+        self.power_gone.set()  # (the held answer goes once the lock is released)
         meta = len(self.journal)
         kept_meta = rng.randint(0, meta) if harsh else 0
         self._commit(kept_meta)
@@ -369,6 +391,7 @@ class LazyDisk:
             "meta_ops_unsynced": meta,
             "meta_ops_lost": meta - kept_meta,
             "lied_syncs": self.counts["lied_syncs"],  # over this mount's life
+            "aimed": self.tripped,
         }
 
     def _all_nodes(self) -> list[Node]:

@@ -193,7 +193,8 @@ def power_lines(report: dict[str, Any]) -> list[str]:
     p = report.get("power")
     if p:
         lines.append(
-            f"  power cuts {p['power_faults']} ({p['harsh']} harsh): unsynced writes "
+            f"  power cuts {p['power_faults']} ({p['harsh']} harsh, {p.get('aimed', 0)} aimed at a "
+            "write in flight): unsynced writes "
             f"{p['unsynced_writes']}, lost {p['writes_lost']}, torn {p['writes_torn']}, "
             f"name ops lost {p['meta_ops_lost']}; lies {p['lies']} ({p['lied_syncs']} syncs lied)"
         )

@@ -4,6 +4,7 @@ mounted or running. Skipped, with the reason, where FUSE is not usable."""
 
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
 from pathlib import Path
@@ -46,6 +47,12 @@ def _sync_dir(path: Path) -> None:
         os.close(fd)
 
 
+async def _durable_f(mnt: Path) -> None:
+    """`f` holding 4 KiB of "A", its bytes and its name synced."""
+    await trio.to_thread.run_sync(_write, mnt / "f", b"A" * 4096, 0, True)
+    await trio.to_thread.run_sync(_sync_dir, mnt)
+
+
 async def test_through_the_kernel_synced_bytes_survive_a_cut_unsynced_do_not(
     tmp_path: Path,
 ) -> None:
@@ -53,8 +60,7 @@ async def test_through_the_kernel_synced_bytes_survive_a_cut_unsynced_do_not(
         fs = await _mount(tmp_path)
         try:
             mnt = fs.mount
-            await trio.to_thread.run_sync(_write, mnt / "f", b"A" * 4096, 0, True)
-            await trio.to_thread.run_sync(_sync_dir, mnt)
+            await _durable_f(mnt)
             await trio.to_thread.run_sync(_write, mnt / "f", b"B" * 4096, 4096, False)
             await trio.to_thread.run_sync(_write, mnt / "g", b"new", 0, True)
             # Reads overlay what is not yet durable; the disk holds only what is.
@@ -76,6 +82,40 @@ async def test_through_the_kernel_synced_bytes_survive_a_cut_unsynced_do_not(
             await fs.stop()
     assert not is_mounted(fs.mount)
     assert processes_mentioning(str(fs.mount)) == []
+
+
+async def test_a_tripped_write_is_held_until_the_cut_then_fails(tmp_path: Path) -> None:
+    """An aimed cut: the write that trips is taken (unsynced) but not answered, so the
+    cut finds it in flight; once the power is gone its writer gets EIO."""
+    with trio.fail_after(60):
+        fs = await _mount(tmp_path)
+        try:
+            mnt = fs.mount
+            await _durable_f(mnt)
+            await fs.request(op="trip", after=0)
+            heard: list[object] = []
+
+            async def writer() -> None:
+                try:
+                    await trio.to_thread.run_sync(_write, mnt / "f", b"B" * 4096, 0, False)
+                    heard.append("answered")
+                except OSError as exc:
+                    heard.append(errno.errorcode[exc.errno or 0])
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(writer)
+                while True:  # polled, as stack/power.py does: the control channel only answers
+                    if (await fs.request(op="stats"))["tripped"]:
+                        break
+                    await trio.sleep(0.01)
+                assert heard == []  # taken, not answered
+                cut = await fs.request(op="cut", harsh=False, seed=0)
+            assert heard == ["EIO"]
+            assert cut["aimed"] and cut["unsynced_writes"] == 1 and cut["writes_lost"] == 1
+            assert (fs.backing / "f").read_bytes() == b"A" * 4096
+        finally:
+            await fs.kill()
+    assert not is_mounted(fs.mount)
 
 
 def _sqlite_rows(path: Path, add: int) -> int:

@@ -211,3 +211,31 @@ def test_a_clean_unmount_writes_everything_out(tmp_path: Path) -> None:
     disk.flush_all()
     assert (tmp_path / "d" / "f").read_bytes() == b"unsynced"
     assert _read(_cut(disk), "/d/f") == b"unsynced"
+
+
+def test_an_aimed_cut_trips_on_the_chosen_write_and_finds_it_unsynced(tmp_path: Path) -> None:
+    disk = LazyDisk(tmp_path)
+    _durable_file(disk, "/f", b"A" * 4096)
+    node = disk.lookup("/f")
+    disk.arm_trip(2)  # let two writes through, trip on the third
+    disk.write(node, 0, b"B" * 512)
+    disk.write(node, 512, b"C" * 512)
+    assert not disk.tripped and not disk.hold_answer
+    disk.write(node, 1024, b"D" * 512)
+    assert disk.tripped and disk.hold_answer  # the third: its answer waits for the cut
+    disk.write(node, 1536, b"E" * 512)  # (the FUSE loop would not get here before the cut)
+    assert not disk.power_gone.is_set()
+    report = disk.cut(harsh=False, seed=0)
+    assert disk.power_gone.is_set()
+    assert report["aimed"] and report["unsynced_writes"] == 4 and report["writes_lost"] == 4
+    assert (tmp_path / "f").read_bytes() == b"A" * 4096
+
+
+def test_a_trip_disarmed_before_any_write_leaves_the_cut_unaimed(tmp_path: Path) -> None:
+    disk = LazyDisk(tmp_path)
+    _durable_file(disk, "/f", b"A" * 4096)
+    disk.arm_trip(0)
+    assert disk.disarm_trip() is False
+    disk.write(disk.lookup("/f"), 0, b"B")
+    assert not disk.tripped and not disk.hold_answer
+    assert disk.cut(harsh=False, seed=0)["aimed"] is False
