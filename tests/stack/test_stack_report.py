@@ -129,6 +129,7 @@ def test_power_faults_and_lost_gfns_are_reported_and_summarised() -> None:
         "writes_lost": 7,
         "writes_torn": 1,
         "meta_ops_lost": 2,
+        "aimed": 1,
         "lies": 1,
         "lied_syncs": 4,
         "cuts": [],
@@ -136,7 +137,8 @@ def test_power_faults_and_lost_gfns_are_reported_and_summarised() -> None:
     r = build_report(_facts(guest=_guest(ok=False, lost_gfns=[9, 3]), power=power))
     assert not r["ok"] and r["lost_gfns"] == 2 and r["power"] is power
     text = summary_text(r)
-    assert "power cuts 2 (1 harsh): unsynced writes 9, lost 7, torn 1" in text
+    assert "power cuts 2 (1 harsh, 1 aimed at a write in flight): unsynced writes 9, lost 7" in text
+    assert "torn 1" in text
     assert "lies 1 (4 syncs lied)" in text and "lost gfns (2): 3, 9" in text
     assert "power" not in build_report(_facts()) and "power cuts" not in summary_text(
         build_report(_facts())
