@@ -48,6 +48,9 @@ TRIP_SPREAD: Final = 8
 #: Longest a cut waits for the pager to write, before it falls anyway.
 TRIP_WAIT_S: Final = 2.0
 
+#: Longest the lazy file system may take to answer one control request.
+REQUEST_BOUND_S: Final = 30.0
+
 #: Default seconds between two scheduled faults when the kinds include `power`: a cut
 #: (pager down, file system killed, unmounted, mounted again) and the new pager's start
 #: take seconds, not the instant of a SIGKILL; closer faults would keep the pager down
@@ -193,9 +196,17 @@ class LazyFs:
         """One control command and its answer."""
         assert self.proc is not None and self.proc.stdin is not None
         async with self._lock:
+            # One line out, one answer back, never cut in between: an answer left unread
+            # would be taken as the next request's. Bounded by its own deadline.
             try:
-                await self.proc.stdin.send_all(json.dumps(cmd).encode() + b"\n")
-                reply = await self._readline()
+                with trio.CancelScope(shield=True), trio.fail_after(REQUEST_BOUND_S):
+                    await self.proc.stdin.send_all(json.dumps(cmd).encode() + b"\n")
+                    reply = await self._readline()
+            except trio.TooSlowError:
+                raise StartError(
+                    f"the lazy file system did not answer {cmd['op']!r} within "
+                    f"{REQUEST_BOUND_S:g} s (log: {self.log_path})"
+                ) from None
             except (EOFError, trio.BrokenResourceError, trio.ClosedResourceError):
                 said = last_line(self.log_path) or "no output"
                 raise StartError(
@@ -322,11 +333,13 @@ class PowerControl:
         every cut that finds the pager writing tests its syncs."""
         assert self.fs is not None
         await self.fs.request(op="trip", after=after)
-        with trio.move_on_after(TRIP_WAIT_S):
-            while True:  # polled: the file system's control channel only answers
-                if (await self.fs.request(op="stats"))["tripped"]:
-                    return True
-                await trio.sleep(0.01)
+        # A deadline, not a cancel scope: a request cut off between its line and its
+        # answer would leave that answer to the next request (`request` is shielded too).
+        deadline = trio.current_time() + TRIP_WAIT_S
+        while trio.current_time() < deadline:  # polled: the control channel only answers
+            if (await self.fs.request(op="stats"))["tripped"]:
+                return True
+            await trio.sleep(0.01)
         return bool((await self.fs.request(op="untrip"))["tripped"])
 
     async def _cut(self, fault: Fault) -> dict[str, Any]:
